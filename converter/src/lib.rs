@@ -1,0 +1,342 @@
+//! `tern-convert`: a Hugging Face BitNet b1.58 checkpoint folder -> one `.tern` file.
+//!
+//! The only place in tern that knows Hugging Face tensor names ([`hf_name`]). The output
+//! is written to `OUTPUT.partial` beside the output, synced, then renamed over the
+//! output, so a failed or killed conversion never leaves a file at the output path.
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)] // memory maps: see the SAFETY comments there
+mod checkpoint;
+mod hf_config;
+
+pub use checkpoint::Checkpoint;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::fs::File;
+use std::io::{BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tern_format::names::{self, Expected};
+use tern_format::ternary::{self, absmean_scale, pack_row, row_bytes, ternarize};
+use tern_format::{Encoding, ModelConfig, Shape, TensorSpec, TernWriter};
+
+/// Conversion choices.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Encoding of the embedding (and untied output) matrix: f16 (default) or f32.
+    pub embed: Encoding,
+    /// Show a progress bar (only drawn when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { embed: Encoding::F16, progress: true }
+    }
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub tensors: usize,
+    pub input_bytes: u64,
+    pub output_bytes: u64,
+    pub seconds: f64,
+    pub ternary_weights: u64,
+    pub zero_weights: u64,
+    pub warnings: Vec<String>,
+}
+
+impl Summary {
+    pub fn zero_fraction(&self) -> f64 {
+        self.zero_weights as f64 / self.ternary_weights.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} tensors, {:.1} MB in -> {:.1} MB out ({:.2}x smaller) in {:.1} s; {:.1}% of {} ternary weights are zero",
+            self.tensors,
+            self.input_bytes as f64 / 1e6,
+            self.output_bytes as f64 / 1e6,
+            self.input_bytes as f64 / self.output_bytes.max(1) as f64,
+            self.seconds,
+            100.0 * self.zero_fraction(),
+            self.ternary_weights,
+        )
+    }
+}
+
+/// The Hugging Face name of a `.tern` tensor (1bitLLM naming). Sub-norms have two
+/// spellings: 1bitLLM's `inner_attn_ln`/`ffn_layernorm` and the 2B-4T
+/// `attn_sub_norm`/`ffn_sub_norm`; the first is tried first.
+pub fn hf_name(tern_name: &str) -> Vec<String> {
+    match tern_name {
+        names::TOKEN_EMBD => return vec!["model.embed_tokens.weight".into()],
+        names::OUTPUT_NORM => return vec!["model.norm.weight".into()],
+        names::OUTPUT => return vec!["lm_head.weight".into()],
+        _ => {}
+    }
+    let Some((layer, suffix)) = tern_name.strip_prefix("blk.").and_then(|r| r.split_once('.')) else {
+        return vec![];
+    };
+    let p = format!("model.layers.{layer}");
+    let names: &[&str] = match suffix {
+        "attn_norm" => &["input_layernorm"],
+        "attn_q" => &["self_attn.q_proj"],
+        "attn_k" => &["self_attn.k_proj"],
+        "attn_v" => &["self_attn.v_proj"],
+        "attn_sub_norm" => &["self_attn.inner_attn_ln", "self_attn.attn_sub_norm"],
+        "attn_output" => &["self_attn.o_proj"],
+        "ffn_norm" => &["post_attention_layernorm"],
+        "ffn_gate" => &["mlp.gate_proj"],
+        "ffn_up" => &["mlp.up_proj"],
+        "ffn_sub_norm" => &["mlp.ffn_layernorm", "mlp.ffn_sub_norm"],
+        "ffn_down" => &["mlp.down_proj"],
+        _ => &[],
+    };
+    names.iter().map(|n| format!("{p}.{n}.weight")).collect()
+}
+
+/// Checkpoint tensors that are known and deliberately not converted.
+fn ignored(hf: &str) -> bool {
+    hf.ends_with(".rotary_emb.inv_freq")
+}
+
+/// One tensor to convert: where it comes from and what it becomes.
+struct Planned {
+    hf: String,
+    spec: TensorSpec,
+}
+
+/// Reads and checks `tokenizer.json` (required), returning its bytes.
+fn read_tokenizer(dir: &Path, config: &ModelConfig) -> Result<Vec<u8>> {
+    let path = dir.join("tokenizer.json");
+    if !path.exists() {
+        if dir.join("tokenizer.model").exists() {
+            bail!(
+                "{}: missing; the folder has only tokenizer.model (SentencePiece). Make a tokenizer.json with \
+                 `python -c \"from transformers import AutoTokenizer as T; T.from_pretrained('{d}').save_pretrained('{d}')\"` \
+                 and convert again",
+                path.display(),
+                d = dir.display()
+            );
+        }
+        bail!("{}: missing (tern-convert needs the Hugging Face tokenizer.json)", path.display());
+    }
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let model = json.get("model").with_context(|| format!("{}: no \"model\" section", path.display()))?;
+    // The largest id the tokenizer can produce must index the embedding.
+    let vocab_max = match model.get("vocab") {
+        Some(serde_json::Value::Object(m)) => m.values().filter_map(|v| v.as_u64()).max(),
+        Some(serde_json::Value::Array(a)) => a.len().checked_sub(1).map(|n| n as u64),
+        _ => bail!("{}: model.vocab is neither a map nor a list", path.display()),
+    };
+    let added_max = json
+        .get("added_tokens")
+        .and_then(|a| a.as_array())
+        .and_then(|a| a.iter().filter_map(|t| t.get("id")?.as_u64()).max());
+    let max_id = vocab_max.max(added_max).unwrap_or(0);
+    if max_id >= u64::from(config.vocab_size) {
+        bail!("{}: token id {max_id} does not fit the model's vocab_size {}", path.display(), config.vocab_size);
+    }
+    Ok(bytes)
+}
+
+/// Matches the checkpoint's tensors to the `.tern` tensors of `config`; fixes `tied_output`.
+fn plan(
+    ckpt: &Checkpoint,
+    config: &mut ModelConfig,
+    tie: Option<bool>,
+    opts: &Options,
+) -> Result<(Vec<Planned>, Vec<String>)> {
+    // Tied when the checkpoint has no lm_head (1bitLLM) or the config says so.
+    config.tied_output = tie == Some(true) || ckpt.get("lm_head.weight").is_none();
+    let mut planned = Vec::new();
+    let mut used = std::collections::HashSet::new();
+    for Expected { name, shape, encodings } in names::expected_tensors(config) {
+        let candidates = hf_name(&name);
+        let hf = candidates
+            .iter()
+            .find(|c| ckpt.get(c).is_some())
+            .with_context(|| format!("checkpoint: missing tensor {} (for {name})", candidates.join(" or ")))?
+            .clone();
+        let loc = ckpt.get(&hf).expect("found above");
+        let want: Vec<usize> = match shape {
+            Shape::Vector(n) => vec![n as usize],
+            Shape::Matrix { rows, cols } => vec![rows as usize, cols as usize],
+        };
+        if loc.shape != want {
+            bail!(
+                "{}: tensor {hf} has shape {:?}, expected {want:?} from config.json",
+                ckpt.shard_path(loc).display(),
+                loc.shape
+            );
+        }
+        use safetensors::Dtype;
+        if !matches!(loc.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            bail!(
+                "{}: tensor {hf} has dtype {:?}; tern-convert reads F32, F16 and BF16 (pre-packed ternary checkpoints are not supported yet)",
+                ckpt.shard_path(loc).display(),
+                loc.dtype
+            );
+        }
+        let encoding = if encodings.contains(&opts.embed) { opts.embed } else { encodings[0] };
+        used.insert(hf.clone());
+        planned.push(Planned { hf, spec: TensorSpec { name, encoding, shape } });
+    }
+    let mut warnings = Vec::new();
+    for name in ckpt.names() {
+        if !used.contains(name) && !ignored(name) {
+            let why = if name == "lm_head.weight" { " (config ties the output to the embedding)" } else { "" };
+            warnings.push(format!("checkpoint tensor {name} is not used{why}"));
+        }
+    }
+    Ok((planned, warnings))
+}
+
+/// Converts one tensor's f32 values into its `.tern` bytes and scale; counts zero weights.
+fn encode(values: &[f32], spec: &TensorSpec, hf: &str) -> Result<(Vec<u8>, f32, u64)> {
+    match spec.encoding {
+        Encoding::F32 => Ok((values.iter().flat_map(|v| v.to_le_bytes()).collect(), 1.0, 0)),
+        Encoding::F16 => {
+            if let Some(i) = values.iter().position(|v| v.abs() > f32::from(half::f16::MAX)) {
+                bail!("tensor {hf}: value {} at index {i} does not fit f16; convert with --embed-type f32", values[i]);
+            }
+            Ok((values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(), 1.0, 0))
+        }
+        Encoding::T2 => {
+            let Shape::Matrix { cols, .. } = spec.shape else { unreachable!("t2 tensors are matrices") };
+            let cols = cols as usize;
+            let scale = absmean_scale(values);
+            let rb = row_bytes(cols);
+            let mut packed = vec![0u8; values.len() / cols * rb];
+            let zeros: u64 = packed
+                .par_chunks_mut(rb)
+                .zip(values.par_chunks(cols))
+                .map_init(
+                    || vec![0i8; cols],
+                    |q, (out, row)| {
+                        ternarize(row, scale, q);
+                        pack_row(q, out);
+                        q.iter().filter(|&&w| w == 0).count() as u64
+                    },
+                )
+                .sum();
+            Ok((packed, scale, zeros))
+        }
+    }
+}
+
+/// The temporary path a conversion to `output` writes before renaming.
+pub fn partial_path(output: &Path) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    output.with_file_name(name)
+}
+
+/// Converts the checkpoint folder `input` into the `.tern` file `output`.
+pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
+    let start = Instant::now();
+    if !input.is_dir() {
+        bail!("{}: not a folder (expected a Hugging Face checkpoint folder)", input.display());
+    }
+    if output.is_dir() {
+        bail!("{}: is a folder (expected the path of the .tern file to write)", output.display());
+    }
+    let parsed = hf_config::read_config(input)?;
+    let mut config = parsed.config;
+    let ckpt = Checkpoint::open(input)?;
+    let (planned, warnings) = plan(&ckpt, &mut config, parsed.tie_word_embeddings, opts)?;
+    let tokenizer = read_tokenizer(input, &config)?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+
+    let tmp = partial_path(output);
+    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let result = write_all(BufWriter::with_capacity(1 << 20, file), &ckpt, &config, &tokenizer, &planned, opts)
+        .and_then(|(w, counts)| {
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            let output_bytes = file.metadata()?.len();
+            Ok((counts, output_bytes))
+        })
+        .with_context(|| format!("writing {}", tmp.display()));
+    let ((ternary_weights, zero_weights), output_bytes) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = std::fs::rename(&tmp, output) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("renaming {} to {}", tmp.display(), output.display()));
+    }
+    // Make the rename itself durable.
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(Summary {
+        tensors: planned.len(),
+        input_bytes: ckpt.data_bytes(),
+        output_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+        ternary_weights,
+        zero_weights,
+        warnings,
+    })
+}
+
+/// Streams every planned tensor into `out`; returns the writer and (ternary, zero) weight counts.
+pub(crate) fn write_all<W: Write + Seek>(
+    out: W,
+    ckpt: &Checkpoint,
+    config: &ModelConfig,
+    tokenizer: &[u8],
+    planned: &[Planned],
+    opts: &Options,
+) -> Result<(W, (u64, u64))> {
+    let specs: Vec<TensorSpec> = planned.iter().map(|p| p.spec.clone()).collect();
+    let mut writer = TernWriter::new(out, config, tokenizer, &specs)?;
+    let bar = if opts.progress { ProgressBar::new(planned.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {elapsed} {msg}").expect("valid template"),
+    );
+    let (mut ternary_weights, mut zero_weights) = (0u64, 0u64);
+    for p in planned {
+        bar.set_message(p.spec.name.clone());
+        let loc = ckpt.get(&p.hf).expect("planned from the checkpoint");
+        let values = ckpt.read_f32(&p.hf, loc)?;
+        let (bytes, scale, zeros) = encode(&values, &p.spec, &p.hf)?;
+        drop(values);
+        if p.spec.encoding == Encoding::T2 {
+            ternary_weights += p.spec.shape.elements().unwrap_or(0);
+            zero_weights += zeros;
+        }
+        writer.write_tensor(&bytes, scale)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((writer.finish()?, (ternary_weights, zero_weights)))
+}
+
+/// Unpacks a `t2` tensor back to one i8 per weight (row-major, unpadded): for tests and tools.
+pub fn unpack_matrix(data: &[u8], rows: usize, cols: usize) -> Result<Vec<i8>, String> {
+    let rb = ternary::row_bytes(cols);
+    let mut out = vec![0i8; rows * cols];
+    for (r, row) in out.chunks_mut(cols).enumerate() {
+        ternary::unpack_row(&data[r * rb..(r + 1) * rb], row)
+            .map_err(|c| format!("invalid code at row {r} column {c}"))?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,47 @@
+use clap::{Parser, ValueEnum};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tern_convert::{convert, Options};
+use tern_format::Encoding;
+
+/// Convert a BitNet b1.58 Hugging Face checkpoint folder into one packed `.tern` file.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Folder with config.json, tokenizer.json and model.safetensors (or a sharded index)
+    input: PathBuf,
+    /// The .tern file to write (replaced atomically if it exists)
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Encoding of the embedding and (untied) output matrices
+    #[arg(long, value_enum, default_value_t = EmbedType::F16)]
+    embed_type: EmbedType,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EmbedType {
+    F16,
+    F32,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let opts = Options {
+        embed: match cli.embed_type {
+            EmbedType::F16 => Encoding::F16,
+            EmbedType::F32 => Encoding::F32,
+        },
+        progress: std::io::stderr().is_terminal(),
+    };
+    match convert(&cli.input, &cli.output, &opts) {
+        Ok(summary) => {
+            println!("wrote {}: {summary}", cli.output.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tern-convert: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Portable kernels: the definition every SIMD kernel is tested against.
+
+use tern_format::ternary::{BLOCK, BLOCK_BYTES};
+
+/// `sum((w + 1) * x)` over one packed row: the unsigned-code dot product.
+/// The caller subtracts `sum(x)` once to get `sum(w * x)` (the `w+1` trick).
+/// Exact in i32 for any row shorter than 2^23 columns.
+#[inline]
+pub fn code_dot(row: &[u8], x: &[i8]) -> i32 {
+    let mut acc = 0i32;
+    for (blk, xb) in row.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(BLOCK)) {
+        let mut a = 0i32;
+        for j in 0..BLOCK_BYTES {
+            let b = blk[j];
+            a += i32::from(b & 3) * i32::from(xb[j])
+                + i32::from((b >> 2) & 3) * i32::from(xb[64 + j])
+                + i32::from((b >> 4) & 3) * i32::from(xb[128 + j])
+                + i32::from(b >> 6) * i32::from(xb[192 + j]);
+        }
+        acc += a;
+    }
+    acc
+}
+
+/// Ternary GEMM over a band of rows: `out[r * n_tok + t] = sum_k W[r, k] * xq[t, k]`.
+/// `rows` holds whole packed rows of `row_bytes` each; `xq` holds `n_tok` padded
+/// activation rows; `act_sums[t] = sum(xq[t])`.
+pub fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
+    let n_tok = act_sums.len();
+    let padded = row_bytes * 4;
+    for (row, out_r) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n_tok)) {
+        for (t, o) in out_r.iter_mut().enumerate() {
+            *o = code_dot(row, &xq[t * padded..(t + 1) * padded]) - act_sums[t];
+        }
+    }
+}

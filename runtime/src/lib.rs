@@ -1,0 +1,17 @@
+//! tern runtime: BitNet b1.58 inference from a memory-mapped `.tern` file.
+//!
+//! Data flows one way: [`loader`] (map + validate) -> [`model`] (forward pass, kernels
+//! behind one dispatch) -> [`generate`] (tokenizer, sampler, streaming) -> the `tern` CLI.
+#![deny(unsafe_code)]
+
+pub mod generate;
+pub mod kernels;
+#[allow(unsafe_code)] // the memory map: see the SAFETY comment in loader.rs
+pub mod loader;
+pub mod model;
+pub mod ops;
+pub mod sampler;
+pub mod tokenizer;
+
+pub use loader::ModelFile;
+pub use model::{Model, Stage, State};

@@ -1,0 +1,93 @@
+//! Opens a `.tern` file: memory-maps it and validates its structure (never trusting a byte).
+//!
+//! The map stays alive for the whole run; the model borrows tensor bytes from it by
+//! range, so no weight is copied. Every range handed out was checked by
+//! [`tern_format::TernFile::parse`] against the file length.
+
+use anyhow::{bail, Context, Result};
+use memmap2::Mmap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use tern_format::{ModelConfig, TensorInfo, TernFile};
+
+/// A validated, memory-mapped `.tern` file.
+pub struct ModelFile {
+    path: PathBuf,
+    map: Mmap,
+    config: ModelConfig,
+    tensors: Vec<TensorInfo>,
+    tokenizer_json: String,
+}
+
+impl ModelFile {
+    /// Maps and validates `path`: header, config, directory and tokenizer (with their
+    /// checksums). Tensor checksums are checked by [`verify`](ModelFile::verify) only.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let meta = file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?;
+        if meta.is_dir() {
+            bail!("{}: is a folder, expected a .tern file", path.display());
+        }
+        if !meta.is_file() {
+            bail!("{}: is not a regular file", path.display());
+        }
+        if meta.len() == 0 {
+            bail!("{}: is empty (0 bytes), not a .tern file", path.display());
+        }
+        // SAFETY: the map is read-only and private. Its length is fixed now, at open; the
+        // parser below checks every range against that length. The remaining hazard is
+        // another process shrinking the file while it is mapped: reads past the new end
+        // then raise SIGBUS. That is the documented rule (README, "Model files"): do not
+        // truncate or rewrite a .tern file while tern runs from it (tern-convert replaces
+        // files by rename, which is safe: the old inode stays mapped).
+        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map", path.display()))?;
+        let parsed = TernFile::parse(&map).with_context(|| format!("{}: invalid .tern file", path.display()))?;
+        let config = parsed.config().clone();
+        let tensors = parsed.tensors().to_vec();
+        let tokenizer_json = parsed.tokenizer_json().to_string();
+        drop(parsed);
+        Ok(ModelFile { path: path.to_path_buf(), map, config, tensors, tokenizer_json })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    pub fn tokenizer_json(&self) -> &str {
+        &self.tokenizer_json
+    }
+
+    pub fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The whole file.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Checks every tensor checksum and padding byte.
+    pub fn verify(&self) -> Result<()> {
+        let parsed =
+            TernFile::parse(&self.map).with_context(|| format!("{}: invalid .tern file", self.path.display()))?;
+        parsed.verify().with_context(|| format!("{}: verification failed", self.path.display()))
+    }
+
+    /// The bytes of a validated tensor of this file.
+    pub fn data(&self, info: &TensorInfo) -> &[u8] {
+        // In bounds: `info` came from `TernFile::parse` of this same map.
+        &self.map[info.offset as usize..(info.offset + info.length) as usize]
+    }
+}

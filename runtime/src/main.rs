@@ -1,0 +1,267 @@
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+use tern::generate::{generate, GenerateOptions};
+use tern::sampler::SamplerConfig;
+use tern::tokenizer::TextTokenizer;
+use tern::{Model, ModelFile, State};
+
+/// Run BitNet b1.58 models from a packed .tern file.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt
+    Generate(GenerateArgs),
+    /// Print logits for given token ids as JSON
+    Logits {
+        model: PathBuf,
+        /// Comma-separated token ids, e.g. 1,17,300
+        #[arg(long, value_delimiter = ',', required = true)]
+        tokens: Vec<u32>,
+        /// One row of logits per position (default: the last position only)
+        #[arg(long)]
+        all: bool,
+        /// Worker threads (default: all cores)
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Print the token ids of a text as JSON
+    Tokenize { model: PathBuf, text: String },
+    /// Check the structure and every checksum of a .tern file
+    Verify { file: PathBuf },
+    /// Print a .tern file's config and tensor table
+    Inspect { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    model: PathBuf,
+    /// The prompt text
+    #[arg(short, long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+    prompt: Option<String>,
+    /// Read the prompt from a file (`-` for stdin)
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// Tokens to generate at most
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    n: usize,
+    /// Temperature; 0 is greedy (default: the model file's)
+    #[arg(long)]
+    temp: Option<f32>,
+    /// Keep only the K most likely tokens; 0 = all (default: the model file's)
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches P (default: the model file's)
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Penalise the last 64 tokens by this factor; 1 = off (default: the model file's)
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
+    /// Random seed (default: from the clock; printed with the stats)
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when the text contains this string (repeatable)
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Worker threads (default: all cores)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Check every tensor checksum before running
+    #[arg(long)]
+    verify: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => cmd_generate(args),
+        Command::Logits { model, tokens, all, threads } => cmd_logits(&model, &tokens, all, threads),
+        Command::Tokenize { model, text } => cmd_tokenize(&model, &text),
+        Command::Verify { file } => cmd_verify(&file),
+        Command::Inspect { file } => cmd_inspect(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed stdout (e.g. `| head`) is the reader's choice, not a failure.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tern: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn set_threads(threads: Option<usize>) -> Result<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = threads.unwrap_or(cores);
+    if n == 0 {
+        bail!("--threads must be at least 1");
+    }
+    if n > cores {
+        eprintln!("tern: warning: --threads {n} is more than the {cores} cores here; expect it to be slower");
+    }
+    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting worker threads")?;
+    Ok(n)
+}
+
+fn open_model(path: &Path, verify: bool) -> Result<(Model, TextTokenizer)> {
+    let file = ModelFile::open(path)?;
+    if verify {
+        file.verify()?;
+    }
+    let tok = TextTokenizer::from_json(file.tokenizer_json(), file.config().vocab_size)
+        .with_context(|| format!("{}: embedded tokenizer", path.display()))?;
+    Ok((Model::from_file(file)?, tok))
+}
+
+fn read_prompt(args: &GenerateArgs) -> Result<String> {
+    let (bytes, what) = match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => return Ok(p.clone()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut b = Vec::new();
+            std::io::stdin().read_to_end(&mut b).context("reading the prompt from stdin")?;
+            (b, "stdin".to_string())
+        }
+        (None, Some(path)) => {
+            let b = std::fs::read(path).with_context(|| format!("reading prompt file {}", path.display()))?;
+            (b, path.display().to_string())
+        }
+        (None, None) => bail!("give --prompt TEXT or --prompt-file PATH"),
+    };
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!("prompt from {what} is not valid UTF-8 (bad byte at offset {})", e.utf8_error().valid_up_to())
+    })
+}
+
+fn cmd_generate(args: GenerateArgs) -> Result<()> {
+    let threads = set_threads(args.threads)?;
+    let prompt = read_prompt(&args)?;
+    let t0 = Instant::now();
+    let (model, tok) = open_model(&args.model, args.verify)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let c = model.config();
+    let g = c.generation;
+    let sampler = SamplerConfig {
+        temperature: args.temp.unwrap_or(g.temperature),
+        top_k: args.top_k.unwrap_or(g.top_k as usize),
+        top_p: args.top_p.unwrap_or(g.top_p),
+        repeat_penalty: args.repeat_penalty.unwrap_or(g.repeat_penalty),
+        repeat_last_n: 64,
+    };
+    if !(sampler.temperature.is_finite() && sampler.temperature >= 0.0) {
+        bail!("--temp must be a number ≥ 0");
+    }
+    if !(sampler.top_p > 0.0 && sampler.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1]");
+    }
+    if !(sampler.repeat_penalty.is_finite() && sampler.repeat_penalty > 0.0) {
+        bail!("--repeat-penalty must be a number > 0");
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    });
+    let mut ids = tok.encode(&prompt)?;
+    if ids.is_empty() {
+        ids.extend(c.bos_id);
+    }
+    let opts = GenerateOptions { max_new: args.n, sampler, seed, stop: args.stop.clone() };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    out.write_all(prompt.as_bytes())?;
+    out.flush()?;
+    let stats = generate(&model, &tok, &ids, &opts, &mut |piece| {
+        out.write_all(piece.as_bytes())?;
+        out.flush()?;
+        Ok(())
+    })?;
+    writeln!(out)?;
+    eprintln!(
+        "load {load_ms:.0} ms | prompt {} tok, {:.1} tok/s | generated {} tok, {:.1} tok/s | {threads} threads, {} kernels, seed {seed}",
+        stats.prompt_tokens,
+        stats.prompt_tps(),
+        stats.gen_tokens,
+        stats.gen_tps(),
+        model.kernels().name,
+    );
+    Ok(())
+}
+
+fn cmd_logits(path: &Path, tokens: &[u32], all: bool, threads: Option<usize>) -> Result<()> {
+    set_threads(threads)?;
+    let (model, _) = open_model(path, false)?;
+    tern::generate::check_context(&model, tokens.len(), 0)?;
+    let mut st = State::new(model.config(), tokens.len(), tern::model::DEFAULT_BATCH)?;
+    let mut rows: Vec<Vec<f32>> = Vec::new();
+    if all {
+        model.forward_all(&mut st, tokens, 0, &mut |_, l| rows.push(l.to_vec()))?;
+    } else {
+        rows.push(model.forward(&mut st, tokens, 0)?.to_vec());
+    }
+    let json = serde_json::json!({ "tokens": tokens, "logits": rows });
+    println!("{json}");
+    Ok(())
+}
+
+fn cmd_tokenize(path: &Path, text: &str) -> Result<()> {
+    let file = ModelFile::open(path)?;
+    let tok = TextTokenizer::from_json(file.tokenizer_json(), file.config().vocab_size)?;
+    println!("{}", serde_json::to_string(&tok.encode(text)?)?);
+    Ok(())
+}
+
+fn cmd_verify(path: &Path) -> Result<()> {
+    let t0 = Instant::now();
+    let file = ModelFile::open(path)?;
+    file.verify()?;
+    println!(
+        "OK: {} ({} tensors, {} bytes, every checksum and padding byte checked in {:.0} ms)",
+        path.display(),
+        file.tensors().len(),
+        file.len(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+fn cmd_inspect(path: &Path) -> Result<()> {
+    let file = ModelFile::open(path)?;
+    let c = file.config();
+    println!("file          {} ({} bytes, format version {})", path.display(), file.len(), tern_format::VERSION);
+    println!("arch          {:?}, activation {:?}", c.arch, c.activation);
+    println!("vocab         {}", c.vocab_size);
+    println!("hidden        {} (intermediate {})", c.hidden_size, c.intermediate_size);
+    println!("layers        {}", c.n_layers);
+    println!("heads         {} (kv heads {}, head dim {})", c.n_heads, c.n_kv_heads, c.head_dim);
+    println!("context       {}", c.max_positions);
+    println!("rope theta    {}, rms eps {}", c.rope_theta, c.rms_eps);
+    println!(
+        "sub-norms     attn {}, ffn {}; output tied to embedding: {}",
+        c.attn_sub_norm, c.ffn_sub_norm, c.tied_output
+    );
+    let id = |x: Option<u32>| x.map_or("-".to_string(), |v| v.to_string());
+    println!("tokens        bos {}, eos {}, pad {}", id(c.bos_id), id(c.eos_id), id(c.pad_id));
+    let g = c.generation;
+    println!(
+        "sampling      temp {}, top-k {}, top-p {}, repeat penalty {}",
+        g.temperature, g.top_k, g.top_p, g.repeat_penalty
+    );
+    println!("tokenizer     {} bytes of tokenizer.json", file.tokenizer_json().len());
+    println!();
+    println!("{:<28} {:<18} {:<5} {:>12} {:>12}", "tensor", "shape", "enc", "scale", "bytes");
+    for t in file.tensors() {
+        let scale = if t.encoding == tern_format::Encoding::T2 { format!("{:.6e}", t.scale) } else { "-".into() };
+        println!("{:<28} {:<18} {:<5} {:>12} {:>12}", t.name, t.shape.to_string(), t.encoding.name(), scale, t.length);
+    }
+    Ok(())
+}

@@ -1,0 +1,511 @@
+//! The BitNet b1.58 forward pass, in the order the data flows.
+//!
+//! Per layer (1bitLLM's BitnetForCausalLM):
+//!
+//! ```text
+//! x ─ attn_norm ─ BitLinear q,k,v ─ RoPE ─ causal softmax attention ─ attn_sub_norm ─ BitLinear o ─(+x)
+//!   ─ ffn_norm ─ BitLinear gate,up ─ act(gate)·up ─ ffn_sub_norm ─ BitLinear down ─(+x)
+//! ```
+//!
+//! then `output_norm` and the output projection (the embedding when tied).
+//!
+//! BitLinear: `s_x = 127 / max|x|`, `xq = round_half_even(x · s_x)` clamped to int8, an exact
+//! integer dot product with the ternary weights, and one rescale `y = dot · scale / s_x`
+//! (`scale = mean|W|`, see SPEC.md). Inputs shared by several projections (q/k/v, gate/up)
+//! are quantized once: quantization is a function of the input alone.
+//!
+//! The weights are ranges into the memory-mapped file ([`ModelFile`]); everything that
+//! changes while running lives in [`State`], allocated once. Prompts run in chunks of up
+//! to [`State`]'s batch size, layer by layer, so each weight row is used for every token
+//! of the chunk; a single token is a chunk of one and takes the very same code path.
+
+use crate::kernels::{self, Kernels};
+use crate::loader::ModelFile;
+use crate::ops::{quantize_activations, rmsnorm, rope, silu, softmax, FloatMatrix};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use tern_format::names::{self, BlockTensor};
+use tern_format::ternary::{padded_cols, row_bytes};
+use tern_format::{find_tensor, Activation, Encoding, ModelConfig, Shape, TensorInfo};
+
+// ---------------------------------------------------------------------------------------
+// Weights
+
+/// A packed ternary matrix in the file.
+#[derive(Debug, Clone, Copy)]
+struct Ternary {
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    /// `max(mean|W|, 1e-5)`: `W ≈ scale · Wq`.
+    scale: f32,
+}
+
+/// One transformer block.
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Ternary,
+    wk: Ternary,
+    wv: Ternary,
+    attn_sub_norm: Option<Vec<f32>>,
+    wo: Ternary,
+    ffn_norm: Vec<f32>,
+    w_gate: Ternary,
+    w_up: Ternary,
+    ffn_sub_norm: Option<Vec<f32>>,
+    w_down: Ternary,
+}
+
+/// A loaded model: the mapped file and typed views of its weights.
+pub struct Model {
+    file: ModelFile,
+    config: ModelConfig,
+    kernels: Kernels,
+    embed: FloatMatrix,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    /// The output projection: the embedding itself when tied.
+    output: FloatMatrix,
+}
+
+impl Model {
+    /// Maps and validates a `.tern` file and checks that it holds every tensor its config needs.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::from_file(ModelFile::open(path)?)
+    }
+
+    pub fn from_file(file: ModelFile) -> Result<Self> {
+        let config = file.config().clone();
+        let ctx = || format!("{}: not a usable model", file.path().display());
+        let find = |name: &str, encodings: &[Encoding], shape: Shape| -> Result<&TensorInfo> {
+            find_tensor(file.tensors(), name, encodings, shape).with_context(ctx)
+        };
+        let floats = |info: &TensorInfo| -> Vec<f32> {
+            file.data(info).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        };
+        let ternary = |info: &TensorInfo| -> Ternary {
+            let Shape::Matrix { rows, cols } = info.shape else { unreachable!("checked a matrix") };
+            Ternary {
+                offset: info.offset as usize,
+                rows: rows as usize,
+                cols: cols as usize,
+                row_bytes: row_bytes(cols as usize),
+                scale: info.scale,
+            }
+        };
+        let float_matrix = |info: &TensorInfo| -> FloatMatrix {
+            let Shape::Matrix { rows, cols } = info.shape else { unreachable!("checked a matrix") };
+            FloatMatrix {
+                offset: info.offset as usize,
+                rows: rows as usize,
+                cols: cols as usize,
+                encoding: info.encoding,
+            }
+        };
+
+        let (v, h) = (u64::from(config.vocab_size), u64::from(config.hidden_size));
+        let matrix = Shape::Matrix { rows: v, cols: h };
+        let embed = float_matrix(find(names::TOKEN_EMBD, &names::MATRIX_FLOAT, matrix)?);
+        let output_norm = floats(find(names::OUTPUT_NORM, &[Encoding::F32], Shape::Vector(h))?);
+        let output =
+            if config.tied_output { embed } else { float_matrix(find(names::OUTPUT, &names::MATRIX_FLOAT, matrix)?) };
+        let mut layers = Vec::with_capacity(config.n_layers as usize);
+        for l in 0..config.n_layers {
+            let get = |t: BlockTensor| find(&t.name(l), &[t.encoding()], t.shape(&config));
+            let norm = |t: BlockTensor| -> Result<Option<Vec<f32>>> {
+                Ok(if t.present(&config) { Some(floats(get(t)?)) } else { None })
+            };
+            layers.push(Layer {
+                attn_norm: floats(get(BlockTensor::AttnNorm)?),
+                wq: ternary(get(BlockTensor::AttnQ)?),
+                wk: ternary(get(BlockTensor::AttnK)?),
+                wv: ternary(get(BlockTensor::AttnV)?),
+                attn_sub_norm: norm(BlockTensor::AttnSubNorm)?,
+                wo: ternary(get(BlockTensor::AttnOutput)?),
+                ffn_norm: floats(get(BlockTensor::FfnNorm)?),
+                w_gate: ternary(get(BlockTensor::FfnGate)?),
+                w_up: ternary(get(BlockTensor::FfnUp)?),
+                ffn_sub_norm: norm(BlockTensor::FfnSubNorm)?,
+                w_down: ternary(get(BlockTensor::FfnDown)?),
+            });
+        }
+        Ok(Model { kernels: Kernels::detect(), file, config, embed, layers, output_norm, output })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn file(&self) -> &ModelFile {
+        &self.file
+    }
+
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    /// Uses other kernels (tests compare kernels on whole models).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Forward
+
+    /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the logits of the last.
+    pub fn forward<'s>(&self, st: &'s mut State, tokens: &[u32], pos: usize) -> Result<&'s [f32]> {
+        self.run(st, tokens, pos, None, None)?;
+        let vocab = self.config.vocab_size as usize;
+        let n = (tokens.len() - 1) % st.batch + 1;
+        Ok(&st.logits[(n - 1) * vocab..n * vocab])
+    }
+
+    /// Runs `tokens` and hands the logits of every position to `sink(pos, logits)`.
+    pub fn forward_all(
+        &self,
+        st: &mut State,
+        tokens: &[u32],
+        pos: usize,
+        sink: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.run(st, tokens, pos, Some(sink), None)
+    }
+
+    /// Like [`forward_all`](Model::forward_all), and hands every layer's input and output
+    /// hidden state to `trace(layer, pos, stage, hidden)`.
+    pub fn forward_traced(
+        &self,
+        st: &mut State,
+        tokens: &[u32],
+        pos: usize,
+        sink: &mut dyn FnMut(usize, &[f32]),
+        trace: &mut dyn FnMut(usize, usize, Stage, &[f32]),
+    ) -> Result<()> {
+        self.run(st, tokens, pos, Some(sink), Some(trace))
+    }
+
+    /// Runs layer `layer` alone on given input hidden states (one row of `hidden_size` per
+    /// position, positions `pos..`), writing that layer's KV cache, and returns its
+    /// outputs. Lets a test feed a layer exactly the input another implementation saw.
+    pub fn forward_layer(&self, st: &mut State, layer: usize, inputs: &[f32], pos: usize) -> Result<Vec<f32>> {
+        let h = self.config.hidden_size as usize;
+        if layer >= self.layers.len() || inputs.len() % h != 0 {
+            bail!("forward_layer: layer {layer} or input length {} is out of range", inputs.len());
+        }
+        let n_tok = inputs.len() / h;
+        self.check_span(st, n_tok, pos)?;
+        let mut out = Vec::with_capacity(inputs.len());
+        for (c, chunk) in inputs.chunks(st.batch * h).enumerate() {
+            let n = chunk.len() / h;
+            st.x[..chunk.len()].copy_from_slice(chunk);
+            self.layer(st, layer, n, pos + c * st.batch);
+            out.extend_from_slice(&st.x[..chunk.len()]);
+        }
+        Ok(out)
+    }
+
+    fn check_span(&self, st: &State, n_tok: usize, pos: usize) -> Result<()> {
+        if n_tok == 0 {
+            bail!("no tokens to run");
+        }
+        if pos + n_tok > st.max_seq {
+            bail!(
+                "positions {pos}..{} exceed the context of {} positions this run was sized for (model maximum {})",
+                pos + n_tok,
+                st.max_seq,
+                self.config.max_positions
+            );
+        }
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        st: &mut State,
+        tokens: &[u32],
+        pos: usize,
+        mut all_logits: Option<&mut dyn FnMut(usize, &[f32])>,
+        mut trace: Option<&mut dyn FnMut(usize, usize, Stage, &[f32])>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let (h, vocab) = (c.hidden_size as usize, c.vocab_size as usize);
+        self.check_span(st, tokens.len(), pos)?;
+        if let Some(&bad) = tokens.iter().find(|&&t| t >= c.vocab_size) {
+            bail!("token id {bad} is not below the vocabulary size {vocab}");
+        }
+        let bytes = self.file.bytes();
+        let last_chunk = (tokens.len() - 1) / st.batch;
+        for (ci, chunk) in tokens.chunks(st.batch).enumerate() {
+            let n = chunk.len();
+            let p0 = pos + ci * st.batch;
+            for (t, &tok) in chunk.iter().enumerate() {
+                self.embed.row(bytes, tok as usize, &mut st.x[t * h..(t + 1) * h]);
+            }
+            for l in 0..self.layers.len() {
+                if let Some(tr) = trace.as_mut() {
+                    for t in 0..n {
+                        tr(l, p0 + t, Stage::LayerInput, &st.x[t * h..(t + 1) * h]);
+                    }
+                }
+                self.layer(st, l, n, p0);
+                if let Some(tr) = trace.as_mut() {
+                    for t in 0..n {
+                        tr(l, p0 + t, Stage::LayerOutput, &st.x[t * h..(t + 1) * h]);
+                    }
+                }
+            }
+            // Logits at every position when asked for, else only for the very last token.
+            let wanted = match (&all_logits, ci == last_chunk) {
+                (Some(_), _) => 0..n,
+                (None, true) => n - 1..n,
+                (None, false) => 0..0,
+            };
+            for t in wanted {
+                let logits = &mut st.logits[t * vocab..(t + 1) * vocab];
+                rmsnorm(&mut st.xn[..h], &st.x[t * h..(t + 1) * h], &self.output_norm, c.rms_eps);
+                self.output.matvec(bytes, &st.xn[..h], logits);
+                if let Some(sink) = all_logits.as_mut() {
+                    sink(p0 + t, logits);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One transformer block over the `n` tokens in `st.x` at positions `p0..p0 + n`.
+    fn layer(&self, st: &mut State, l: usize, n: usize, p0: usize) {
+        let c = &self.config;
+        let (h, qd, kvd, inter) = (c.hidden_size as usize, c.q_dim(), c.kv_dim(), c.intermediate_size as usize);
+        let (hd, eps) = (c.head_dim as usize, c.rms_eps);
+        let w = &self.layers[l];
+
+        // Attention: norm, q/k/v from one quantized input, RoPE, cache, softmax attention.
+        for t in 0..n {
+            rmsnorm(&mut st.xn[t * h..(t + 1) * h], &st.x[t * h..(t + 1) * h], &w.attn_norm, eps);
+        }
+        self.quantize(st, n, h);
+        self.bitlinear(st, &w.wq, n, Out::Q);
+        self.bitlinear(st, &w.wk, n, Out::K);
+        self.bitlinear(st, &w.wv, n, Out::V);
+        let half = hd / 2;
+        let cache_at = |pos: usize| (l * st.max_seq + pos) * kvd;
+        for t in 0..n {
+            let pos = p0 + t;
+            let (cos, sin) = (&st.rope_cos[pos * half..(pos + 1) * half], &st.rope_sin[pos * half..(pos + 1) * half]);
+            for head in st.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
+                rope(head, cos, sin);
+            }
+            for head in st.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
+                rope(head, cos, sin);
+            }
+            let at = cache_at(pos);
+            st.key_cache[at..at + kvd].copy_from_slice(&st.k[t * kvd..(t + 1) * kvd]);
+            st.value_cache[at..at + kvd].copy_from_slice(&st.v[t * kvd..(t + 1) * kvd]);
+        }
+        let group = (c.n_heads / c.n_kv_heads) as usize;
+        let inv_sqrt = 1.0 / (hd as f32).sqrt();
+        for t in 0..n {
+            let pos = p0 + t;
+            for head in 0..c.n_heads as usize {
+                let kv_off = (head / group) * hd;
+                let q = &st.q[t * qd + head * hd..t * qd + (head + 1) * hd];
+                let scores = &mut st.scores[..=pos];
+                for (s, score) in scores.iter_mut().enumerate() {
+                    let k = &st.key_cache[cache_at(s) + kv_off..cache_at(s) + kv_off + hd];
+                    *score = crate::ops::dot(q, k) * inv_sqrt;
+                }
+                softmax(scores);
+                let out = &mut st.att[t * qd + head * hd..t * qd + (head + 1) * hd];
+                out.fill(0.0);
+                for (s, &a) in scores.iter().enumerate() {
+                    let v = &st.value_cache[cache_at(s) + kv_off..cache_at(s) + kv_off + hd];
+                    for (o, &vv) in out.iter_mut().zip(v) {
+                        *o += a * vv;
+                    }
+                }
+            }
+        }
+        for t in 0..n {
+            let (src, dst) = (&st.att[t * qd..(t + 1) * qd], &mut st.xn[t * qd..(t + 1) * qd]);
+            match &w.attn_sub_norm {
+                Some(g) => rmsnorm(dst, src, g, eps),
+                None => dst.copy_from_slice(src),
+            }
+        }
+        self.quantize(st, n, qd);
+        self.bitlinear(st, &w.wo, n, Out::Tmp);
+        for (x, d) in st.x[..n * h].iter_mut().zip(&st.tmp[..n * h]) {
+            *x += d;
+        }
+
+        // MLP: norm, gate/up from one quantized input, act(gate)·up, sub-norm, down.
+        for t in 0..n {
+            rmsnorm(&mut st.xn[t * h..(t + 1) * h], &st.x[t * h..(t + 1) * h], &w.ffn_norm, eps);
+        }
+        self.quantize(st, n, h);
+        self.bitlinear(st, &w.w_gate, n, Out::Gate);
+        self.bitlinear(st, &w.w_up, n, Out::Up);
+        for (g, &u) in st.gate[..n * inter].iter_mut().zip(&st.up[..n * inter]) {
+            let a = match c.activation {
+                Activation::Silu => silu(*g),
+                Activation::ReluSquared => g.max(0.0) * g.max(0.0),
+            };
+            *g = a * u;
+        }
+        for t in 0..n {
+            let (src, dst) = (&st.gate[t * inter..(t + 1) * inter], &mut st.xn[t * inter..(t + 1) * inter]);
+            match &w.ffn_sub_norm {
+                Some(g) => rmsnorm(dst, src, g, eps),
+                None => dst.copy_from_slice(src),
+            }
+        }
+        self.quantize(st, n, inter);
+        self.bitlinear(st, &w.w_down, n, Out::Tmp);
+        for (x, d) in st.x[..n * h].iter_mut().zip(&st.tmp[..n * h]) {
+            *x += d;
+        }
+    }
+
+    /// Quantizes the first `n` rows of `st.xn` (each `cols` wide) into `st.xq`.
+    fn quantize(&self, st: &mut State, n: usize, cols: usize) {
+        let pc = padded_cols(cols);
+        for t in 0..n {
+            let (s, sum) = quantize_activations(&st.xn[t * cols..(t + 1) * cols], &mut st.xq[t * pc..(t + 1) * pc]);
+            st.s_x[t] = s;
+            st.act_sum[t] = sum;
+        }
+    }
+
+    /// `out = BitLinear(w, quantized st.xq)` for `n` tokens.
+    fn bitlinear(&self, st: &mut State, w: &Ternary, n: usize, out: Out) {
+        let pc = padded_cols(w.cols);
+        let packed = &self.file.bytes()[w.offset..w.offset + w.rows * w.row_bytes];
+        let acc = &mut st.acc[..w.rows * n];
+        kernels::ternary_gemm(&self.kernels, packed, w.row_bytes, &st.xq[..n * pc], &st.act_sum[..n], acc);
+        let dst = match out {
+            Out::Q => &mut st.q,
+            Out::K => &mut st.k,
+            Out::V => &mut st.v,
+            Out::Gate => &mut st.gate,
+            Out::Up => &mut st.up,
+            Out::Tmp => &mut st.tmp,
+        };
+        for t in 0..n {
+            let f = w.scale / st.s_x[t];
+            for (r, y) in dst[t * w.rows..(t + 1) * w.rows].iter_mut().enumerate() {
+                *y = acc[r * n + t] as f32 * f;
+            }
+        }
+    }
+}
+
+/// Which point of a layer a traced hidden state comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    LayerInput,
+    LayerOutput,
+}
+
+/// Which buffer a BitLinear writes.
+#[derive(Clone, Copy)]
+enum Out {
+    Q,
+    K,
+    V,
+    Gate,
+    Up,
+    Tmp,
+}
+
+// ---------------------------------------------------------------------------------------
+// Run state
+
+/// Everything that changes during a run, allocated once for a context of `max_seq`
+/// positions and prompt chunks of up to `batch` tokens.
+pub struct State {
+    max_seq: usize,
+    batch: usize,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    xq: Vec<i8>,
+    s_x: Vec<f32>,
+    act_sum: Vec<i32>,
+    acc: Vec<i32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    tmp: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    scores: Vec<f32>,
+    key_cache: Vec<f32>,
+    value_cache: Vec<f32>,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// Default prompt chunk size.
+pub const DEFAULT_BATCH: usize = 32;
+
+impl State {
+    /// A run state for up to `max_seq` positions (at most the model's `max_positions`).
+    pub fn new(config: &ModelConfig, max_seq: usize, batch: usize) -> Result<Self> {
+        if max_seq == 0 || max_seq > config.max_positions as usize {
+            bail!("context of {max_seq} positions is outside 1..={} (the model's maximum)", config.max_positions);
+        }
+        let batch = batch.clamp(1, max_seq);
+        let c = config;
+        let (h, qd, kvd, inter, vocab) =
+            (c.hidden_size as usize, c.q_dim(), c.kv_dim(), c.intermediate_size as usize, c.vocab_size as usize);
+        let widest = h.max(qd).max(inter);
+        let rows = h.max(qd).max(kvd).max(inter);
+        let half = c.head_dim as usize / 2;
+        // RoPE tables (Hugging Face: inv_freq = theta^(-2i/d), angle = pos * inv_freq).
+        let mut rope_cos = vec![0f32; max_seq * half];
+        let mut rope_sin = vec![0f32; max_seq * half];
+        for pos in 0..max_seq {
+            for i in 0..half {
+                let inv_freq = f64::from(c.rope_theta).powf(-2.0 * i as f64 / c.head_dim as f64);
+                let angle = pos as f64 * inv_freq;
+                rope_cos[pos * half + i] = angle.cos() as f32;
+                rope_sin[pos * half + i] = angle.sin() as f32;
+            }
+        }
+        let cache = c.n_layers as usize * max_seq * kvd;
+        Ok(State {
+            max_seq,
+            batch,
+            x: vec![0.0; batch * h],
+            xn: vec![0.0; batch * widest],
+            xq: vec![0; batch * padded_cols(widest)],
+            s_x: vec![0.0; batch],
+            act_sum: vec![0; batch],
+            acc: vec![0; batch * rows],
+            q: vec![0.0; batch * qd],
+            k: vec![0.0; batch * kvd],
+            v: vec![0.0; batch * kvd],
+            att: vec![0.0; batch * qd],
+            tmp: vec![0.0; batch * h],
+            gate: vec![0.0; batch * inter],
+            up: vec![0.0; batch * inter],
+            scores: vec![0.0; max_seq],
+            key_cache: vec![0.0; cache],
+            value_cache: vec![0.0; cache],
+            rope_cos,
+            rope_sin,
+            logits: vec![0.0; batch * vocab],
+        })
+    }
+
+    pub fn max_seq(&self) -> usize {
+        self.max_seq
+    }
+
+    /// Bytes held by the KV cache.
+    pub fn kv_cache_bytes(&self) -> usize {
+        (self.key_cache.len() + self.value_cache.len()) * 4
+    }
+}

@@ -1,0 +1,127 @@
+//! The small numeric operations of the forward pass, each on one token's vector.
+
+use rayon::prelude::*;
+use tern_format::Encoding;
+
+/// `out = x / sqrt(mean(x^2) + eps) * w`.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ss + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * inv * g;
+    }
+}
+
+/// Per-token absmax int8 quantization, exactly as BitLinear defines it:
+/// `s_x = 127 / max(max|x|, 1e-5)`, `xq = clamp(round_half_even(x * s_x), -128, 127)`.
+/// Writes `x.len()` values to `xq` and zeros to the rest (the block padding).
+/// Returns `(s_x, sum(xq))`.
+pub fn quantize_activations(x: &[f32], xq: &mut [i8]) -> (f32, i32) {
+    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let s_x = 127.0 / max.max(1e-5);
+    let mut sum = 0i32;
+    for (q, &v) in xq.iter_mut().zip(x) {
+        let r = (v * s_x).round_ties_even().clamp(-128.0, 127.0) as i8;
+        *q = r;
+        sum += i32::from(r);
+    }
+    xq[x.len()..].fill(0);
+    (s_x, sum)
+}
+
+/// In-place softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Rotary embedding with half rotation (Hugging Face `rotate_half`): dimension `i` pairs
+/// with `i + d/2`. `cos`/`sin` hold `d/2` values for this position.
+pub fn rope(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = head.len() / 2;
+    let (a, b) = head.split_at_mut(half);
+    for i in 0..half {
+        let (x0, x1) = (a[i], b[i]);
+        a[i] = x0 * cos[i] - x1 * sin[i];
+        b[i] = x1 * cos[i] + x0 * sin[i];
+    }
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// A float matrix in the file: the embedding or the output projection.
+#[derive(Debug, Clone, Copy)]
+pub struct FloatMatrix {
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub encoding: Encoding,
+}
+
+impl FloatMatrix {
+    fn row_bytes(&self) -> usize {
+        self.cols * if self.encoding == Encoding::F16 { 2 } else { 4 }
+    }
+
+    /// Row `r` as f32 values into `out`.
+    pub fn row(&self, file: &[u8], r: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        decode_row(self.encoding, &file[self.offset + r * rb..self.offset + (r + 1) * rb], out);
+    }
+
+    /// `out[r] = dot(M[r], x)` for every row, in parallel bands.
+    pub fn matvec(&self, file: &[u8], x: &[f32], out: &mut [f32]) {
+        const BAND: usize = 64;
+        let rb = self.row_bytes();
+        let data = &file[self.offset..self.offset + self.rows * rb];
+        data.par_chunks(BAND * rb).zip(out.par_chunks_mut(BAND)).for_each_init(
+            || vec![0f32; self.cols],
+            |row, (bytes, out)| {
+                for (o, rbytes) in out.iter_mut().zip(bytes.chunks_exact(rb)) {
+                    decode_row(self.encoding, rbytes, row);
+                    *o = dot(row, x);
+                }
+            },
+        );
+    }
+}
+
+/// Little-endian f16 or f32 values to f32.
+fn decode_row(encoding: Encoding, bytes: &[u8], out: &mut [f32]) {
+    if encoding == Encoding::F16 {
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        }
+    } else {
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+}
+
+/// Float dot product with 8 independent accumulators (vectorises, fixed order).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}

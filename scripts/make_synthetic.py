@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Make random-weight checkpoints in the exact 1bitLLM (BitnetForCausalLM) format.
+
+Real tensor names (`model.layers.N.self_attn.inner_attn_ln.weight`, ...), the stored
+`rotary_emb.inv_freq`, tied (no lm_head) or untied, F32 / F16 / BF16, one file or
+two shards with an index. Weights are random, so outputs mean nothing; shapes,
+names and numerics are what the fixtures test.
+
+  make_synthetic.py --preset fixtures           # the committed fixtures under fixtures/
+  make_synthetic.py --preset large -o DIR       # bitnet_b1_58-large shape, 2.9 GB F32 (do not commit)
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import st  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "..", "fixtures")
+TOKENIZER_512 = os.path.join(FIXTURES, "tokenizer-512.json")
+
+# name: (hidden, intermediate, layers, heads, kv_heads, vocab, dtype, tied, shards, seed)
+FIXTURE_SHAPES = {
+    "tiny-tied": dict(hidden=64, inter=128, layers=2, heads=4, kv=4, vocab=512, dtype="F32", tied=True, shards=1),
+    "tiny-untied": dict(hidden=64, inter=160, layers=3, heads=4, kv=4, vocab=512, dtype="F32", tied=False, shards=1),
+    "tiny-odd-gqa-bf16": dict(hidden=96, inter=200, layers=2, heads=6, kv=2, vocab=512, dtype="BF16", tied=True, shards=1),
+    "tiny-f16-sharded": dict(hidden=64, inter=172, layers=2, heads=2, kv=2, vocab=512, dtype="F16", tied=False, shards=2),
+}
+LARGE = dict(hidden=1536, inter=4096, layers=24, heads=16, kv=16, vocab=32002, dtype="F32", tied=True, shards=1)
+
+
+def config_json(s, max_pos):
+    c = {
+        "architectures": ["BitnetForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": s["hidden"],
+        "intermediate_size": s["inter"],
+        "num_hidden_layers": s["layers"],
+        "num_attention_heads": s["heads"],
+        "num_key_value_heads": s["kv"],
+        "max_position_embeddings": max_pos,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "vocab_size": s["vocab"],
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": s["vocab"] - 2 if s["vocab"] > 32000 else None,
+        "torch_dtype": {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[s["dtype"]],
+        "weight_bits": 1,
+        "input_bits": 8,
+    }
+    if not s["tied"]:
+        c["tie_word_embeddings"] = False
+    return c
+
+
+def tensor_entries(s, rng):
+    """(name, dtype, shape, producer) in 1bitLLM naming; weights drawn lazily."""
+    h, i, dt = s["hidden"], s["inter"], s["dtype"]
+    head_dim = h // s["heads"]
+    kv = s["kv"] * head_dim
+
+    def normal(shape, std):
+        return lambda: (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+
+    def norm(n):
+        return lambda: (1.0 + 0.1 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
+
+    inv_freq = (1.0 / (10000.0 ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))).astype(np.float32)
+    # Small embeddings (as in trained models) so that the layers, not the input token, decide the logits.
+    out = [("model.embed_tokens.weight", dt, (s["vocab"], h), normal((s["vocab"], h), 0.1))]
+    for l in range(s["layers"]):
+        p = f"model.layers.{l}"
+        out += [
+            (f"{p}.input_layernorm.weight", dt, (h,), norm(h)),
+            (f"{p}.self_attn.q_proj.weight", dt, (h, h), normal((h, h), h**-0.5)),
+            (f"{p}.self_attn.k_proj.weight", dt, (kv, h), normal((kv, h), h**-0.5)),
+            (f"{p}.self_attn.v_proj.weight", dt, (kv, h), normal((kv, h), h**-0.5)),
+            (f"{p}.self_attn.o_proj.weight", dt, (h, h), normal((h, h), h**-0.5)),
+            (f"{p}.self_attn.inner_attn_ln.weight", dt, (h,), norm(h)),
+            (f"{p}.self_attn.rotary_emb.inv_freq", "F32", (head_dim // 2,), lambda: inv_freq),
+            (f"{p}.post_attention_layernorm.weight", dt, (h,), norm(h)),
+            (f"{p}.mlp.gate_proj.weight", dt, (i, h), normal((i, h), h**-0.5)),
+            (f"{p}.mlp.up_proj.weight", dt, (i, h), normal((i, h), h**-0.5)),
+            (f"{p}.mlp.down_proj.weight", dt, (h, i), normal((h, i), i**-0.5)),
+            (f"{p}.mlp.ffn_layernorm.weight", dt, (i,), norm(i)),
+        ]
+    out.append(("model.norm.weight", dt, (h,), norm(h)))
+    if not s["tied"]:
+        out.append(("lm_head.weight", dt, (s["vocab"], h), normal((s["vocab"], h), h**-0.5)))
+    return out
+
+
+def make(folder, s, seed, tokenizer, max_pos=128, generation=None):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config_json(s, max_pos), f, indent=2)
+    shutil.copyfile(tokenizer, os.path.join(folder, "tokenizer.json"))
+    if generation:
+        with open(os.path.join(folder, "generation_config.json"), "w") as f:
+            json.dump(generation, f, indent=2)
+    entries = tensor_entries(s, rng)
+    if s["shards"] == 1:
+        st.write(os.path.join(folder, "model.safetensors"), entries)
+        return
+    # Split in two halves by tensor order; the index maps every tensor to its shard.
+    half = len(entries) // 2
+    parts = [entries[:half], entries[half:]]
+    weight_map = {}
+    for k, part in enumerate(parts):
+        fname = f"model-{k + 1:05d}-of-{len(parts):05d}.safetensors"
+        st.write(os.path.join(folder, fname), part)
+        weight_map.update({name: fname for name, *_ in part})
+    total = sum(int(np.prod(shape)) * st.itemsize(dt) for _, dt, shape, _ in entries)
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=["fixtures", "large"], required=True)
+    ap.add_argument("-o", "--output", help="output folder (large preset)")
+    ap.add_argument("--tokenizer", default=TOKENIZER_512, help="tokenizer.json to copy in")
+    args = ap.parse_args()
+    if args.preset == "fixtures":
+        for seed, (name, s) in enumerate(FIXTURE_SHAPES.items()):
+            gen = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 20} if name == "tiny-tied" else None
+            make(os.path.join(FIXTURES, name), s, seed=1000 + seed, tokenizer=args.tokenizer, generation=gen)
+            print("wrote", name)
+    else:
+        if not args.output:
+            ap.error("--preset large needs -o")
+        make(args.output, LARGE, seed=7, tokenizer=args.tokenizer, max_pos=2048)
+        print("wrote", args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Independent reference forward pass of BitNet b1.58 (1bitLLM BitnetForCausalLM), numpy float64.
+
+Written from the model's definition, not from tern's Rust code; reads the Hugging Face
+checkpoint folder directly (never a .tern file).
+
+  BitLinear  s_w = 1 / max(mean|W|, 1e-5)           (f32, as torch's weight_quant does)
+             Wq  = clamp(round(W * s_w), -1, 1)       (f32, round half to even)
+             s_x = 127 / max(max|x|, 1e-5)            (per token)
+             xq  = clamp(round(x * s_x), -128, 127)
+             y   = (xq . Wq) / (s_x * s_w)
+  layer      h = x + o_proj(inner_attn_ln(attn(rope(q(n1)), rope(k(n1)), v(n1))))   n1 = input_layernorm(x)
+             out = h + down_proj(ffn_layernorm(silu(gate(n2)) * up(n2)))             n2 = post_attention_layernorm(h)
+  logits     model.norm, then the tied embed_tokens (or lm_head when present)
+
+Usage: reference.py FIXTURE_DIR [-o golden.json]   (default: FIXTURE_DIR/golden.json)
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import st  # noqa: E402
+
+PROMPT = "It is a truth universally acknowledged, that a single man in possession"
+GREEDY_STEPS = 32
+
+
+class Reference:
+    def __init__(self, folder):
+        with open(os.path.join(folder, "config.json")) as f:
+            c = json.load(f)
+        self.c = c
+        self.t = st.read_checkpoint(folder)
+        self.h = c["hidden_size"]
+        self.n_heads = c["num_attention_heads"]
+        self.n_kv = c.get("num_key_value_heads", self.n_heads)
+        self.hd = c.get("head_dim", self.h // self.n_heads)
+        self.eps = c.get("rms_norm_eps", 1e-5)
+        self.theta = c.get("rope_theta", 10000.0)
+        self.n_layers = c["num_hidden_layers"]
+        self.tied = c.get("tie_word_embeddings") is True or "lm_head.weight" not in self.t
+        self.act_quant = True
+        self._wq = {}
+
+    # --- BitLinear -------------------------------------------------------------------
+    def ternary(self, name):
+        """(Wq as float64 in {-1,0,1}, s_w) with torch's float32 weight_quant arithmetic."""
+        if name not in self._wq:
+            w32 = self.t[name].astype(np.float32)
+            mean = np.float32(np.abs(w32.astype(np.float64)).mean())
+            s_w = np.float32(1.0) / max(mean, np.float32(1e-5))
+            wq = np.clip(np.round(w32 * s_w), -1, 1)
+            self._wq[name] = (wq.astype(np.float64), float(s_w))
+        return self._wq[name]
+
+    @staticmethod
+    def quantize(x):
+        s_x = 127.0 / np.maximum(np.abs(x).max(axis=-1, keepdims=True), 1e-5)
+        return np.clip(np.round(x * s_x), -128, 127), s_x
+
+    def bitlinear(self, name, x):
+        wq, s_w = self.ternary(name)
+        if not self.act_quant:
+            return x @ wq.T / s_w
+        xq, s_x = self.quantize(x)
+        return (xq @ wq.T) / (s_x * s_w)
+
+    # --- pieces ----------------------------------------------------------------------
+    def rmsnorm(self, x, name):
+        return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + self.eps) * self.t[name]
+
+    def rope(self, x, positions):
+        """x: [T, heads, hd]; Hugging Face rotate_half convention."""
+        inv_freq = 1.0 / (self.theta ** (np.arange(0, self.hd, 2, dtype=np.float64) / self.hd))
+        ang = np.outer(positions, inv_freq)
+        cos = np.concatenate([np.cos(ang), np.cos(ang)], axis=-1)[:, None, :]
+        sin = np.concatenate([np.sin(ang), np.sin(ang)], axis=-1)[:, None, :]
+        half = self.hd // 2
+        rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+        return x * cos + rot * sin
+
+    def layer(self, l, x):
+        """One block over a whole sequence x [T, h] at positions 0..T-1."""
+        p = f"model.layers.{l}"
+        T = x.shape[0]
+        pos = np.arange(T)
+        n1 = self.rmsnorm(x, f"{p}.input_layernorm.weight")
+        q = self.bitlinear(f"{p}.self_attn.q_proj.weight", n1).reshape(T, self.n_heads, self.hd)
+        k = self.bitlinear(f"{p}.self_attn.k_proj.weight", n1).reshape(T, self.n_kv, self.hd)
+        v = self.bitlinear(f"{p}.self_attn.v_proj.weight", n1).reshape(T, self.n_kv, self.hd)
+        q, k = self.rope(q, pos), self.rope(k, pos)
+        rep = self.n_heads // self.n_kv
+        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+        scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(self.hd)
+        scores = np.where(np.tril(np.ones((T, T), dtype=bool))[None], scores, -np.inf)
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        scores /= scores.sum(axis=-1, keepdims=True)
+        att = np.einsum("hts,shd->thd", scores, v).reshape(T, self.n_heads * self.hd)
+        att = self.rmsnorm(att, f"{p}.self_attn.inner_attn_ln.weight")
+        h = x + self.bitlinear(f"{p}.self_attn.o_proj.weight", att)
+        n2 = self.rmsnorm(h, f"{p}.post_attention_layernorm.weight")
+        g = self.bitlinear(f"{p}.mlp.gate_proj.weight", n2)
+        u = self.bitlinear(f"{p}.mlp.up_proj.weight", n2)
+        m = self.rmsnorm(g / (1.0 + np.exp(-g)) * u, f"{p}.mlp.ffn_layernorm.weight")
+        return h + self.bitlinear(f"{p}.mlp.down_proj.weight", m)
+
+    def forward(self, tokens, hidden=None):
+        """Logits [T, vocab]; appends each layer's input to `hidden` if given."""
+        x = self.t["model.embed_tokens.weight"][np.asarray(tokens)]
+        for l in range(self.n_layers):
+            if hidden is not None:
+                hidden.append(x)
+            x = self.layer(l, x)
+        x = self.rmsnorm(x, "model.norm.weight")
+        out = self.t["model.embed_tokens.weight"] if self.tied else self.t["lm_head.weight"]
+        return x @ out.T
+
+
+def f32(x):
+    return np.asarray(x, dtype=np.float32).astype(np.float64)
+
+
+def rows(a, digits=9):
+    return [[float(f"{v:.{digits}g}") for v in r] for r in np.atleast_2d(a)]
+
+
+def bitlinear_probe(ref, rng):
+    """A layer-0 q_proj input whose int8 quantization has no value near a rounding boundary,
+    so any correct implementation (f32 or f64) must produce the same xq and the same ints."""
+    name = "model.layers.0.self_attn.q_proj.weight"
+    while True:
+        x = f32(rng.standard_normal(ref.h))
+        s_x = 127.0 / np.abs(x).max()
+        frac = np.abs(x * s_x - np.floor(x * s_x) - 0.5)
+        if frac.min() > 1e-3:
+            break
+    xq, s_x = ref.quantize(x[None])
+    wq, s_w = ref.ternary(name)
+    dot = (xq @ wq.T).astype(np.int64)[0]
+    y = dot / (s_x[0, 0] * s_w)
+    return {
+        "tensor": "blk.0.attn_q",
+        "x": [float(v) for v in x],
+        "xq": [int(v) for v in xq[0]],
+        "dot": [int(v) for v in dot],
+        "y": [float(v) for v in y],
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("fixture")
+    ap.add_argument("-o", "--output")
+    args = ap.parse_args()
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(args.fixture, "tokenizer.json"))
+    tokens = tok.encode(PROMPT).ids
+    assert len(tokens) >= 16, len(tokens)
+    ref = Reference(args.fixture)
+
+    hidden = []
+    logits = ref.forward(tokens, hidden)
+    ref.act_quant = False
+    logits_noq = ref.forward(tokens)
+    ref.act_quant = True
+
+    # Teacher-forced layer pairs: input rounded to f32 (what a runtime is handed), output in f64.
+    layers = []
+    for l, x in enumerate(hidden):
+        x = f32(x)
+        layers.append({"input": rows(x), "output": rows(ref.layer(l, x))})
+
+    seq = list(tokens)
+    for _ in range(GREEDY_STEPS):
+        seq.append(int(np.argmax(ref.forward(seq)[-1])))
+
+    golden = {
+        "about": "scripts/reference.py (numpy float64) on this fixture's Hugging Face checkpoint",
+        "prompt": PROMPT,
+        "tokens": tokens,
+        "logits": rows(logits),
+        "logits_no_act_quant": rows(logits_noq),
+        "greedy": seq[len(tokens):],
+        "layers": layers,
+        "bitlinear": bitlinear_probe(ref, np.random.default_rng(0)),
+    }
+    out = args.output or os.path.join(args.fixture, "golden.json")
+    with open(out, "w") as f:
+        json.dump(golden, f, separators=(",", ":"))
+    top = np.argmax(logits, axis=-1)
+    print(f"wrote {out}: {len(tokens)} tokens, argmax {top[:8].tolist()}..., greedy {golden['greedy'][:8]}...")
+
+
+if __name__ == "__main__":
+    main()
