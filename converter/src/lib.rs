@@ -340,3 +340,48 @@ pub fn unpack_matrix(data: &[u8], rows: usize, cols: usize) -> Result<Vec<i8>, S
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Cursor, SeekFrom};
+
+    /// A disk that fills up after `room` bytes.
+    struct FullDisk {
+        inner: Cursor<Vec<u8>>,
+        room: usize,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.inner.get_ref().len() + buf.len() > self.room {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            self.inner.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Seek for FullDisk {
+        fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+            self.inner.seek(pos)
+        }
+    }
+
+    #[test]
+    fn disk_full_is_reported() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-tied");
+        let mut config = hf_config::read_config(&dir).unwrap().config;
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let opts = Options { embed: Encoding::F16, progress: false };
+        let (planned, _) = plan(&ckpt, &mut config, None, &opts).unwrap();
+        let tok = read_tokenizer(&dir, &config).unwrap();
+        for room in [100, 20_000, 100_000] {
+            let disk = FullDisk { inner: Cursor::new(Vec::new()), room };
+            let err = write_all(disk, &ckpt, &config, &tok, &planned, &opts).err().expect("must fail");
+            assert!(format!("{err:#}").contains("No space left on device"), "{err:#}");
+        }
+    }
+}

@@ -102,10 +102,10 @@ impl ModelConfig {
                 return bad(field, format!("{v} is outside 1..={max}"));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad("n_kv_heads", format!("{} does not divide n_heads {}", self.n_kv_heads, self.n_heads));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad("head_dim", format!("{} is odd; RoPE rotates pairs", self.head_dim));
         }
         if u64::from(self.n_heads) * u64::from(self.head_dim) > u64::from(MAX_DIM) {

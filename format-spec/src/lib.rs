@@ -422,7 +422,7 @@ fn parse_entry(index: usize, raw: &RawEntry, min_offset: u64, file_len: u64) -> 
         return Err(err(format!("length {} (expected {length} for {} {shape})", raw.length, encoding.name())));
     }
     let offset = raw.offset.get();
-    if offset % TENSOR_ALIGN != 0 {
+    if !offset.is_multiple_of(TENSOR_ALIGN) {
         return Err(err(format!("offset {offset} is not a multiple of {TENSOR_ALIGN}")));
     }
     if offset < min_offset {

@@ -131,9 +131,9 @@ mod tests {
     #[test]
     fn invalid_code_is_reported() {
         let mut packed = [0x55u8; 64];
-        packed[5] = 0b0111_0101; // column 192 + 5 = 197 has code 3
+        packed[5] = 0b0111_0101; // bits 4-5 = code 3: column 128 + 5
         let mut row = [0i8; 256];
-        assert_eq!(unpack_row(&packed, &mut row), Err(197));
+        assert_eq!(unpack_row(&packed, &mut row), Err(133));
     }
 
     #[test]

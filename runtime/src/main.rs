@@ -209,14 +209,14 @@ fn cmd_logits(path: &Path, tokens: &[u32], all: bool, threads: Option<usize>) ->
         rows.push(model.forward(&mut st, tokens, 0)?.to_vec());
     }
     let json = serde_json::json!({ "tokens": tokens, "logits": rows });
-    println!("{json}");
+    writeln!(std::io::stdout().lock(), "{json}")?;
     Ok(())
 }
 
 fn cmd_tokenize(path: &Path, text: &str) -> Result<()> {
     let file = ModelFile::open(path)?;
     let tok = TextTokenizer::from_json(file.tokenizer_json(), file.config().vocab_size)?;
-    println!("{}", serde_json::to_string(&tok.encode(text)?)?);
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&tok.encode(text)?)?)?;
     Ok(())
 }
 
@@ -224,44 +224,56 @@ fn cmd_verify(path: &Path) -> Result<()> {
     let t0 = Instant::now();
     let file = ModelFile::open(path)?;
     file.verify()?;
-    println!(
+    writeln!(
+        std::io::stdout().lock(),
         "OK: {} ({} tensors, {} bytes, every checksum and padding byte checked in {:.0} ms)",
         path.display(),
         file.tensors().len(),
         file.len(),
         t0.elapsed().as_secs_f64() * 1e3
-    );
+    )?;
     Ok(())
 }
 
 fn cmd_inspect(path: &Path) -> Result<()> {
     let file = ModelFile::open(path)?;
     let c = file.config();
-    println!("file          {} ({} bytes, format version {})", path.display(), file.len(), tern_format::VERSION);
-    println!("arch          {:?}, activation {:?}", c.arch, c.activation);
-    println!("vocab         {}", c.vocab_size);
-    println!("hidden        {} (intermediate {})", c.hidden_size, c.intermediate_size);
-    println!("layers        {}", c.n_layers);
-    println!("heads         {} (kv heads {}, head dim {})", c.n_heads, c.n_kv_heads, c.head_dim);
-    println!("context       {}", c.max_positions);
-    println!("rope theta    {}, rms eps {}", c.rope_theta, c.rms_eps);
-    println!(
+    let out = &mut std::io::stdout().lock();
+    writeln!(out, "file          {} ({} bytes, format version {})", path.display(), file.len(), tern_format::VERSION)?;
+    writeln!(out, "arch          {:?}, activation {:?}", c.arch, c.activation)?;
+    writeln!(out, "vocab         {}", c.vocab_size)?;
+    writeln!(out, "hidden        {} (intermediate {})", c.hidden_size, c.intermediate_size)?;
+    writeln!(out, "layers        {}", c.n_layers)?;
+    writeln!(out, "heads         {} (kv heads {}, head dim {})", c.n_heads, c.n_kv_heads, c.head_dim)?;
+    writeln!(out, "context       {}", c.max_positions)?;
+    writeln!(out, "rope theta    {}, rms eps {}", c.rope_theta, c.rms_eps)?;
+    writeln!(
+        out,
         "sub-norms     attn {}, ffn {}; output tied to embedding: {}",
         c.attn_sub_norm, c.ffn_sub_norm, c.tied_output
-    );
+    )?;
     let id = |x: Option<u32>| x.map_or("-".to_string(), |v| v.to_string());
-    println!("tokens        bos {}, eos {}, pad {}", id(c.bos_id), id(c.eos_id), id(c.pad_id));
+    writeln!(out, "tokens        bos {}, eos {}, pad {}", id(c.bos_id), id(c.eos_id), id(c.pad_id))?;
     let g = c.generation;
-    println!(
+    writeln!(
+        out,
         "sampling      temp {}, top-k {}, top-p {}, repeat penalty {}",
         g.temperature, g.top_k, g.top_p, g.repeat_penalty
-    );
-    println!("tokenizer     {} bytes of tokenizer.json", file.tokenizer_json().len());
-    println!();
-    println!("{:<28} {:<18} {:<5} {:>12} {:>12}", "tensor", "shape", "enc", "scale", "bytes");
+    )?;
+    writeln!(out, "tokenizer     {} bytes of tokenizer.json", file.tokenizer_json().len())?;
+    writeln!(out)?;
+    writeln!(out, "{:<28} {:<18} {:<5} {:>12} {:>12}", "tensor", "shape", "enc", "scale", "bytes")?;
     for t in file.tensors() {
         let scale = if t.encoding == tern_format::Encoding::T2 { format!("{:.6e}", t.scale) } else { "-".into() };
-        println!("{:<28} {:<18} {:<5} {:>12} {:>12}", t.name, t.shape.to_string(), t.encoding.name(), scale, t.length);
+        writeln!(
+            out,
+            "{:<28} {:<18} {:<5} {:>12} {:>12}",
+            t.name,
+            t.shape.to_string(),
+            t.encoding.name(),
+            scale,
+            t.length
+        )?;
     }
     Ok(())
 }

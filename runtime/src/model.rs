@@ -179,8 +179,8 @@ impl Model {
         st: &mut State,
         tokens: &[u32],
         pos: usize,
-        sink: &mut dyn FnMut(usize, &[f32]),
-        trace: &mut dyn FnMut(usize, usize, Stage, &[f32]),
+        sink: LogitsSink,
+        trace: TraceSink,
     ) -> Result<()> {
         self.run(st, tokens, pos, Some(sink), Some(trace))
     }
@@ -190,7 +190,7 @@ impl Model {
     /// outputs. Lets a test feed a layer exactly the input another implementation saw.
     pub fn forward_layer(&self, st: &mut State, layer: usize, inputs: &[f32], pos: usize) -> Result<Vec<f32>> {
         let h = self.config.hidden_size as usize;
-        if layer >= self.layers.len() || inputs.len() % h != 0 {
+        if layer >= self.layers.len() || !inputs.len().is_multiple_of(h) {
             bail!("forward_layer: layer {layer} or input length {} is out of range", inputs.len());
         }
         let n_tok = inputs.len() / h;
@@ -225,8 +225,8 @@ impl Model {
         st: &mut State,
         tokens: &[u32],
         pos: usize,
-        mut all_logits: Option<&mut dyn FnMut(usize, &[f32])>,
-        mut trace: Option<&mut dyn FnMut(usize, usize, Stage, &[f32])>,
+        mut all_logits: Option<LogitsSink>,
+        mut trace: Option<TraceSink>,
     ) -> Result<()> {
         let c = &self.config;
         let (h, vocab) = (c.hidden_size as usize, c.vocab_size as usize);
@@ -399,6 +399,11 @@ impl Model {
         }
     }
 }
+
+/// Receives `(position, logits)`.
+pub type LogitsSink<'a> = &'a mut dyn FnMut(usize, &[f32]);
+/// Receives `(layer, position, stage, hidden state)`.
+pub type TraceSink<'a> = &'a mut dyn FnMut(usize, usize, Stage, &[f32]);
 
 /// Which point of a layer a traced hidden state comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

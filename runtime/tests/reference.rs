@@ -261,3 +261,33 @@ fn context_overflow_is_an_error() {
     let err = f.model.forward(&mut st, &[1, 9999], 0).unwrap_err().to_string();
     assert!(err.contains("token id 9999"), "{err}");
 }
+
+/// The trace hook hands out each layer's input and output: inputs follow the reference's
+/// hidden states, and each layer's output is the next layer's input.
+#[test]
+fn trace_hook_exposes_layer_states() {
+    let f = load("tiny-untied", Encoding::F32);
+    let tokens = ids(&f.golden["tokens"]);
+    let c = f.model.config();
+    let (h, n_layers) = (c.hidden_size as usize, c.n_layers as usize);
+    let mut inputs = vec![vec![Vec::new(); tokens.len()]; n_layers];
+    let mut outputs = inputs.clone();
+    let mut st = State::new(c, tokens.len(), 8).unwrap();
+    f.model
+        .forward_traced(&mut st, &tokens, 0, &mut |_, _| {}, &mut |l, p, stage, x| {
+            assert_eq!(x.len(), h);
+            let slot = if stage == tern::Stage::LayerInput { &mut inputs } else { &mut outputs };
+            slot[l][p] = x.to_vec();
+        })
+        .unwrap();
+    for l in 0..n_layers {
+        let want = matrix(&f.golden["layers"][l]["input"]);
+        for p in 0..tokens.len() {
+            let err = rel_err(&inputs[l][p], &want[p]);
+            assert!(err < 1e-5, "layer {l} position {p}: {err:e}");
+            if l + 1 < n_layers {
+                assert_eq!(outputs[l][p], inputs[l + 1][p]);
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The reader on damaged and crafted files: every fault is a clean, named error.
+
+use std::io::Cursor;
+use tern_format::ternary::{pack_row, row_bytes};
+use tern_format::*;
+use zerocopy::little_endian::U64;
+use zerocopy::{FromBytes, IntoBytes};
+
+fn config() -> ModelConfig {
+    ModelConfig {
+        arch: Arch::BitnetLlama,
+        activation: Activation::Silu,
+        attn_sub_norm: true,
+        ffn_sub_norm: true,
+        tied_output: true,
+        vocab_size: 10,
+        hidden_size: 8,
+        intermediate_size: 16,
+        n_layers: 1,
+        n_heads: 2,
+        n_kv_heads: 1,
+        head_dim: 4,
+        max_positions: 32,
+        rope_theta: 10000.0,
+        rms_eps: 1e-5,
+        bos_id: Some(1),
+        eos_id: Some(2),
+        pad_id: None,
+        generation: GenerationDefaults::default(),
+    }
+}
+
+const TOKENIZER: &str = r#"{"model":{"type":"BPE","vocab":{"a":0}},"note":"padding to an odd length"}"#;
+
+/// A small file with one tensor of each encoding: t2 [3, 300] (row padding), f16 [4, 5], f32 [7].
+fn sample() -> Vec<u8> {
+    let specs = [
+        TensorSpec { name: "w".into(), encoding: Encoding::T2, shape: Shape::Matrix { rows: 3, cols: 300 } },
+        TensorSpec { name: "e".into(), encoding: Encoding::F16, shape: Shape::Matrix { rows: 4, cols: 5 } },
+        TensorSpec { name: "n".into(), encoding: Encoding::F32, shape: Shape::Vector(7) },
+    ];
+    let mut w = TernWriter::new(Cursor::new(Vec::new()), &config(), TOKENIZER.as_bytes(), &specs).unwrap();
+    let mut t2 = vec![0u8; 3 * row_bytes(300)];
+    for (r, out) in t2.chunks_mut(row_bytes(300)).enumerate() {
+        let row: Vec<i8> = (0..300).map(|c| ((c + r) % 3) as i8 - 1).collect();
+        pack_row(&row, out);
+    }
+    w.write_tensor(&t2, 0.25).unwrap();
+    let f16: Vec<u8> = (0..20).flat_map(|i| half_bits(i as f32 * 0.5)).collect();
+    w.write_tensor(&f16, 1.0).unwrap();
+    let f32s: Vec<u8> = (0..7).flat_map(|i| (i as f32 + 0.5).to_le_bytes()).collect();
+    w.write_tensor(&f32s, 1.0).unwrap();
+    w.finish().unwrap().into_inner()
+}
+
+/// f16 bits of small exact values (enough for a test; no half crate here).
+fn half_bits(v: f32) -> [u8; 2] {
+    if v == 0.0 {
+        return [0, 0];
+    }
+    let bits = v.to_bits();
+    let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
+    let mant = (bits >> 13) & 0x3ff;
+    (((exp as u32) << 10 | mant) as u16).to_le_bytes()
+}
+
+fn full_check(bytes: &[u8]) -> Result<(), FormatError> {
+    TernFile::parse(bytes)?.verify()
+}
+
+/// Recomputes the directory and header checksums after a deliberate edit, so that the
+/// structural checks, not the checksums, must catch it.
+fn reseal(bytes: &mut [u8]) {
+    let (mut header, _) = RawHeader::read_from_prefix(bytes).unwrap();
+    let dir = header.dir_offset.get() as usize;
+    let n = header.n_tensors.get() as usize;
+    header.dir_checksum = U64::new(checksum(&bytes[dir..dir + n * ENTRY_LEN]));
+    let hb = header.as_bytes();
+    header.header_checksum = U64::new(checksum(&hb[..HEADER_LEN - 8]));
+    bytes[..HEADER_LEN].copy_from_slice(header.as_bytes());
+}
+
+fn entry_mut(bytes: &mut [u8], i: usize) -> &mut RawEntry {
+    let at = HEADER_LEN + CONFIG_LEN + i * ENTRY_LEN;
+    RawEntry::mut_from_bytes(&mut bytes[at..at + ENTRY_LEN]).unwrap()
+}
+
+#[test]
+fn sample_round_trips() {
+    let bytes = sample();
+    let f = TernFile::parse(&bytes).unwrap();
+    f.verify().unwrap();
+    assert_eq!(f.config(), &config());
+    assert_eq!(f.tokenizer_json(), TOKENIZER);
+    let names: Vec<_> = f.tensors().iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["w", "e", "n"]);
+    let w = f.tensor("w").unwrap();
+    assert_eq!((w.info.scale, w.data.len()), (0.25, 3 * 128));
+    assert!(f.tensors().iter().all(|t| t.offset % TENSOR_ALIGN == 0));
+    assert_eq!(
+        f.tensor("n").unwrap().data,
+        &(0..7).flat_map(|i| (i as f32 + 0.5).to_le_bytes()).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(
+        f.expect_tensor("e", &[Encoding::F32], Shape::Matrix { rows: 4, cols: 5 }).unwrap_err().to_string(),
+        "tensor e: encoding f16 (expected f32)"
+    );
+}
+
+#[test]
+fn every_single_byte_flip_is_detected() {
+    let good = sample();
+    for i in 0..good.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut bad = good.clone();
+            bad[i] ^= bit;
+            assert!(full_check(&bad).is_err(), "flipping bit {bit:#x} of byte {i} went unnoticed");
+        }
+    }
+}
+
+#[test]
+fn a_flip_names_its_region() {
+    let good = sample();
+    let f = TernFile::parse(&good).unwrap();
+    let tok_at = HEADER_LEN + CONFIG_LEN + 3 * ENTRY_LEN;
+    let t = |n: &str| f.tensor(n).unwrap().info.offset as usize;
+    let e_end = t("e") + f.tensor("e").unwrap().info.length as usize;
+    let cases = [
+        (20, "checksum mismatch in header"),
+        (HEADER_LEN + 20, "checksum mismatch in config"),
+        (HEADER_LEN + CONFIG_LEN + 70, "checksum mismatch in tensor directory"),
+        (tok_at + 10, "checksum mismatch in tokenizer"),
+        (t("w") + 5, "checksum mismatch in tensor w"),
+        (t("e") + 1, "checksum mismatch in tensor e"),
+        (t("n") + 27, "checksum mismatch in tensor n"),
+        (tok_at + TOKENIZER.len(), "non-zero padding byte"),
+        (e_end + 3, "padding before tensor n"),
+    ];
+    for (at, want) in cases {
+        let mut bad = good.clone();
+        bad[at] ^= 0x10;
+        let err = full_check(&bad).unwrap_err().to_string();
+        assert!(err.contains(want), "byte {at}: {err:?} does not contain {want:?}");
+    }
+}
+
+#[test]
+fn every_truncation_is_a_clean_error() {
+    let good = sample();
+    for len in 0..good.len() {
+        let err = TernFile::parse(&good[..len]).unwrap_err().to_string();
+        assert!(
+            err.contains("truncated") || err.contains("not a .tern file") || err.contains("checksum"),
+            "length {len}: {err}"
+        );
+    }
+    let mut longer = good.clone();
+    longer.push(0);
+    assert!(TernFile::parse(&longer).unwrap_err().to_string().contains("extra bytes appended"));
+    assert!(TernFile::parse(&[]).unwrap_err().to_string().contains("truncated"));
+}
+
+#[test]
+fn newer_version_asks_for_an_upgrade() {
+    let mut bytes = sample();
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let err = TernFile::parse(&bytes).unwrap_err().to_string();
+    assert!(err.contains("made by a newer tern") && err.contains("upgrade"), "{err}");
+}
+
+#[test]
+fn bad_magic() {
+    let mut bytes = sample();
+    bytes[0] = b'X';
+    assert!(TernFile::parse(&bytes).unwrap_err().to_string().contains("not a .tern file"));
+}
+
+#[test]
+fn crafted_directories_are_rejected_without_large_allocations() {
+    let good = sample();
+    type Edit = fn(&mut [u8]);
+    let cases: [(&str, Edit, &str); 7] = [
+        (
+            "overlap",
+            |b| {
+                let e = entry_mut(b, 0).offset.get();
+                entry_mut(b, 1).offset = U64::new(e);
+            },
+            "overlaps",
+        ),
+        ("past the end", |b| entry_mut(b, 2).offset = U64::new(1 << 40), "truncated"),
+        (
+            "size overflows u64",
+            |b| {
+                let e = entry_mut(b, 1);
+                e.dims = [U64::new(u64::MAX / 2), U64::new(3)];
+            },
+            "impossible",
+        ),
+        (
+            "misaligned",
+            |b| {
+                let o = entry_mut(b, 2).offset.get();
+                entry_mut(b, 2).offset = U64::new(o + 4);
+            },
+            "not a multiple of 64",
+        ),
+        (
+            "wrong length",
+            |b| {
+                let l = entry_mut(b, 2).length.get();
+                entry_mut(b, 2).length = U64::new(l + 4);
+            },
+            "length",
+        ),
+        ("duplicate name", |b| entry_mut(b, 1).name = entry_mut(b, 0).name, "duplicate name"),
+        ("unknown encoding", |b| entry_mut(b, 0).encoding.set(9), "unknown encoding"),
+    ];
+    for (what, edit, want) in cases {
+        let mut bad = good.clone();
+        edit(&mut bad);
+        reseal(&mut bad);
+        let err = TernFile::parse(&bad).unwrap_err().to_string();
+        assert!(err.contains(want), "{what}: {err}");
+    }
+    // A directory claiming 2^60 entries is refused before anything is allocated for it.
+    let mut bad = good.clone();
+    let (mut h, _) = RawHeader::read_from_prefix(&bad).unwrap();
+    h.n_tensors = U64::new(1 << 60);
+    h.header_checksum = U64::new(checksum(&h.as_bytes()[..HEADER_LEN - 8]));
+    bad[..HEADER_LEN].copy_from_slice(h.as_bytes());
+    let err = TernFile::parse(&bad).unwrap_err().to_string();
+    assert!(err.contains("cannot fit"), "{err}");
+}
+
+#[test]
+fn writer_refuses_misuse() {
+    let specs = [TensorSpec { name: "w".into(), encoding: Encoding::T2, shape: Shape::Matrix { rows: 2, cols: 10 } }];
+    let mut w = TernWriter::new(Cursor::new(Vec::new()), &config(), b"{}", &specs).unwrap();
+    assert!(w.write_tensor(&[0u8; 10], 1.0).unwrap_err().to_string().contains("128 expected"));
+    assert!(w.write_tensor(&[0u8; 128], f32::NAN).is_err());
+    w.write_tensor(&[0x55u8; 128], 0.5).unwrap();
+    assert!(w.write_tensor(&[0u8; 128], 0.5).is_err());
+    let long = TensorSpec { name: "x".repeat(65), encoding: Encoding::F32, shape: Shape::Vector(1) };
+    assert!(TernWriter::new(Cursor::new(Vec::new()), &config(), b"{}", &[long]).is_err());
+    let vector_t2 = TensorSpec { name: "v".into(), encoding: Encoding::T2, shape: Shape::Vector(4) };
+    assert!(TernWriter::new(Cursor::new(Vec::new()), &config(), b"{}", &[vector_t2]).is_err());
+    let unfinished = TernWriter::new(Cursor::new(Vec::new()), &config(), b"{}", &specs).unwrap();
+    assert!(unfinished.finish().unwrap_err().to_string().contains("never written"));
+}
+
+#[test]
+fn config_validation_names_the_field() {
+    let mut c = config();
+    c.n_kv_heads = 3;
+    assert!(c.validate().unwrap_err().to_string().contains("n_kv_heads"));
+    let mut c = config();
+    c.head_dim = 5;
+    assert!(c.validate().unwrap_err().to_string().contains("head_dim"));
+    let mut c = config();
+    c.eos_id = Some(10);
+    assert!(c.validate().unwrap_err().to_string().contains("eos_id"));
+    let mut c = config();
+    c.rms_eps = f32::NAN;
+    assert!(c.validate().unwrap_err().to_string().contains("rms_eps"));
+}

@@ -1,0 +1,189 @@
+//! The `tern` binary as a user runs it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name)
+}
+
+/// A converted fixture in a temp dir.
+fn converted(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join(format!("{name}.tern"));
+    let opts = tern_convert::Options { embed: tern_format::Encoding::F16, progress: false };
+    tern_convert::convert(&fixture(name), &out, &opts).unwrap();
+    (dir, out)
+}
+
+fn tern(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tern")).args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+/// Exit code 1 with one `tern: error:` line naming `needle`, and no panic.
+fn assert_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(err.starts_with("tern: error:") && err.contains(needle), "{err:?} lacks {needle:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn verify_passes_intact_and_fails_damaged_files() {
+    let (_d, model) = converted("tiny-untied");
+    let m = model.to_str().unwrap();
+    let ok = tern(&["verify", m]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(stdout(&ok).starts_with("OK: "), "{}", stdout(&ok));
+
+    let bytes = std::fs::read(&model).unwrap();
+    let file = tern_format::TernFile::parse(&bytes).unwrap();
+    let last = file.tensors().last().unwrap();
+    let mut bad = bytes.clone();
+    bad[last.offset as usize + 7] ^= 1;
+    let damaged = model.with_extension("bad.tern");
+    std::fs::write(&damaged, &bad).unwrap();
+    let o = tern(&["verify", damaged.to_str().unwrap()]);
+    assert_error(&o, &format!("checksum mismatch in tensor {}", last.name));
+}
+
+#[test]
+fn inspect_shows_config_and_tensors() {
+    let (_d, model) = converted("tiny-odd-gqa-bf16");
+    let o = tern(&["inspect", model.to_str().unwrap()]);
+    assert!(o.status.success());
+    let s = stdout(&o);
+    assert!(s.contains("heads         6 (kv heads 2, head dim 16)"), "{s}");
+    assert!(s.contains("blk.1.ffn_down"), "{s}");
+    let line = s.lines().find(|l| l.starts_with("blk.0.ffn_gate ")).unwrap();
+    // [200, 96] ternary: 200 rows × one 64-byte block.
+    assert!(line.contains("[200, 96]") && line.contains("t2") && line.trim_end().ends_with("12800"), "{line}");
+}
+
+#[test]
+fn generate_is_reproducible_and_reports_stats() {
+    let (_d, model) = converted("tiny-tied");
+    let m = model.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["generate", m, "-p", "It is a truth", "-n", "12"];
+        all.extend_from_slice(args);
+        tern(&all)
+    };
+    let a = run(&["--temp", "0"]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(stdout(&a).starts_with("It is a truth"));
+    assert!(stdout(&a).len() > "It is a truth\n".len());
+    assert_eq!(stdout(&a), stdout(&run(&["--temp", "0"])));
+    let ids: Vec<u32> = serde_json::from_str(&stdout(&tern(&["tokenize", m, "It is a truth"]))).unwrap();
+    let err = stderr(&a);
+    let want = format!("prompt {} tok", ids.len());
+    assert!(err.contains("load ") && err.contains(&want) && err.contains("generated 12 tok"), "{err}");
+    // Sampling: a seed reproduces the text; the text does not depend on thread count.
+    let s1 = run(&["--temp", "1.0", "--top-k", "0", "--top-p", "1", "--seed", "5", "--threads", "1"]);
+    let s2 = run(&["--temp", "1.0", "--top-k", "0", "--top-p", "1", "--seed", "5", "--threads", "2"]);
+    assert_eq!(stdout(&s1), stdout(&s2));
+    let s3 = run(&["--temp", "1.0", "--top-k", "0", "--top-p", "1", "--seed", "6"]);
+    assert_ne!(stdout(&s1), stdout(&s3));
+}
+
+#[test]
+fn prompt_from_file_and_stdin() {
+    let (d, model) = converted("tiny-tied");
+    let m = model.to_str().unwrap();
+    let p = d.path().join("prompt.txt");
+    std::fs::write(&p, "It is a truth").unwrap();
+    let from_file = tern(&["generate", m, "--prompt-file", p.to_str().unwrap(), "-n", "5", "--temp", "0"]);
+    let from_arg = tern(&["generate", m, "-p", "It is a truth", "-n", "5", "--temp", "0"]);
+    assert!(from_file.status.success());
+    assert_eq!(stdout(&from_file), stdout(&from_arg));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["generate", m, "--prompt-file", "-", "-n", "5", "--temp", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"It is a truth").unwrap();
+    let from_stdin = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&from_stdin), stdout(&from_arg));
+
+    std::fs::write(&p, b"bad \xff utf8").unwrap();
+    let o = tern(&["generate", m, "--prompt-file", p.to_str().unwrap()]);
+    assert_error(&o, "not valid UTF-8 (bad byte at offset 4)");
+}
+
+#[test]
+fn logits_json_shape() {
+    let (_d, model) = converted("tiny-untied");
+    let m = model.to_str().unwrap();
+    let last = tern(&["logits", m, "--tokens", "1,17,300"]);
+    assert!(last.status.success(), "{}", stderr(&last));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&last)).unwrap();
+    assert_eq!(v["tokens"], serde_json::json!([1, 17, 300]));
+    assert_eq!(v["logits"].as_array().unwrap().len(), 1);
+    assert_eq!(v["logits"][0].as_array().unwrap().len(), 512);
+    let all = tern(&["logits", m, "--tokens", "1,17,300", "--all"]);
+    let w: serde_json::Value = serde_json::from_str(&stdout(&all)).unwrap();
+    assert_eq!(w["logits"].as_array().unwrap().len(), 3);
+    assert_eq!(w["logits"][2], v["logits"][0], "last row of --all equals the default output");
+    assert_error(&tern(&["logits", m, "--tokens", "1,5000"]), "token id 5000");
+}
+
+#[test]
+fn tokenize_prints_ids() {
+    let (_d, model) = converted("tiny-tied");
+    let o = tern(&["tokenize", model.to_str().unwrap(), "It is"]);
+    let ids: Vec<u32> = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(ids[0], 1);
+    assert!(ids.len() >= 3);
+}
+
+#[test]
+fn bad_runtime_inputs_are_clean_errors() {
+    let (d, model) = converted("tiny-tied");
+    let m = model.to_str().unwrap();
+    assert_error(&tern(&["generate", "/no/such/file.tern", "-p", "x"]), "/no/such/file.tern: cannot open");
+    assert_error(&tern(&["generate", d.path().to_str().unwrap(), "-p", "x"]), "is a folder");
+    let empty = d.path().join("empty.tern");
+    std::fs::write(&empty, b"").unwrap();
+    assert_error(&tern(&["verify", empty.to_str().unwrap()]), "is empty");
+    assert_error(&tern(&["generate", m, "-p", "x", "--threads", "0"]), "--threads must be at least 1");
+    assert_error(&tern(&["generate", m, "-p", "x", "-n", "500"]), "the model's context is 128");
+    assert_error(&tern(&["generate", m, "-p", "x", "--top-p", "0"]), "--top-p");
+    // A truncated copy is refused by generate as well as verify.
+    let bytes = std::fs::read(&model).unwrap();
+    let cut = d.path().join("cut.tern");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    assert_error(&tern(&["generate", cut.to_str().unwrap(), "-p", "x"]), "truncated");
+    // -n 0 and an empty prompt are fine.
+    let o = tern(&["generate", m, "-p", "x", "-n", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "x\n");
+    let o = tern(&["generate", m, "-p", "", "-n", "3", "--temp", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("prompt 1 tok"), "empty prompt is BOS alone: {}", stderr(&o));
+}
+
+#[test]
+fn stop_string_ends_generation() {
+    let (_d, model) = converted("tiny-tied");
+    let m = model.to_str().unwrap();
+    let full = stdout(&tern(&["generate", m, "-p", "It", "-n", "30", "--temp", "0"]));
+    let cont = full.trim_end_matches('\n').strip_prefix("It").unwrap().to_string();
+    // Stop at a piece taken from the middle of the greedy continuation.
+    let chars: Vec<char> = cont.chars().collect();
+    assert!(chars.len() > 8, "{cont:?}");
+    let stop: String = chars[4..7].iter().collect();
+    let cut = stdout(&tern(&["generate", m, "-p", "It", "-n", "30", "--temp", "0", "--stop", &stop]));
+    let expected_cont = &cont[..cont.find(&stop).unwrap()];
+    assert_eq!(cut, format!("It{expected_cont}\n"));
+}
