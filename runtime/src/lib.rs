@@ -5,11 +5,13 @@
 #![deny(unsafe_code)]
 
 pub mod generate;
+#[allow(unsafe_code)] // SIMD intrinsics behind feature detection: see kernels/mod.rs
 pub mod kernels;
 #[allow(unsafe_code)] // the memory map: see the SAFETY comment in loader.rs
 pub mod loader;
 pub mod model;
 pub mod ops;
+pub mod perplexity;
 pub mod sampler;
 pub mod tokenizer;
 

@@ -1,6 +1,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use std::io::{Read, Write};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -36,6 +37,20 @@ enum Command {
     },
     /// Print the token ids of a text as JSON
     Tokenize { model: PathBuf, text: String },
+    /// Perplexity of a text file (windows of --ctx tokens, each starting with BOS)
+    Perplexity {
+        model: PathBuf,
+        text_file: PathBuf,
+        /// Window length in tokens, BOS included (default: the model's context)
+        #[arg(long)]
+        ctx: Option<usize>,
+        /// Print {"ppl": ..., "nats_per_token": ..., "tokens": ...}
+        #[arg(long)]
+        json: bool,
+        /// Worker threads (default: all cores)
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Check the structure and every checksum of a .tern file
     Verify { file: PathBuf },
     /// Print a .tern file's config and tensor table
@@ -86,6 +101,9 @@ fn main() -> ExitCode {
         Command::Generate(args) => cmd_generate(args),
         Command::Logits { model, tokens, all, threads } => cmd_logits(&model, &tokens, all, threads),
         Command::Tokenize { model, text } => cmd_tokenize(&model, &text),
+        Command::Perplexity { model, text_file, ctx, json, threads } => {
+            cmd_perplexity(&model, &text_file, ctx, json, threads)
+        }
         Command::Verify { file } => cmd_verify(&file),
         Command::Inspect { file } => cmd_inspect(&file),
     };
@@ -192,7 +210,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         stats.prompt_tps(),
         stats.gen_tokens,
         stats.gen_tps(),
-        model.kernels().name,
+        model.kernels().name(),
     );
     Ok(())
 }
@@ -210,6 +228,42 @@ fn cmd_logits(path: &Path, tokens: &[u32], all: bool, threads: Option<usize>) ->
     }
     let json = serde_json::json!({ "tokens": tokens, "logits": rows });
     writeln!(std::io::stdout().lock(), "{json}")?;
+    Ok(())
+}
+
+fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool, threads: Option<usize>) -> Result<()> {
+    set_threads(threads)?;
+    let bytes = std::fs::read(text_file).with_context(|| format!("reading {}", text_file.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not valid UTF-8 (bad byte at offset {})",
+            text_file.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let (model, tok) = open_model(path, false)?;
+    let ids = tok.encode_plain(&text)?;
+    let ctx = ctx.unwrap_or(model.config().max_positions as usize);
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(ids.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tokens {elapsed} eta {eta}").expect("template"));
+    let t0 = Instant::now();
+    let p = tern::perplexity::perplexity(&model, &ids, ctx, &mut |n| bar.set_position(n as u64))?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let out = &mut std::io::stdout().lock();
+    if json {
+        let v = serde_json::json!({ "ppl": p.ppl, "nats_per_token": p.nats_per_token, "tokens": p.tokens });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "ppl {:.4} | {:.4} nats/token | {} tokens scored | {:.1} tok/s (windows of {ctx})",
+            p.ppl,
+            p.nats_per_token,
+            p.tokens,
+            p.tokens as f64 / secs
+        )?;
+    }
     Ok(())
 }
 

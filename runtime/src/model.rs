@@ -264,7 +264,7 @@ impl Model {
             for t in wanted {
                 let logits = &mut st.logits[t * vocab..(t + 1) * vocab];
                 rmsnorm(&mut st.xn[..h], &st.x[t * h..(t + 1) * h], &self.output_norm, c.rms_eps);
-                self.output.matvec(bytes, &st.xn[..h], logits);
+                self.output.matvec(&self.kernels, bytes, &st.xn[..h], logits);
                 if let Some(sink) = all_logits.as_mut() {
                     sink(p0 + t, logits);
                 }

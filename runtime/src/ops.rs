@@ -1,5 +1,6 @@
 //! The small numeric operations of the forward pass, each on one token's vector.
 
+use crate::kernels::Kernels;
 use rayon::prelude::*;
 use tern_format::Encoding;
 
@@ -80,19 +81,16 @@ impl FloatMatrix {
     }
 
     /// `out[r] = dot(M[r], x)` for every row, in parallel bands.
-    pub fn matvec(&self, file: &[u8], x: &[f32], out: &mut [f32]) {
+    pub fn matvec(&self, k: &Kernels, file: &[u8], x: &[f32], out: &mut [f32]) {
         const BAND: usize = 64;
         let rb = self.row_bytes();
         let data = &file[self.offset..self.offset + self.rows * rb];
-        data.par_chunks(BAND * rb).zip(out.par_chunks_mut(BAND)).for_each_init(
-            || vec![0f32; self.cols],
-            |row, (bytes, out)| {
-                for (o, rbytes) in out.iter_mut().zip(bytes.chunks_exact(rb)) {
-                    decode_row(self.encoding, rbytes, row);
-                    *o = dot(row, x);
-                }
-            },
-        );
+        let f16 = self.encoding == Encoding::F16;
+        data.par_chunks(BAND * rb).zip(out.par_chunks_mut(BAND)).for_each(|(bytes, out)| {
+            for (o, row) in out.iter_mut().zip(bytes.chunks_exact(rb)) {
+                *o = if f16 { k.dot_f16(row, x) } else { k.dot_f32(row, x) };
+            }
+        });
     }
 }
 

@@ -26,6 +26,12 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Encodes without special tokens (for scoring a text as a plain token stream).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| anyhow!("cannot tokenize the text: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Decodes, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| anyhow!("cannot decode tokens: {e}"))

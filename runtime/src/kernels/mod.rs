@@ -1,31 +1,101 @@
 //! Compute kernels behind one dispatch point, chosen once at load.
 //!
 //! The ternary kernel computes exact integer dot products of int8 activations with
-//! packed ternary weights (the `t2` layout of SPEC.md). Only the portable kernel
-//! exists today; SIMD kernels slot in here and are tested against it.
+//! packed ternary weights (the `t2` layout of SPEC.md); the float kernels are the dot
+//! products of the embedding / output matrix. [`Kernels::detect`] picks the best set
+//! this CPU runs (AVX-512 VNNI, then AVX2, then portable); `TERN_KERNELS=portable|avx2|avx512`
+//! overrides it (for benchmarks and comparisons). Every SIMD kernel is tested against the
+//! portable one (`tests/kernels.rs`).
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 pub mod portable;
 
 use rayon::prelude::*;
 
-/// Signature of a ternary GEMM band kernel (see [`portable::ternary_gemm`]).
-pub type TernaryGemm = fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
+type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
+type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
 
-/// The kernels this CPU runs.
+/// A set of kernels this CPU can run. The fields are private and every constructor checks
+/// the CPU features its kernels need, so holding a `Kernels` proves they are safe to call.
 #[derive(Clone, Copy)]
 pub struct Kernels {
-    pub name: &'static str,
-    pub ternary_gemm: TernaryGemm,
+    name: &'static str,
+    ternary_gemm: TernaryGemmFn,
+    dot_f16: DotFn,
+    dot_f32: DotFn,
 }
 
 impl Kernels {
-    /// The best kernels for this CPU.
+    /// The best kernels for this CPU, or those named by `TERN_KERNELS` if it can run them.
     pub fn detect() -> Self {
-        Self::portable()
+        let all = Self::available();
+        if let Ok(want) = std::env::var("TERN_KERNELS") {
+            if let Some(k) = all.iter().find(|k| k.name == want) {
+                return *k;
+            }
+        }
+        all[0]
+    }
+
+    /// Every kernel set this CPU runs, best first; the portable one is always last.
+    pub fn available() -> Vec<Self> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx512::available() {
+                v.push(Kernels {
+                    name: "avx512",
+                    ternary_gemm: avx512::ternary_gemm,
+                    dot_f16: avx512::dot_f16,
+                    dot_f32: avx512::dot_f32,
+                });
+            }
+            if avx2::available() {
+                v.push(Kernels {
+                    name: "avx2",
+                    ternary_gemm: avx2::ternary_gemm,
+                    dot_f16: avx2::dot_f16,
+                    dot_f32: avx2::dot_f32,
+                });
+            }
+        }
+        v.push(Self::portable());
+        v
     }
 
     pub fn portable() -> Self {
-        Kernels { name: "portable", ternary_gemm: portable::ternary_gemm }
+        Kernels {
+            name: "portable",
+            ternary_gemm: portable::ternary_gemm,
+            dot_f16: portable::dot_f16,
+            dot_f32: portable::dot_f32,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// One band of rows: see [`portable::ternary_gemm`].
+    pub fn ternary_band(&self, rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
+        // SAFETY: `self` was built by a constructor that checked this CPU's features; the
+        // kernels check their slice lengths themselves.
+        unsafe { (self.ternary_gemm)(rows, row_bytes, xq, act_sums, out) }
+    }
+
+    /// Dot product of a little-endian f16 row with `x`.
+    pub fn dot_f16(&self, row: &[u8], x: &[f32]) -> f32 {
+        // SAFETY: as in `ternary_band`.
+        unsafe { (self.dot_f16)(row, x) }
+    }
+
+    /// Dot product of a little-endian f32 row with `x`.
+    pub fn dot_f32(&self, row: &[u8], x: &[f32]) -> f32 {
+        // SAFETY: as in `ternary_band`.
+        unsafe { (self.dot_f32)(row, x) }
     }
 }
 
@@ -42,5 +112,5 @@ pub fn ternary_gemm(k: &Kernels, packed: &[u8], row_bytes: usize, xq: &[i8], act
     packed
         .par_chunks(band * row_bytes)
         .zip(acc.par_chunks_mut(band * n_tok))
-        .for_each(|(rows, out)| (k.ternary_gemm)(rows, row_bytes, xq, act_sums, out));
+        .for_each(|(rows, out)| k.ternary_band(rows, row_bytes, xq, act_sums, out));
 }

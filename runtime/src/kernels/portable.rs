@@ -34,3 +34,33 @@ pub fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], 
         }
     }
 }
+
+/// Dot product of a little-endian f16 row with `x` (8 accumulators, fixed order).
+pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut tail = 0.0;
+    for (i, (&v, b)) in x.iter().zip(row.chunks_exact(2)).enumerate() {
+        let w = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        if i < x.len() / 8 * 8 {
+            acc[i % 8] += w * v;
+        } else {
+            tail += w * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Dot product of a little-endian f32 row with `x`.
+pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut tail = 0.0;
+    for (i, (&v, b)) in x.iter().zip(row.chunks_exact(4)).enumerate() {
+        let w = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        if i < x.len() / 8 * 8 {
+            acc[i % 8] += w * v;
+        } else {
+            tail += w * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}

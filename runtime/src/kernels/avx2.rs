@@ -1,0 +1,123 @@
+//! AVX2 kernels: ternary GEMM with `vpmaddubsw` and F16C/FMA float dot products.
+//!
+//! A 64-byte block is taken as two 32-byte halves; half `h`, shifted by `2i` and masked,
+//! holds the codes of columns `64i + 32h .. 64i + 32h + 32` of the block. `maddubs`
+//! multiplies codes (unsigned, ≤ 2) by activations (signed) and adds pairs into int16:
+//! at most 2·128·2 = 512 in magnitude, so it never saturates; `madd` with ones widens
+//! to int32. As in the AVX-512 kernel, `sum(x)` is subtracted once.
+//!
+//! Every function here is `unsafe` because it requires the CPU features in its
+//! `target_feature`; `Kernels` only hands them out after detecting those features.
+
+use core::arch::x86_64::*;
+use tern_format::ternary::BLOCK;
+
+/// Whether this CPU runs the kernels of this module.
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+/// Same contract as [`super::portable::ternary_gemm`].
+///
+/// # Safety
+/// The CPU must support avx2 ([`available`]).
+#[target_feature(enable = "avx2")]
+pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
+    let n_tok = act_sums.len();
+    let padded = row_bytes * 4;
+    let n_rows = rows.len() / row_bytes;
+    let blocks = row_bytes / 64;
+    // Every pointer below stays inside these slices (see the AVX-512 kernel).
+    assert!(row_bytes % 64 == 0 && rows.len() == n_rows * row_bytes);
+    assert!(xq.len() >= n_tok * padded && out.len() >= n_rows * n_tok);
+    let m = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    for r in 0..n_rows {
+        let row = rows.as_ptr().add(r * row_bytes);
+        for t in 0..n_tok {
+            let x = xq.as_ptr().add(t * padded);
+            let mut acc = [_mm256_setzero_si256(); 2];
+            for b in 0..blocks {
+                for h in 0..2 {
+                    let w = _mm256_loadu_si256(row.add(b * 64 + h * 32) as *const __m256i);
+                    let codes = [
+                        _mm256_and_si256(w, m),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(w), m),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(w), m),
+                        _mm256_and_si256(_mm256_srli_epi16::<6>(w), m),
+                    ];
+                    let mut s16 = _mm256_setzero_si256();
+                    for (i, c) in codes.iter().enumerate() {
+                        let xv = _mm256_loadu_si256(x.add(b * BLOCK + i * 64 + h * 32) as *const __m256i);
+                        // Four maddubs of ≤ 512 each: ≤ 2048 in magnitude, still int16.
+                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*c, xv));
+                    }
+                    acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(s16, ones));
+                }
+            }
+            let v = _mm256_add_epi32(acc[0], acc[1]);
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            out[r * n_tok + t] = _mm_cvtsi128_si32(s) - act_sums[t];
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// `sum(f16(row[i]) * x[i])` for a little-endian f16 row.
+///
+/// # Safety
+/// The CPU must support avx2, fma and f16c ([`available`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    assert!(row.len() >= 2 * n);
+    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 16 <= n {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let h = _mm_loadu_si128(rp.add(2 * (i + 8 * k)) as *const __m128i);
+            *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(i + 8 * k)), *a);
+        }
+        i += 16;
+    }
+    let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
+    for j in i..n {
+        s += half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
+    }
+    s
+}
+
+/// `sum(row[i] * x[i])` for a little-endian f32 row.
+///
+/// # Safety
+/// The CPU must support avx2 and fma ([`available`]).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    assert!(row.len() >= 4 * n);
+    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 16 <= n {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let w = _mm256_loadu_ps(rp.add(4 * (i + 8 * k)) as *const f32);
+            *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(i + 8 * k)), *a);
+        }
+        i += 16;
+    }
+    let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
+    for j in i..n {
+        s += f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]]) * x[j];
+    }
+    s
+}

@@ -1,0 +1,123 @@
+//! Every kernel set this CPU runs against the definition: exact integer dot products of
+//! unpacked ternary weights with int8 activations, on random and edge-case inputs.
+
+use proptest::prelude::*;
+use tern::kernels::{self, Kernels};
+use tern_format::ternary::{pack_row, padded_cols, row_bytes};
+
+/// Packs `rows` ternary rows of `cols` weights.
+fn pack(w: &[Vec<i8>], cols: usize) -> Vec<u8> {
+    let rb = row_bytes(cols);
+    let mut out = vec![0u8; w.len() * rb];
+    for (row, o) in w.iter().zip(out.chunks_mut(rb)) {
+        pack_row(row, o);
+    }
+    out
+}
+
+/// Activations padded with zeros to whole blocks, as the model lays them out.
+fn pad(x: &[Vec<i8>], cols: usize) -> (Vec<i8>, Vec<i32>) {
+    let pc = padded_cols(cols);
+    let mut out = vec![0i8; x.len() * pc];
+    for (t, xt) in x.iter().enumerate() {
+        out[t * pc..t * pc + cols].copy_from_slice(xt);
+    }
+    (out, x.iter().map(|xt| xt.iter().map(|&v| i32::from(v)).sum()).collect())
+}
+
+/// The definition: `out[r * n_tok + t] = sum_k w[r][k] * x[t][k]`.
+fn naive(w: &[Vec<i8>], x: &[Vec<i8>]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for row in w {
+        for xt in x {
+            out.push(row.iter().zip(xt).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum());
+        }
+    }
+    out
+}
+
+fn check_all(w: &[Vec<i8>], x: &[Vec<i8>], cols: usize) {
+    let packed = pack(w, cols);
+    let (xq, sums) = pad(x, cols);
+    let want = naive(w, x);
+    for k in Kernels::available() {
+        let mut got = vec![0i32; w.len() * x.len()];
+        k.ternary_band(&packed, row_bytes(cols), &xq, &sums, &mut got);
+        assert_eq!(got, want, "kernel {} (cols {cols}, rows {}, tokens {})", k.name(), w.len(), x.len());
+        // The parallel driver splits rows into bands: same result.
+        let mut par = vec![0i32; w.len() * x.len()];
+        kernels::ternary_gemm(&k, &packed, row_bytes(cols), &xq, &sums, &mut par);
+        assert_eq!(par, want, "kernel {} through the parallel driver", k.name());
+    }
+}
+
+fn ternary() -> impl Strategy<Value = i8> {
+    -1i8..=1
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn random_matrices((cols, w, x) in (1usize..1100, 1usize..7, 1usize..10).prop_flat_map(|(cols, rows, toks)| (
+        Just(cols),
+        proptest::collection::vec(proptest::collection::vec(ternary(), cols), rows),
+        proptest::collection::vec(proptest::collection::vec(any::<i8>(), cols), toks),
+    ))) {
+        check_all(&w, &x, cols);
+    }
+}
+
+#[test]
+fn every_padding_length() {
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for cols in 1..=520 {
+        let w: Vec<Vec<i8>> = (0..3).map(|_| (0..cols).map(|_| (next() % 3) as i8 - 1).collect()).collect();
+        let x: Vec<Vec<i8>> = (0..5).map(|_| (0..cols).map(|_| next() as i8).collect()).collect();
+        check_all(&w, &x, cols);
+    }
+}
+
+#[test]
+fn extremes_do_not_overflow() {
+    // The largest sums a kernel can meet: |x| = 128 against all-±1 rows, long rows.
+    for cols in [256, 4096, 8640, 16384] {
+        let w = vec![vec![1i8; cols], vec![-1i8; cols], vec![0i8; cols]];
+        let x = vec![vec![-128i8; cols], vec![127i8; cols], vec![0i8; cols], vec![-128i8; cols], vec![-128i8; cols]];
+        check_all(&w, &x, cols);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn float_dots_agree(v in proptest::collection::vec((-4.0f32..4.0, -4.0f32..4.0), 0..300)) {
+        let x: Vec<f32> = v.iter().map(|p| p.1).collect();
+        let f16: Vec<u8> = v.iter().flat_map(|p| half::f16::from_f32(p.0).to_le_bytes()).collect();
+        let f32s: Vec<u8> = v.iter().flat_map(|p| p.0.to_le_bytes()).collect();
+        let exact = |w: &dyn Fn(usize) -> f64| (0..x.len()).map(|i| w(i) * f64::from(x[i])).sum::<f64>();
+        let want16 = exact(&|i| f64::from(half::f16::from_f32(v[i].0).to_f32()));
+        let want32 = exact(&|i| f64::from(v[i].0));
+        let scale = 1.0 + v.iter().map(|p| f64::from((p.0 * p.1).abs())).sum::<f64>();
+        for k in Kernels::available() {
+            let e16 = (f64::from(k.dot_f16(&f16, &x)) - want16).abs() / scale;
+            let e32 = (f64::from(k.dot_f32(&f32s, &x)) - want32).abs() / scale;
+            prop_assert!(e16 < 1e-6 && e32 < 1e-6, "kernel {}: {e16:e} {e32:e}", k.name());
+        }
+    }
+}
+
+#[test]
+fn this_cpu_gets_simd_kernels() {
+    // The CI machines have AVX-512 VNNI; elsewhere this only lists what was found.
+    let names: Vec<_> = Kernels::available().iter().map(|k| k.name()).collect();
+    eprintln!("kernels: {names:?}, chosen: {}", Kernels::detect().name());
+    assert_eq!(names.last(), Some(&"portable"));
+}
