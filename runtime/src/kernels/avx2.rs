@@ -28,7 +28,7 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
     let n_rows = rows.len() / row_bytes;
     let blocks = row_bytes / 64;
     // Every pointer below stays inside these slices (see the AVX-512 kernel).
-    assert!(row_bytes % 64 == 0 && rows.len() == n_rows * row_bytes);
+    assert!(row_bytes.is_multiple_of(64) && rows.len() == n_rows * row_bytes);
     assert!(xq.len() >= n_tok * padded && out.len() >= n_rows * n_tok);
     let m = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
@@ -38,7 +38,7 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
             let x = xq.as_ptr().add(t * padded);
             let mut acc = [_mm256_setzero_si256(); 2];
             for b in 0..blocks {
-                for h in 0..2 {
+                for (h, acc_h) in acc.iter_mut().enumerate() {
                     let w = _mm256_loadu_si256(row.add(b * 64 + h * 32) as *const __m256i);
                     let codes = [
                         _mm256_and_si256(w, m),
@@ -52,7 +52,7 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
                         // Four maddubs of ≤ 512 each: ≤ 2048 in magnitude, still int16.
                         s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*c, xv));
                     }
-                    acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(s16, ones));
+                    *acc_h = _mm256_add_epi32(*acc_h, _mm256_madd_epi16(s16, ones));
                 }
             }
             let v = _mm256_add_epi32(acc[0], acc[1]);

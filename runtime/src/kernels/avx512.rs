@@ -49,7 +49,7 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
     let blocks = row_bytes / 64;
     // Every pointer below stays inside these slices: rows are `row_bytes` long (a multiple
     // of 64), each token's activations `padded` = 4 × row_bytes long.
-    assert!(row_bytes % 64 == 0 && rows.len() == n_rows * row_bytes);
+    assert!(row_bytes.is_multiple_of(64) && rows.len() == n_rows * row_bytes);
     assert!(xq.len() >= n_tok * padded && out.len() >= n_rows * n_tok);
     let xp = xq.as_ptr();
     for r in 0..n_rows {
