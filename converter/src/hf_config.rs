@@ -43,8 +43,13 @@ pub struct ParsedConfig {
 pub fn read_config(dir: &Path) -> Result<ParsedConfig> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    parse_config(&text, &path, read_generation_config(dir)?)
+}
+
+/// Parses the text of a `config.json` (`path` only names it in errors).
+pub fn parse_config(text: &str, path: &Path, generation: GenerationDefaults) -> Result<ParsedConfig> {
     let hf: HfConfig =
-        serde_json::from_str(&text).with_context(|| format!("{}: not a valid config.json", path.display()))?;
+        serde_json::from_str(text).with_context(|| format!("{}: not a valid config.json", path.display()))?;
     let at = |field: &str| format!("{}: field {field}", path.display());
 
     if !hf.architectures.iter().any(|a| KNOWN_ARCHITECTURES.contains(&a.as_str())) {
@@ -139,7 +144,7 @@ pub fn read_config(dir: &Path) -> Result<ParsedConfig> {
         bos_id: token("bos_token_id", &hf.bos_token_id)?,
         eos_id: token("eos_token_id", &hf.eos_token_id)?,
         pad_id: token("pad_token_id", &hf.pad_token_id)?,
-        generation: read_generation_config(dir)?,
+        generation,
     };
     config.validate().with_context(|| format!("{}: inconsistent config", path.display()))?;
     Ok(ParsedConfig { config, tie_word_embeddings: hf.tie_word_embeddings })

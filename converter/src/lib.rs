@@ -10,6 +10,7 @@ mod checkpoint;
 mod hf_config;
 
 pub use checkpoint::Checkpoint;
+pub use hf_config::parse_config;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -29,11 +30,13 @@ pub struct Options {
     pub embed: Encoding,
     /// Show a progress bar (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// Sleep this long after each tensor (a test hook for interrupting conversions).
+    pub pause_per_tensor: Option<std::time::Duration>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { embed: Encoding::F16, progress: true }
+        Options { embed: Encoding::F16, progress: true, pause_per_tensor: None }
     }
 }
 
@@ -325,6 +328,9 @@ pub(crate) fn write_all<W: Write + Seek>(
         }
         writer.write_tensor(&bytes, scale)?;
         bar.inc(1);
+        if let Some(pause) = opts.pause_per_tensor {
+            std::thread::sleep(pause);
+        }
     }
     bar.finish_and_clear();
     Ok((writer.finish()?, (ternary_weights, zero_weights)))
@@ -375,7 +381,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-tied");
         let mut config = hf_config::read_config(&dir).unwrap().config;
         let ckpt = Checkpoint::open(&dir).unwrap();
-        let opts = Options { embed: Encoding::F16, progress: false };
+        let opts = Options { embed: Encoding::F16, progress: false, pause_per_tensor: None };
         let (planned, _) = plan(&ckpt, &mut config, None, &opts).unwrap();
         let tok = read_tokenizer(&dir, &config).unwrap();
         for room in [100, 20_000, 100_000] {

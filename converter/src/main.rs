@@ -33,6 +33,11 @@ fn main() -> ExitCode {
             EmbedType::F32 => Encoding::F32,
         },
         progress: std::io::stderr().is_terminal(),
+        // Test hook: lets tests interrupt a conversion half-way (see tests/convert.rs).
+        pause_per_tensor: std::env::var("TERN_CONVERT_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis),
     };
     match convert(&cli.input, &cli.output, &opts) {
         Ok(summary) => {

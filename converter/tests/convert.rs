@@ -15,7 +15,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn quiet(embed: Encoding) -> Options {
-    Options { embed, progress: false }
+    Options { embed, progress: false, pause_per_tensor: None }
 }
 
 /// A writable copy of a fixture folder.
@@ -316,4 +316,36 @@ fn unwritable_output_path() {
     let dir = tempfile::tempdir().unwrap();
     let err = format!("{:#}", convert(&fixture("tiny-tied"), dir.path(), &quiet(Encoding::F16)).unwrap_err());
     assert!(err.contains("is a folder"), "{err}");
+}
+
+/// SIGKILL half-way through a conversion leaves nothing at the output path (only the
+/// clearly named `.partial` file), and the next run replaces that and succeeds.
+#[test]
+fn killed_conversion_leaves_no_output() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("m.tern");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern-convert"))
+        .arg(fixture("tiny-untied"))
+        .arg("-o")
+        .arg(&out)
+        .env("TERN_CONVERT_PAUSE_MS", "100")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = partial_path(&out);
+    let t0 = std::time::Instant::now();
+    while !partial.exists() {
+        assert!(t0.elapsed().as_secs() < 20, "conversion never started writing");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // 36 tensors at 100 ms each: a few tensors in, far from the end.
+    std::thread::sleep(std::time::Duration::from_millis(350));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.exists());
+    // What was left is not a valid file: its header is written last.
+    assert!(TernFile::parse(&std::fs::read(&partial).unwrap()).is_err());
+    convert(&fixture("tiny-untied"), &out, &quiet(Encoding::F16)).unwrap();
+    assert!(!partial.exists(), "the next run reuses and renames the temp file");
+    TernFile::parse(&std::fs::read(&out).unwrap()).unwrap().verify().unwrap();
 }

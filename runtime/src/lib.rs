@@ -4,6 +4,7 @@
 //! behind one dispatch) -> [`generate`] (tokenizer, sampler, streaming) -> the `tern` CLI.
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod generate;
 #[allow(unsafe_code)] // SIMD intrinsics behind feature detection: see kernels/mod.rs
 pub mod kernels;

@@ -51,6 +51,25 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Measure prompt processing and generation speed (llama-bench style)
+    Bench {
+        model: PathBuf,
+        /// Prompt tokens for the pp test (0 = skip)
+        #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+        pp: usize,
+        /// Generated tokens for the tg test (0 = skip)
+        #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
+        tg: usize,
+        /// Thread counts, comma-separated
+        #[arg(short = 't', long = "threads", value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+        /// Timed repetitions per test
+        #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+        reps: usize,
+        /// Print a JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the structure and every checksum of a .tern file
     Verify { file: PathBuf },
     /// Print a .tern file's config and tensor table
@@ -104,6 +123,7 @@ fn main() -> ExitCode {
         Command::Perplexity { model, text_file, ctx, json, threads } => {
             cmd_perplexity(&model, &text_file, ctx, json, threads)
         }
+        Command::Bench { model, pp, tg, threads, reps, json } => cmd_bench(&model, pp, tg, &threads, reps, json),
         Command::Verify { file } => cmd_verify(&file),
         Command::Inspect { file } => cmd_inspect(&file),
     };
@@ -262,6 +282,32 @@ fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool,
             p.nats_per_token,
             p.tokens,
             p.tokens as f64 / secs
+        )?;
+    }
+    Ok(())
+}
+
+fn cmd_bench(path: &Path, pp: usize, tg: usize, threads: &[usize], reps: usize, json: bool) -> Result<()> {
+    let (model, _) = open_model(path, false)?;
+    let results = tern::bench::bench(&model, pp, tg, threads, reps)?;
+    let out = &mut std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&results)?)?;
+        return Ok(());
+    }
+    writeln!(out, "| model | size | kernels | threads | test | t/s |")?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
+    for r in &results {
+        writeln!(
+            out,
+            "| {} | {:.1} MiB | {} | {} | {} | {:.2} ± {:.2} |",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            r.model_bytes as f64 / (1 << 20) as f64,
+            model.kernels().name(),
+            r.threads,
+            r.test,
+            r.tokens_per_s,
+            r.sd
         )?;
     }
     Ok(())

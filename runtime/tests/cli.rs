@@ -12,7 +12,7 @@ fn fixture(name: &str) -> PathBuf {
 fn converted(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join(format!("{name}.tern"));
-    let opts = tern_convert::Options { embed: tern_format::Encoding::F16, progress: false };
+    let opts = tern_convert::Options { embed: tern_format::Encoding::F16, progress: false, pause_per_tensor: None };
     tern_convert::convert(&fixture(name), &out, &opts).unwrap();
     (dir, out)
 }
@@ -186,4 +186,47 @@ fn stop_string_ends_generation() {
     let cut = stdout(&tern(&["generate", m, "-p", "It", "-n", "30", "--temp", "0", "--stop", &stop]));
     let expected_cont = &cont[..cont.find(&stop).unwrap()];
     assert_eq!(cut, format!("It{expected_cont}\n"));
+}
+
+#[test]
+fn bench_json_shape() {
+    let (_d, model) = converted("tiny-tied");
+    let o = tern(&["bench", model.to_str().unwrap(), "-p", "16", "-n", "8", "-t", "1,2", "-r", "2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let rows = v.as_array().unwrap();
+    let tests: Vec<(String, u64)> =
+        rows.iter().map(|r| (r["test"].as_str().unwrap().to_string(), r["threads"].as_u64().unwrap())).collect();
+    assert_eq!(tests, [("pp16".into(), 1), ("tg8".into(), 1), ("pp16".into(), 2), ("tg8".into(), 2)]);
+    let size = std::fs::metadata(&model).unwrap().len();
+    for r in rows {
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0 && r["sd"].as_f64().unwrap() >= 0.0);
+        assert_eq!(r["model_bytes"].as_u64().unwrap(), size);
+    }
+    assert_error(&tern(&["bench", model.to_str().unwrap(), "-p", "1000"]), "context");
+}
+
+#[test]
+fn perplexity_json_shape() {
+    let (d, model) = converted("tiny-tied");
+    let text = d.path().join("t.txt");
+    std::fs::write(&text, "It is a truth universally acknowledged, that a single man in possession of a fortune.")
+        .unwrap();
+    let m = model.to_str().unwrap();
+    let o = tern(&["perplexity", m, text.to_str().unwrap(), "--ctx", "8", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let (ppl, nats, n) =
+        (v["ppl"].as_f64().unwrap(), v["nats_per_token"].as_f64().unwrap(), v["tokens"].as_u64().unwrap());
+    assert!((ppl - nats.exp()).abs() < 1e-9 * ppl);
+    // A random 512-token model is close to uniform: ppl within a factor of a few of 512.
+    assert!(ppl > 50.0 && ppl < 5000.0, "{ppl}");
+    let plain: Vec<u32> = serde_json::from_str(&stdout(&tern(&[
+        "tokenize",
+        m,
+        "It is a truth universally acknowledged, that a single man in possession of a fortune.",
+    ])))
+    .unwrap();
+    assert_eq!(n as usize, plain.len() - 1, "every token but BOS is scored once");
+    assert_error(&tern(&["perplexity", m, text.to_str().unwrap(), "--ctx", "1"]), "--ctx 1");
 }

@@ -30,7 +30,7 @@ struct Fixture {
 fn load(name: &'static str, embed: Encoding) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model.tern");
-    let opts = tern_convert::Options { embed, progress: false };
+    let opts = tern_convert::Options { embed, progress: false, pause_per_tensor: None };
     tern_convert::convert(&fixture(name), &out, &opts).unwrap();
     let model = Model::open(&out).unwrap();
     let tok = TextTokenizer::from_json(model.file().tokenizer_json(), model.config().vocab_size).unwrap();

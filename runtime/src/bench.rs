@@ -1,0 +1,90 @@
+//! `tern bench`: prompt processing (pp) and token generation (tg) speed, llama-bench style.
+//!
+//! pp N: one forward pass over N tokens from position 0. tg N: N single-token decode steps
+//! from an empty context (greedy, so the work is the real decode loop). Each test runs
+//! once untimed (to fault in the mapped weights), then `reps` timed repetitions.
+
+use crate::model::{Model, State, DEFAULT_BATCH};
+use crate::sampler::argmax;
+use anyhow::{bail, Result};
+use std::time::Instant;
+
+/// One line of results.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchResult {
+    pub test: String,
+    pub threads: usize,
+    pub tokens_per_s: f64,
+    pub sd: f64,
+    pub model_bytes: u64,
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len().max(2) - 1) as f64;
+    (m, var.sqrt())
+}
+
+/// Deterministic pseudo-random prompt tokens (never BOS/EOS).
+fn prompt(n: usize, vocab: u32) -> Vec<u32> {
+    let mut s = 0x9E37_79B9u32;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            3 + s % (vocab - 3)
+        })
+        .collect()
+}
+
+fn run_pp(model: &Model, st: &mut State, tokens: &[u32]) -> Result<f64> {
+    let t0 = Instant::now();
+    model.forward(st, tokens, 0)?;
+    Ok(tokens.len() as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn run_tg(model: &Model, st: &mut State, n: usize, first: u32) -> Result<f64> {
+    let t0 = Instant::now();
+    let mut tok = first;
+    for pos in 0..n {
+        tok = argmax(model.forward(st, &[tok], pos)?);
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Runs pp`pp` and tg`tg` at each thread count (0 skips a test).
+pub fn bench(model: &Model, pp: usize, tg: usize, threads: &[usize], reps: usize) -> Result<Vec<BenchResult>> {
+    let c = model.config();
+    let ctx = pp.max(tg);
+    if ctx == 0 || ctx > c.max_positions as usize || reps == 0 {
+        bail!("-p and -n must fit the model's context of {} and -r must be ≥ 1", c.max_positions);
+    }
+    let mut st = State::new(c, ctx, DEFAULT_BATCH)?;
+    let tokens = prompt(pp, c.vocab_size.max(4));
+    let first = c.bos_id.unwrap_or(0);
+    let mut out = Vec::new();
+    for &t in threads {
+        if t == 0 {
+            bail!("thread counts must be ≥ 1");
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
+        let mut record = |test: String, runs: &mut dyn FnMut() -> Result<f64>| -> Result<()> {
+            runs()?; // warm-up
+            let v = (0..reps).map(|_| runs()).collect::<Result<Vec<_>>>()?;
+            let (m, sd) = mean_sd(&v);
+            out.push(BenchResult { test, threads: t, tokens_per_s: m, sd, model_bytes: model.file().len() });
+            Ok(())
+        };
+        pool.install(|| -> Result<()> {
+            if pp > 0 {
+                record(format!("pp{pp}"), &mut || run_pp(model, &mut st, &tokens))?;
+            }
+            if tg > 0 {
+                record(format!("tg{tg}"), &mut || run_tg(model, &mut st, tg, first))?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(out)
+}
