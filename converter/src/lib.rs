@@ -214,6 +214,10 @@ fn encode(values: &[f32], spec: &TensorSpec, hf: &str) -> Result<(Vec<u8>, f32, 
             }
             Ok((values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(), 1.0, 0))
         }
+        Encoding::Q8 => {
+            let Shape::Matrix { cols, .. } = spec.shape else { unreachable!("q8 tensors are matrices") };
+            Ok((quantize_q8(values, cols as usize), 1.0, 0))
+        }
         Encoding::T2 => {
             let Shape::Matrix { cols, .. } = spec.shape else { unreachable!("t2 tensors are matrices") };
             let cols = cols as usize;
@@ -235,6 +239,23 @@ fn encode(values: &[f32], spec: &TensorSpec, hf: &str) -> Result<(Vec<u8>, f32, 
             Ok((packed, scale, zeros))
         }
     }
+}
+
+/// Per-row symmetric int8: all row scales (`max|row| / 127`, f32), then the int8 rows.
+pub fn quantize_q8(values: &[f32], cols: usize) -> Vec<u8> {
+    let rows = values.len() / cols;
+    let mut out = vec![0u8; rows * 4 + rows * cols];
+    let (scales, q) = out.split_at_mut(rows * 4);
+    for ((row, s), qr) in values.chunks(cols).zip(scales.chunks_mut(4)).zip(q.chunks_mut(cols)) {
+        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = max / 127.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        s.copy_from_slice(&scale.to_le_bytes());
+        for (o, &v) in qr.iter_mut().zip(row) {
+            *o = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8 as u8;
+        }
+    }
+    out
 }
 
 /// The temporary path a conversion to `output` writes before renaming.

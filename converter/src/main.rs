@@ -17,6 +17,9 @@ struct Cli {
     /// Encoding of the embedding and (untied) output matrices
     #[arg(long, value_enum, default_value_t = EmbedType::F16)]
     embed_type: EmbedType,
+    /// Store the output/embedding matrix as int8 with a scale per row (smaller, faster decode)
+    #[arg(long, conflicts_with = "embed_type")]
+    output_q8: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -28,9 +31,10 @@ enum EmbedType {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let opts = Options {
-        embed: match cli.embed_type {
-            EmbedType::F16 => Encoding::F16,
-            EmbedType::F32 => Encoding::F32,
+        embed: match (cli.output_q8, cli.embed_type) {
+            (true, _) => Encoding::Q8,
+            (false, EmbedType::F16) => Encoding::F16,
+            (false, EmbedType::F32) => Encoding::F32,
         },
         progress: std::io::stderr().is_terminal(),
         // Test hook: lets tests interrupt a conversion half-way (see tests/convert.rs).

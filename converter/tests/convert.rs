@@ -70,7 +70,7 @@ fn assert_fails(dir: &Path, needle: &str) {
 #[test]
 fn every_tensor_round_trips_exactly() {
     for name in FIXTURES {
-        for embed in [Encoding::F16, Encoding::F32] {
+        for embed in [Encoding::F16, Encoding::F32, Encoding::Q8] {
             let out_dir = tempfile::tempdir().unwrap();
             let out = out_dir.path().join("m.tern");
             let summary = convert(&fixture(name), &out, &quiet(embed)).unwrap();
@@ -103,6 +103,18 @@ fn every_tensor_round_trips_exactly() {
                         let got: Vec<f32> =
                             data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
                         assert_eq!(got, src, "{name} {}", e.name);
+                    }
+                    Encoding::Q8 => {
+                        let Shape::Matrix { rows, cols } = info.shape else { panic!() };
+                        assert_eq!(data, &tern_convert::quantize_q8(&src, cols as usize)[..]);
+                        // Each value is within half a step of its row's scale.
+                        for (r, row) in src.chunks(cols as usize).enumerate() {
+                            let s = f32::from_le_bytes(data[4 * r..4 * r + 4].try_into().unwrap());
+                            let q = &data[rows as usize * 4 + r * cols as usize..][..cols as usize];
+                            for (&v, &b) in row.iter().zip(q) {
+                                assert!((f32::from(b as i8) * s - v).abs() <= 0.5001 * s, "{name} row {r}");
+                            }
+                        }
                     }
                     Encoding::F16 => {
                         let got: Vec<u16> =

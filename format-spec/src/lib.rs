@@ -61,6 +61,8 @@ pub enum Encoding {
     F16 = 1,
     /// Ternary, 2 bits per weight, 256-weight blocks (see [`ternary`]).
     T2 = 2,
+    /// Int8 with one f32 scale per row: `rows` f32 scales, then `rows × cols` int8 values.
+    Q8 = 3,
 }
 
 impl Encoding {
@@ -69,6 +71,7 @@ impl Encoding {
             0 => Some(Encoding::F32),
             1 => Some(Encoding::F16),
             2 => Some(Encoding::T2),
+            3 => Some(Encoding::Q8),
             _ => None,
         }
     }
@@ -78,6 +81,7 @@ impl Encoding {
             Encoding::F32 => "f32",
             Encoding::F16 => "f16",
             Encoding::T2 => "t2",
+            Encoding::Q8 => "q8",
         }
     }
 }
@@ -127,6 +131,10 @@ pub fn tensor_bytes(encoding: Encoding, shape: Shape) -> Option<u64> {
     match encoding {
         Encoding::F32 => shape.elements()?.checked_mul(4),
         Encoding::F16 => shape.elements()?.checked_mul(2),
+        Encoding::Q8 => match shape {
+            Shape::Vector(_) => None,
+            Shape::Matrix { rows, cols } => rows.checked_mul(cols)?.checked_add(rows.checked_mul(4)?),
+        },
         Encoding::T2 => match shape {
             Shape::Vector(_) => None,
             Shape::Matrix { rows, cols } => {
@@ -440,7 +448,7 @@ fn parse_entry(index: usize, raw: &RawEntry, min_offset: u64, file_len: u64) -> 
         Encoding::T2 if !(scale.is_finite() && scale > 0.0) => {
             return Err(err(format!("scale {scale} is not a positive number")));
         }
-        Encoding::F32 | Encoding::F16 if scale != 1.0 => {
+        Encoding::F32 | Encoding::F16 | Encoding::Q8 if scale != 1.0 => {
             return Err(err(format!("scale {scale} (expected 1 for {})", encoding.name())));
         }
         _ => {}

@@ -70,40 +70,64 @@ pub struct FloatMatrix {
 }
 
 impl FloatMatrix {
+    /// Bytes of one row's values (q8: without its scale).
     fn row_bytes(&self) -> usize {
-        self.cols * if self.encoding == Encoding::F16 { 2 } else { 4 }
+        self.cols
+            * match self.encoding {
+                Encoding::F16 => 2,
+                Encoding::Q8 => 1,
+                _ => 4,
+            }
+    }
+
+    /// Where the row values start (q8 keeps all row scales first).
+    fn values_offset(&self) -> usize {
+        self.offset + if self.encoding == Encoding::Q8 { self.rows * 4 } else { 0 }
+    }
+
+    fn q8_scale(&self, file: &[u8], r: usize) -> f32 {
+        let b = &file[self.offset + 4 * r..self.offset + 4 * r + 4];
+        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
     }
 
     /// Row `r` as f32 values into `out`.
     pub fn row(&self, file: &[u8], r: usize, out: &mut [f32]) {
-        let rb = self.row_bytes();
-        decode_row(self.encoding, &file[self.offset + r * rb..self.offset + (r + 1) * rb], out);
+        let (rb, base) = (self.row_bytes(), self.values_offset());
+        let bytes = &file[base + r * rb..base + (r + 1) * rb];
+        match self.encoding {
+            Encoding::F16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+            Encoding::Q8 => {
+                let s = self.q8_scale(file, r);
+                for (o, &b) in out.iter_mut().zip(bytes) {
+                    *o = f32::from(b as i8) * s;
+                }
+            }
+            _ => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+        }
     }
 
     /// `out[r] = dot(M[r], x)` for every row, in parallel bands.
     pub fn matvec(&self, k: &Kernels, file: &[u8], x: &[f32], out: &mut [f32]) {
         const BAND: usize = 64;
-        let rb = self.row_bytes();
-        let data = &file[self.offset..self.offset + self.rows * rb];
-        let f16 = self.encoding == Encoding::F16;
-        data.par_chunks(BAND * rb).zip(out.par_chunks_mut(BAND)).for_each(|(bytes, out)| {
-            for (o, row) in out.iter_mut().zip(bytes.chunks_exact(rb)) {
-                *o = if f16 { k.dot_f16(row, x) } else { k.dot_f32(row, x) };
+        let (rb, base) = (self.row_bytes(), self.values_offset());
+        let data = &file[base..base + self.rows * rb];
+        data.par_chunks(BAND * rb).zip(out.par_chunks_mut(BAND)).enumerate().for_each(|(band, (bytes, out))| {
+            for (i, (o, row)) in out.iter_mut().zip(bytes.chunks_exact(rb)).enumerate() {
+                *o = match self.encoding {
+                    Encoding::F16 => k.dot_f16(row, x),
+                    Encoding::Q8 => k.dot_i8(row, x) * self.q8_scale(file, band * BAND + i),
+                    _ => k.dot_f32(row, x),
+                };
             }
         });
-    }
-}
-
-/// Little-endian f16 or f32 values to f32.
-fn decode_row(encoding: Encoding, bytes: &[u8], out: &mut [f32]) {
-    if encoding == Encoding::F16 {
-        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-        }
-    } else {
-        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
     }
 }
 

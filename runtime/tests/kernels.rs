@@ -104,12 +104,16 @@ proptest! {
         let f32s: Vec<u8> = v.iter().flat_map(|p| p.0.to_le_bytes()).collect();
         let exact = |w: &dyn Fn(usize) -> f64| (0..x.len()).map(|i| w(i) * f64::from(x[i])).sum::<f64>();
         let want16 = exact(&|i| f64::from(half::f16::from_f32(v[i].0).to_f32()));
+        let i8s: Vec<u8> = v.iter().map(|p| (p.0 * 30.0) as i8 as u8).collect();
+        let want8 = exact(&|i| f64::from(i8s[i] as i8));
+        let scale8 = 1.0 + v.iter().map(|p| f64::from((p.0 * 30.0 * p.1).abs())).sum::<f64>();
         let want32 = exact(&|i| f64::from(v[i].0));
         let scale = 1.0 + v.iter().map(|p| f64::from((p.0 * p.1).abs())).sum::<f64>();
         for k in Kernels::available() {
             let e16 = (f64::from(k.dot_f16(&f16, &x)) - want16).abs() / scale;
             let e32 = (f64::from(k.dot_f32(&f32s, &x)) - want32).abs() / scale;
-            prop_assert!(e16 < 1e-6 && e32 < 1e-6, "kernel {}: {e16:e} {e32:e}", k.name());
+            let e8 = (f64::from(k.dot_i8(&i8s, &x)) - want8).abs() / scale8;
+            prop_assert!(e16 < 1e-6 && e32 < 1e-6 && e8 < 1e-6, "kernel {}: {e16:e} {e32:e} {e8:e}", k.name());
         }
     }
 }

@@ -121,3 +121,29 @@ pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
     }
     s
 }
+
+/// `sum(row[i] as i8 * x[i])`.
+///
+/// # Safety
+/// The CPU must support avx2 and fma ([`available`]).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    assert!(row.len() >= n);
+    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 16 <= n {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let q = _mm_loadl_epi64(rp.add(i + 8 * k) as *const __m128i);
+            let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+            *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(i + 8 * k)), *a);
+        }
+        i += 16;
+    }
+    let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
+    for j in i..n {
+        s += f32::from(row[j] as i8) * x[j];
+    }
+    s
+}

@@ -138,3 +138,29 @@ pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
     }
     s
 }
+
+/// `sum(row[i] as i8 * x[i])`.
+///
+/// # Safety
+/// The CPU must support avx512f ([`available`]).
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    assert!(row.len() >= n);
+    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let q = _mm_loadu_si128(rp.add(i + 16 * k) as *const __m128i);
+            let w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+            *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.add(i + 16 * k)), *a);
+        }
+        i += 32;
+    }
+    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    for j in i..n {
+        s += f32::from(row[j] as i8) * x[j];
+    }
+    s
+}

@@ -26,6 +26,7 @@ pub struct Kernels {
     ternary_gemm: TernaryGemmFn,
     dot_f16: DotFn,
     dot_f32: DotFn,
+    dot_i8: DotFn,
 }
 
 impl Kernels {
@@ -51,6 +52,7 @@ impl Kernels {
                     ternary_gemm: avx512::ternary_gemm,
                     dot_f16: avx512::dot_f16,
                     dot_f32: avx512::dot_f32,
+                    dot_i8: avx512::dot_i8,
                 });
             }
             if avx2::available() {
@@ -59,6 +61,7 @@ impl Kernels {
                     ternary_gemm: avx2::ternary_gemm,
                     dot_f16: avx2::dot_f16,
                     dot_f32: avx2::dot_f32,
+                    dot_i8: avx2::dot_i8,
                 });
             }
         }
@@ -72,6 +75,7 @@ impl Kernels {
             ternary_gemm: portable::ternary_gemm,
             dot_f16: portable::dot_f16,
             dot_f32: portable::dot_f32,
+            dot_i8: portable::dot_i8,
         }
     }
 
@@ -96,6 +100,12 @@ impl Kernels {
     pub fn dot_f32(&self, row: &[u8], x: &[f32]) -> f32 {
         // SAFETY: as in `ternary_band`.
         unsafe { (self.dot_f32)(row, x) }
+    }
+
+    /// Dot product of an int8 row (as bytes) with `x`.
+    pub fn dot_i8(&self, row: &[u8], x: &[f32]) -> f32 {
+        // SAFETY: as in `ternary_band`.
+        unsafe { (self.dot_i8)(row, x) }
     }
 }
 

@@ -64,3 +64,18 @@ pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
     }
     acc.iter().sum::<f32>() + tail
 }
+
+/// Dot product of an int8 row (as bytes) with `x`.
+pub fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut tail = 0.0;
+    for (i, (&v, &b)) in x.iter().zip(row).enumerate() {
+        let w = f32::from(b as i8);
+        if i < x.len() / 8 * 8 {
+            acc[i % 8] += w * v;
+        } else {
+            tail += w * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# tern against llama.cpp on the same synthetic bitnet_b1_58-large checkpoint, in one run.
+# Never run by CI: it downloads llama.cpp's source (the llama-cpp-python sdist on PyPI),
+# builds it (~17 min on 2 cores) and writes ~6 GB under $WORK.
+#
+#   scripts/bench_vs_llama.sh [WORK_DIR]      (default /tmp/tern-bench)
+#
+# Steps: make the 2.9 GB F32 checkpoint (scripts/make_synthetic.py --preset large);
+# convert it with tern-convert (f16 output matrix); give it a SentencePiece tokenizer.model
+# (llama.cpp's converter requires one for this architecture; its content does not affect
+# speed); convert with llama.cpp's convert_hf_to_gguf.py to f16 and quantize to TQ2_0
+# twice: default (Q6_K output matrix) and with an f16 output matrix (like for like with
+# tern's default); then run `llama-bench` and `tern bench` with the same -p/-n/-t/-r,
+# interleaving passes, and print one table.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-/tmp/tern-bench}
+mkdir -p "$work"
+cd "$work"
+P=${P:-128} N=${N:-64} R=${R:-3} T=${T:-1,2} PASSES=${PASSES:-2}
+
+pip install --quiet numpy safetensors tokenizers sentencepiece torch cmake scikit-build-core ninja gguf >/dev/null
+
+# 1. The checkpoint and tern's file.
+[ -f large/model.safetensors ] || python3 "$here/scripts/make_synthetic.py" --preset large -o large
+(cd "$here" && cargo build --release --quiet -p tern -p tern-convert)
+[ -f large.tern ] || "$here/target/release/tern-convert" large -o large.tern
+
+# 2. llama.cpp from the llama-cpp-python source package.
+if [ ! -x llama/build/bin/llama-bench ]; then
+  mkdir -p dl
+  [ -n "$(ls dl/llama_cpp_python-*.tar.gz 2>/dev/null)" ] ||
+    pip download --quiet --no-binary :all: --no-deps --no-build-isolation llama-cpp-python -d dl
+  rm -rf src && mkdir src && tar xzf dl/llama_cpp_python-*.tar.gz -C src
+  rm -rf llama && mv src/llama_cpp_python-*/vendor/llama.cpp llama
+  cmake -S llama -B llama/build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+  cmake --build llama/build -j "$(nproc)" --target llama-bench llama-quantize >/dev/null
+fi
+
+# 3. llama.cpp's files.
+if [ ! -f large/tokenizer.model ]; then
+  python3 - "$here/../shared/corpus/austen" large/tokenizer.model <<'EOF'
+import glob, io, sys, sentencepiece as spm
+text = "\n".join(open(f, encoding="utf-8").read() for f in sorted(glob.glob(sys.argv[1] + "/*.txt")))
+model = io.BytesIO()
+spm.SentencePieceTrainer.train(sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=8000,
+                               model_type="bpe", byte_fallback=True, bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
+open(sys.argv[2], "wb").write(model.getvalue())
+EOF
+fi
+[ -f large-f16.gguf ] || python3 llama/convert_hf_to_gguf.py large --outtype f16 --outfile large-f16.gguf >/dev/null 2>&1
+[ -f large-tq2_0.gguf ] || llama/build/bin/llama-quantize large-f16.gguf large-tq2_0.gguf TQ2_0 >/dev/null 2>&1
+[ -f large-tq2_0-f16out.gguf ] ||
+  llama/build/bin/llama-quantize --output-tensor-type f16 --token-embedding-type f16 \
+    large-f16.gguf large-tq2_0-f16out.gguf TQ2_0 >/dev/null 2>&1
+
+# 4. Benchmarks, interleaved passes; medians per (engine, test, threads).
+: > results.jsonl
+for pass in $(seq "$PASSES"); do
+  for f in large-tq2_0-f16out.gguf large-tq2_0.gguf; do
+    llama/build/bin/llama-bench -m "$f" -p "$P" -n "$N" -t "$T" -r "$R" -o jsonl |
+      python3 -c "
+import json, sys, os
+for line in sys.stdin:
+    r = json.loads(line)
+    test = f\"pp{r['n_prompt']}\" if r['n_prompt'] else f\"tg{r['n_gen']}\"
+    print(json.dumps({'engine': 'llama.cpp ' + '$f', 'test': test, 'threads': r['n_threads'],
+                      'tps': r['avg_ts'], 'sd': r['stddev_ts'], 'bytes': os.path.getsize('$f')}))" >> results.jsonl
+  done
+  "$here/target/release/tern" bench large.tern -p "$P" -n "$N" -t "$T" -r "$R" --json |
+    python3 -c "
+import json, sys
+for r in json.load(sys.stdin):
+    print(json.dumps({'engine': 'tern large.tern', 'test': r['test'], 'threads': r['threads'],
+                      'tps': r['tokens_per_s'], 'sd': r['sd'], 'bytes': r['model_bytes']}))" >> results.jsonl
+done
+
+python3 - results.jsonl <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+keys = sorted({(r["engine"], r["test"], r["threads"]) for r in rows}, key=lambda k: (k[1], k[2], k[0]))
+print(f"{'engine / file':42} {'MiB':>6} {'test':>6} {'thr':>3} {'tok/s (median of passes)':>25}")
+for k in keys:
+    v = [r for r in rows if (r["engine"], r["test"], r["threads"]) == k]
+    print(f"{k[0]:42} {v[0]['bytes'] / 2**20:6.0f} {k[1]:>6} {k[2]:>3} {statistics.median(r['tps'] for r in v):25.2f}")
+print()
+for test in sorted({r["test"] for r in rows}):
+    for t in sorted({r["threads"] for r in rows}):
+        med = lambda e: statistics.median(r["tps"] for r in rows if r["engine"] == e and r["test"] == test and r["threads"] == t)
+        try:
+            ours = med("tern large.tern")
+            print(f"{test} {t} thr: tern / TQ2_0 f16-output = {ours / med('llama.cpp large-tq2_0-f16out.gguf'):.2f}x, "
+                  f"tern / TQ2_0 default = {ours / med('llama.cpp large-tq2_0.gguf'):.2f}x")
+        except statistics.StatisticsError:
+            pass
+EOF
