@@ -230,3 +230,35 @@ fn perplexity_json_shape() {
     assert_eq!(n as usize, plain.len() - 1, "every token but BOS is scored once");
     assert_error(&tern(&["perplexity", m, text.to_str().unwrap(), "--ctx", "1"]), "--ctx 1");
 }
+
+/// Tensor data is only checksummed by `verify` (or `--verify`). A file whose weights were
+/// damaged still runs safely — NaN logits, invalid ternary codes and all — without a panic,
+/// and `--verify` refuses it.
+#[test]
+fn damaged_tensor_data_runs_safely_and_verify_refuses_it() {
+    let (d, model) = converted("tiny-tied");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let file = tern_format::TernFile::parse(&bytes).unwrap();
+    let (embd, q) =
+        (file.tensor("token_embd").unwrap().info.clone(), file.tensor("blk.0.attn_q").unwrap().info.clone());
+    // f16 NaN and infinity in the embedding rows of the tokens we feed; code 3 everywhere in a ternary matrix.
+    for row in 0..512usize {
+        let at = embd.offset as usize + row * 64 * 2;
+        bytes[at..at + 2].copy_from_slice(&0x7E00u16.to_le_bytes());
+        bytes[at + 2..at + 4].copy_from_slice(&0x7C00u16.to_le_bytes());
+    }
+    bytes[q.offset as usize..(q.offset + q.length) as usize].fill(0xFF);
+    let bad = d.path().join("bad.tern");
+    std::fs::write(&bad, &bytes).unwrap();
+    let b = bad.to_str().unwrap();
+    for args in [
+        vec!["generate", b, "-p", "It is", "-n", "8", "--temp", "0"],
+        vec!["generate", b, "-p", "It is", "-n", "8", "--temp", "0.8", "--seed", "1"],
+        vec!["logits", b, "--tokens", "1,5,9", "--all"],
+    ] {
+        let o = tern(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"));
+    }
+    assert_error(&tern(&["generate", b, "-p", "It is", "--verify"]), "checksum mismatch in tensor token_embd");
+}

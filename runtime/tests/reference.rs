@@ -12,7 +12,7 @@ use tern::{Model, State};
 use tern_format::ternary::{padded_cols, row_bytes};
 use tern_format::{Encoding, Shape};
 
-const FIXTURES: [&str; 4] = ["tiny-tied", "tiny-untied", "tiny-odd-gqa-bf16", "tiny-f16-sharded"];
+const FIXTURES: [&str; 5] = ["tiny-tied", "tiny-untied", "tiny-odd-gqa-bf16", "tiny-f16-sharded", "austen-tiny"];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name)

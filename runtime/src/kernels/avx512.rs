@@ -52,7 +52,42 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
     assert!(row_bytes.is_multiple_of(64) && rows.len() == n_rows * row_bytes);
     assert!(xq.len() >= n_tok * padded && out.len() >= n_rows * n_tok);
     let xp = xq.as_ptr();
-    for r in 0..n_rows {
+    let mut r = 0;
+    // Two rows × four tokens: each activation vector loaded feeds two rows, each decoded
+    // block feeds four tokens (8 codes + 8 accumulators stay in registers).
+    while r + 2 <= n_rows && n_tok >= 4 {
+        let (row0, row1) = (rows.as_ptr().add(r * row_bytes), rows.as_ptr().add((r + 1) * row_bytes));
+        let mut t = 0;
+        while t + 4 <= n_tok {
+            let mut acc0 = [_mm512_setzero_si512(); 4];
+            let mut acc1 = [_mm512_setzero_si512(); 4];
+            for b in 0..blocks {
+                let c0 = decode(row0.add(b * 64));
+                let c1 = decode(row1.add(b * 64));
+                for j in 0..4 {
+                    let x = xp.add((t + j) * padded + b * BLOCK);
+                    for i in 0..4 {
+                        let xv = load_x(x.add(i * 64));
+                        acc0[j] = _mm512_dpbusd_epi32(acc0[j], c0[i], xv);
+                        acc1[j] = _mm512_dpbusd_epi32(acc1[j], c1[i], xv);
+                    }
+                }
+            }
+            for j in 0..4 {
+                out[r * n_tok + t + j] = _mm512_reduce_add_epi32(acc0[j]) - act_sums[t + j];
+                out[(r + 1) * n_tok + t + j] = _mm512_reduce_add_epi32(acc1[j]) - act_sums[t + j];
+            }
+            t += 4;
+        }
+        for rr in r..r + 2 {
+            for tt in t..n_tok {
+                out[rr * n_tok + tt] =
+                    row_token(rows.as_ptr().add(rr * row_bytes), xp.add(tt * padded), blocks) - act_sums[tt];
+            }
+        }
+        r += 2;
+    }
+    for r in r..n_rows {
         let row = rows.as_ptr().add(r * row_bytes);
         let mut t = 0;
         // Four tokens at a time: each block is decoded once for all four.
@@ -72,21 +107,25 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
             }
             t += 4;
         }
-        // One token at a time, with four independent accumulator chains.
         while t < n_tok {
-            let x = xp.add(t * padded);
-            let mut acc = [_mm512_setzero_si512(); 4];
-            for b in 0..blocks {
-                let codes = decode(row.add(b * 64));
-                for i in 0..4 {
-                    acc[i] = _mm512_dpbusd_epi32(acc[i], codes[i], load_x(x.add(b * BLOCK + i * 64)));
-                }
-            }
-            let sum = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
-            out[r * n_tok + t] = _mm512_reduce_add_epi32(sum) - act_sums[t];
+            out[r * n_tok + t] = row_token(row, xp.add(t * padded), blocks) - act_sums[t];
             t += 1;
         }
     }
+}
+
+/// `sum((w+1)·x)` of one packed row and one token, with four independent accumulator chains.
+#[inline(always)]
+unsafe fn row_token(row: *const u8, x: *const i8, blocks: usize) -> i32 {
+    let mut acc = [_mm512_setzero_si512(); 4];
+    for b in 0..blocks {
+        let codes = decode(row.add(b * 64));
+        for i in 0..4 {
+            acc[i] = _mm512_dpbusd_epi32(acc[i], codes[i], load_x(x.add(b * BLOCK + i * 64)));
+        }
+    }
+    let sum = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
+    _mm512_reduce_add_epi32(sum)
 }
 
 /// `sum(f16(row[i]) * x[i])` for a little-endian f16 row.
