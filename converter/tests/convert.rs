@@ -361,3 +361,43 @@ fn killed_conversion_leaves_no_output() {
     assert!(!partial.exists(), "the next run reuses and renames the temp file");
     TernFile::parse(&std::fs::read(&out).unwrap()).unwrap().verify().unwrap();
 }
+
+/// Every single byte of a converted fixture is covered: flipping any one of them makes
+/// parse + verify fail.
+#[test]
+fn every_byte_flip_of_a_fixture_is_caught() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("m.tern");
+    convert(&fixture("tiny-tied"), &out, &quiet(Encoding::F16)).unwrap();
+    let good = std::fs::read(&out).unwrap();
+    let check = |bytes: &[u8]| TernFile::parse(bytes).and_then(|f| f.verify()).is_err();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = good.len().div_ceil(threads);
+    let missed: Vec<usize> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                let good = &good;
+                s.spawn(move || {
+                    let mut bad = good.clone();
+                    let mut missed = Vec::new();
+                    for i in k * chunk..((k + 1) * chunk).min(good.len()) {
+                        bad[i] ^= 0x40;
+                        if !check(&bad) {
+                            missed.push(i);
+                        }
+                        bad[i] ^= 0x40;
+                    }
+                    missed
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        missed.is_empty(),
+        "flips at {} offsets went unnoticed, first {:?}",
+        missed.len(),
+        &missed[..missed.len().min(5)]
+    );
+    assert!(!check(&good));
+}

@@ -53,6 +53,56 @@ fn run_tg(model: &Model, st: &mut State, n: usize, first: u32) -> Result<f64> {
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// Bytes one decode step reads: every ternary matrix and the output matrix.
+pub fn decode_bytes(model: &Model) -> u64 {
+    let c = model.config();
+    let out = if c.tied_output { tern_format::names::TOKEN_EMBD } else { tern_format::names::OUTPUT };
+    model
+        .file()
+        .tensors()
+        .iter()
+        .filter(|t| t.encoding == tern_format::Encoding::T2 || t.name == out)
+        .map(|t| t.length)
+        .sum()
+}
+
+/// Streaming read bandwidth over `bytes` (bytes/s, best of `reps`), in the current pool.
+pub fn stream_bandwidth(bytes: &[u8], reps: usize) -> f64 {
+    use rayon::prelude::*;
+    let mut best = 0.0f64;
+    for _ in 0..reps.max(1) {
+        let t0 = Instant::now();
+        let sum: u64 = bytes
+            .par_chunks(1 << 20)
+            .map(|c| {
+                let mut acc = [0u64; 8];
+                for w in c.chunks_exact(64) {
+                    for (a, v) in acc.iter_mut().zip(w.chunks_exact(8)) {
+                        *a = a.wrapping_add(u64::from_le_bytes(v.try_into().expect("8 bytes")));
+                    }
+                }
+                acc.iter().fold(0u64, |x, y| x.wrapping_add(*y))
+            })
+            .reduce(|| 0, u64::wrapping_add);
+        std::hint::black_box(sum);
+        best = best.max(bytes.len() as f64 / t0.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// The decode roofline at each thread count: (threads, bandwidth bytes/s, tok/s ceiling).
+pub fn roofline(model: &Model, threads: &[usize], reps: usize) -> Result<Vec<(usize, f64, f64)>> {
+    let per_token = decode_bytes(model) as f64;
+    let bytes = model.file().bytes();
+    let mut out = Vec::new();
+    for &t in threads {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
+        let bw = pool.install(|| stream_bandwidth(bytes, reps + 1));
+        out.push((t, bw, bw / per_token));
+    }
+    Ok(out)
+}
+
 /// Runs pp`pp` and tg`tg` at each thread count (0 skips a test).
 pub fn bench(model: &Model, pp: usize, tg: usize, threads: &[usize], reps: usize) -> Result<Vec<BenchResult>> {
     let c = model.config();

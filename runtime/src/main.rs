@@ -292,6 +292,20 @@ fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool,
 fn cmd_bench(path: &Path, pp: usize, tg: usize, threads: &[usize], reps: usize, json: bool) -> Result<()> {
     let (model, _) = open_model(path, false)?;
     let results = tern::bench::bench(&model, pp, tg, threads, reps)?;
+    if tg > 0 {
+        let per_token = tern::bench::decode_bytes(&model) as f64;
+        for (t, bw, ceiling) in tern::bench::roofline(&model, threads, reps)? {
+            let got =
+                results.iter().find(|r| r.threads == t && r.test.starts_with("tg")).map_or(0.0, |r| r.tokens_per_s);
+            eprintln!(
+                "roofline, {t} thread(s): a decode step reads {:.1} MB; streaming the model read {:.2} GB/s -> \
+                 ceiling {ceiling:.1} tok/s; tg{tg} reached {got:.1} tok/s ({:.0}% of it)",
+                per_token / 1e6,
+                bw / 1e9,
+                100.0 * got / ceiling
+            );
+        }
+    }
     let out = &mut std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string(&results)?)?;
