@@ -119,11 +119,11 @@ struct GenerateArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(args) => cmd_generate(args),
-        Command::Logits { model, tokens, all, threads } => cmd_logits(&model, &tokens, all, threads),
+        Command::Generate(args) => with_threads(args.threads, |n| cmd_generate(args, n)),
+        Command::Logits { model, tokens, all, threads } => with_threads(threads, |_| cmd_logits(&model, &tokens, all)),
         Command::Tokenize { model, text } => cmd_tokenize(&model, &text),
         Command::Perplexity { model, text_file, ctx, json, threads } => {
-            cmd_perplexity(&model, &text_file, ctx, json, threads)
+            with_threads(threads, |_| cmd_perplexity(&model, &text_file, ctx, json))
         }
         Command::Bench { model, pp, tg, threads, reps, json } => cmd_bench(&model, pp, tg, &threads, reps, json),
         Command::Verify { file } => cmd_verify(&file),
@@ -142,7 +142,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn set_threads(threads: Option<usize>) -> Result<usize> {
+/// Runs `f` on a pool of `threads` workers (default: all cores). Running the whole
+/// command inside the pool lets every parallel matmul start from a worker thread, with no
+/// hand-off from the main thread (and its wake-up) per matmul.
+fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce(usize) -> Result<T> + Send) -> Result<T> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = threads.unwrap_or(cores);
     if n == 0 {
@@ -151,8 +154,8 @@ fn set_threads(threads: Option<usize>) -> Result<usize> {
     if n > cores {
         eprintln!("tern: warning: --threads {n} is more than the {cores} cores here; expect it to be slower");
     }
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting worker threads")?;
-    Ok(n)
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().context("starting worker threads")?;
+    pool.install(|| f(n))
 }
 
 fn open_model(path: &Path, verify: bool) -> Result<(Model, TextTokenizer)> {
@@ -184,8 +187,7 @@ fn read_prompt(args: &GenerateArgs) -> Result<String> {
     })
 }
 
-fn cmd_generate(args: GenerateArgs) -> Result<()> {
-    let threads = set_threads(args.threads)?;
+fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let prompt = read_prompt(&args)?;
     let t0 = Instant::now();
     let (model, tok) = open_model(&args.model, args.verify)?;
@@ -237,8 +239,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_logits(path: &Path, tokens: &[u32], all: bool, threads: Option<usize>) -> Result<()> {
-    set_threads(threads)?;
+fn cmd_logits(path: &Path, tokens: &[u32], all: bool) -> Result<()> {
     let (model, _) = open_model(path, false)?;
     tern::generate::check_context(&model, tokens.len(), 0)?;
     let mut st = State::new(model.config(), tokens.len(), tern::model::DEFAULT_BATCH)?;
@@ -253,8 +254,7 @@ fn cmd_logits(path: &Path, tokens: &[u32], all: bool, threads: Option<usize>) ->
     Ok(())
 }
 
-fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool, threads: Option<usize>) -> Result<()> {
-    set_threads(threads)?;
+fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool) -> Result<()> {
     let bytes = std::fs::read(text_file).with_context(|| format!("reading {}", text_file.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(

@@ -13,6 +13,15 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     }
 }
 
+/// Round half to even for |v| < 2^22, without a libm call: adding 1.5·2^23 moves `v`
+/// where the float spacing is exactly 1, so the addition itself rounds to nearest with
+/// ties to even (1.5·2^23 is even), and subtracting it back is exact.
+#[inline(always)]
+pub fn round_half_even_small(v: f32) -> f32 {
+    const M: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + M) - M
+}
+
 /// Per-token absmax int8 quantization, exactly as BitLinear defines it:
 /// `s_x = 127 / max(max|x|, 1e-5)`, `xq = clamp(round_half_even(x * s_x), -128, 127)`.
 /// Writes `x.len()` values to `xq` and zeros to the rest (the block padding).
@@ -22,7 +31,8 @@ pub fn quantize_activations(x: &[f32], xq: &mut [i8]) -> (f32, i32) {
     let s_x = 127.0 / max.max(1e-5);
     let mut sum = 0i32;
     for (q, &v) in xq.iter_mut().zip(x) {
-        let r = (v * s_x).round_ties_even().clamp(-128.0, 127.0) as i8;
+        // |v · s_x| ≤ 127 (+ rounding), well inside round_half_even_small's range.
+        let r = round_half_even_small(v * s_x).clamp(-128.0, 127.0) as i8;
         *q = r;
         sum += i32::from(r);
     }
@@ -146,4 +156,39 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_rounding_equals_round_ties_even() {
+        let mut v = -140.0f32;
+        while v <= 140.0 {
+            for x in [v, v + 0.5, v - 0.5, v + 0.49999997, v + 0.50000006] {
+                assert_eq!(round_half_even_small(x), x.round_ties_even(), "{x}");
+            }
+            v += 0.125;
+        }
+        let mut seed = 1u32;
+        for _ in 0..1_000_000 {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let x = (seed as f32 / u32::MAX as f32 - 0.5) * 300.0;
+            assert_eq!(round_half_even_small(x), x.round_ties_even(), "{x}");
+        }
+        assert!(round_half_even_small(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn quantization_matches_the_definition() {
+        let x = [0.5f32, -1.0, 0.25, 0.0, -0.003, 0.9999];
+        let mut q = [7i8; 256];
+        let (s, sum) = quantize_activations(&x, &mut q);
+        assert_eq!(s, 127.0);
+        // 63.5 -> 64 (even), -127, 31.75 -> 32, 0, -0.381 -> -0, 126.987 -> 127
+        assert_eq!(&q[..6], &[64, -127, 32, 0, 0, 127]);
+        assert!(q[6..].iter().all(|&v| v == 0));
+        assert_eq!(sum, 64 - 127 + 32 + 127);
+    }
 }
