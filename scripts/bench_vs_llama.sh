@@ -19,12 +19,13 @@ mkdir -p "$work"
 cd "$work"
 P=${P:-128} N=${N:-64} R=${R:-3} T=${T:-1,2} PASSES=${PASSES:-2}
 
-pip install --quiet numpy safetensors tokenizers sentencepiece torch cmake scikit-build-core ninja gguf >/dev/null
+pip install --quiet numpy safetensors tokenizers sentencepiece torch transformers cmake scikit-build-core ninja >/dev/null
 
 # 1. The checkpoint and tern's file.
 [ -f large/model.safetensors ] || python3 "$here/scripts/make_synthetic.py" --preset large -o large
 (cd "$here" && cargo build --release --quiet -p tern -p tern-convert)
 [ -f large.tern ] || "$here/target/release/tern-convert" large -o large.tern
+[ -f large-q8.tern ] || "$here/target/release/tern-convert" large -o large-q8.tern --output-q8
 
 # 2. llama.cpp from the llama-cpp-python source package.
 if [ ! -x llama/build/bin/llama-bench ]; then
@@ -57,6 +58,7 @@ fi
 
 # 4. Benchmarks, interleaved passes; medians per (engine, test, threads).
 : > results.jsonl
+: > roofline.txt
 for pass in $(seq "$PASSES"); do
   for f in large-tq2_0-f16out.gguf large-tq2_0.gguf; do
     llama/build/bin/llama-bench -m "$f" -p "$P" -n "$N" -t "$T" -r "$R" -o jsonl |
@@ -65,33 +67,39 @@ import json, sys, os
 for line in sys.stdin:
     r = json.loads(line)
     test = f\"pp{r['n_prompt']}\" if r['n_prompt'] else f\"tg{r['n_gen']}\"
-    print(json.dumps({'engine': 'llama.cpp ' + '$f', 'test': test, 'threads': r['n_threads'],
+    print(json.dumps({'engine': 'llama.cpp $f', 'test': test, 'threads': r['n_threads'],
                       'tps': r['avg_ts'], 'sd': r['stddev_ts'], 'bytes': os.path.getsize('$f')}))" >> results.jsonl
   done
-  "$here/target/release/tern" bench large.tern -p "$P" -n "$N" -t "$T" -r "$R" --json |
-    python3 -c "
+  for f in large.tern large-q8.tern; do
+    "$here/target/release/tern" bench "$f" -p "$P" -n "$N" -t "$T" -r "$R" --json 2>> roofline.txt |
+      python3 -c "
 import json, sys
 for r in json.load(sys.stdin):
-    print(json.dumps({'engine': 'tern large.tern', 'test': r['test'], 'threads': r['threads'],
+    print(json.dumps({'engine': 'tern $f', 'test': r['test'], 'threads': r['threads'],
                       'tps': r['tokens_per_s'], 'sd': r['sd'], 'bytes': r['model_bytes']}))" >> results.jsonl
+  done
 done
 
-python3 - results.jsonl <<'EOF'
+python3 - results.jsonl <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 keys = sorted({(r["engine"], r["test"], r["threads"]) for r in rows}, key=lambda k: (k[1], k[2], k[0]))
-print(f"{'engine / file':42} {'MiB':>6} {'test':>6} {'thr':>3} {'tok/s (median of passes)':>25}")
+print(f"| {'engine / file':36} | {'MiB':>5} | {'test':>6} | {'threads':>7} | {'tok/s (median of passes)':>24} |")
+print("|---|---:|---:|---:|---:|")
 for k in keys:
     v = [r for r in rows if (r["engine"], r["test"], r["threads"]) == k]
-    print(f"{k[0]:42} {v[0]['bytes'] / 2**20:6.0f} {k[1]:>6} {k[2]:>3} {statistics.median(r['tps'] for r in v):25.2f}")
+    med = statistics.median(r["tps"] for r in v)
+    print(f"| {k[0]:36} | {v[0]['bytes'] / 2**20:5.0f} | {k[1]:>6} | {k[2]:>7} | {med:24.2f} |")
 print()
 for test in sorted({r["test"] for r in rows}):
     for t in sorted({r["threads"] for r in rows}):
-        med = lambda e: statistics.median(r["tps"] for r in rows if r["engine"] == e and r["test"] == test and r["threads"] == t)
+        def med(e):
+            return statistics.median(r["tps"] for r in rows if r["engine"] == e and r["test"] == test and r["threads"] == t)
         try:
-            ours = med("tern large.tern")
-            print(f"{test} {t} thr: tern / TQ2_0 f16-output = {ours / med('llama.cpp large-tq2_0-f16out.gguf'):.2f}x, "
-                  f"tern / TQ2_0 default = {ours / med('llama.cpp large-tq2_0.gguf'):.2f}x")
+            print(f"{test}, {t} thread(s): tern f16-output / TQ2_0 f16-output = "
+                  f"{med('tern large.tern') / med('llama.cpp large-tq2_0-f16out.gguf'):.2f}x; "
+                  f"tern q8-output / TQ2_0 default = {med('tern large-q8.tern') / med('llama.cpp large-tq2_0.gguf'):.2f}x")
         except statistics.StatisticsError:
             pass
-EOF
+PY
+grep roofline roofline.txt || true

@@ -13,6 +13,8 @@ pub mod loader;
 pub mod model;
 pub mod ops;
 pub mod perplexity;
+#[allow(unsafe_code)] // lifetime-erased jobs and disjoint band writes: see pool.rs
+pub mod pool;
 pub mod sampler;
 pub mod tokenizer;
 

@@ -154,8 +154,12 @@ fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce(usize) -> Result
     if n > cores {
         eprintln!("tern: warning: --threads {n} is more than the {cores} cores here; expect it to be slower");
     }
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().context("starting worker threads")?;
-    pool.install(|| f(n))
+    if std::env::var("TERN_POOL").as_deref() == Ok("rayon") {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().context("starting worker threads")?;
+        pool.install(|| f(n))
+    } else {
+        tern::pool::Pool::new(n).install(|| f(n))
+    }
 }
 
 fn open_model(path: &Path, verify: bool) -> Result<(Model, TextTokenizer)> {
@@ -229,11 +233,12 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     })?;
     writeln!(out)?;
     eprintln!(
-        "load {load_ms:.0} ms | prompt {} tok, {:.1} tok/s | generated {} tok, {:.1} tok/s | {threads} threads, {} kernels, seed {seed}",
+        "load {load_ms:.0} ms | prompt {} tok, {:.1} tok/s | generated {} tok, {:.1} tok/s | {threads} threads ({}), {} kernels, seed {seed}",
         stats.prompt_tokens,
         stats.prompt_tps(),
         stats.gen_tokens,
         stats.gen_tps(),
+        tern::pool::current_name(),
         model.kernels().name(),
     );
     Ok(())

@@ -1,7 +1,6 @@
 //! The small numeric operations of the forward pass, each on one token's vector.
 
 use crate::kernels::Kernels;
-use rayon::prelude::*;
 use tern_format::Encoding;
 
 /// `out = x / sqrt(mean(x^2) + eps) * w`.
@@ -129,7 +128,8 @@ impl FloatMatrix {
         const BAND: usize = 64;
         let (rb, base) = (self.row_bytes(), self.values_offset());
         let data = &file[base..base + self.rows * rb];
-        data.par_chunks(BAND * rb).zip(out.par_chunks_mut(BAND)).enumerate().for_each(|(band, (bytes, out))| {
+        crate::pool::for_each_chunk_mut(&mut out[..self.rows], BAND, &|band, out| {
+            let bytes = &data[band * BAND * rb..(band * BAND + out.len()) * rb];
             for (i, (o, row)) in out.iter_mut().zip(bytes.chunks_exact(rb)).enumerate() {
                 *o = match self.encoding {
                     Encoding::F16 => k.dot_f16(row, x),

@@ -13,8 +13,6 @@ pub mod avx2;
 pub mod avx512;
 pub mod portable;
 
-use rayon::prelude::*;
-
 type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
 
@@ -109,18 +107,21 @@ impl Kernels {
     }
 }
 
-/// Rows per parallel task: enough work to amortise scheduling.
-fn band_rows(row_bytes: usize, n_tok: usize) -> usize {
-    let work_per_row = row_bytes * n_tok.max(1);
-    (16 * 1024 / work_per_row.max(1)).clamp(1, 256)
+/// Rows per parallel band: about 32 KB of packed weights, an even number (the AVX-512
+/// kernel pairs rows). Small bands balance well when a core is shared.
+fn band_rows(row_bytes: usize) -> usize {
+    (32 * 1024 / row_bytes.max(1)).max(2).div_ceil(2) * 2
 }
 
 /// `acc[r * n_tok + t]` = exact `sum_k W[r, k] * xq[t, k]` for all rows, in parallel bands.
 pub fn ternary_gemm(k: &Kernels, packed: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], acc: &mut [i32]) {
     let n_tok = act_sums.len();
-    let band = band_rows(row_bytes, n_tok);
-    packed
-        .par_chunks(band * row_bytes)
-        .zip(acc.par_chunks_mut(band * n_tok))
-        .for_each(|(rows, out)| k.ternary_band(rows, row_bytes, xq, act_sums, out));
+    let band = band_rows(row_bytes);
+    let rows = packed.len() / row_bytes;
+    let acc = &mut acc[..rows * n_tok];
+    crate::pool::for_each_chunk_mut(acc, band * n_tok, &|b, out| {
+        let r0 = b * band;
+        let r1 = r0 + out.len() / n_tok;
+        k.ternary_band(&packed[r0 * row_bytes..r1 * row_bytes], row_bytes, xq, act_sums, out);
+    });
 }

@@ -1,0 +1,408 @@
+//! Work distribution for the matmuls: a small persistent pool tuned for many short
+//! parallel regions (one per matmul, ~170 per decoded token), or rayon.
+//!
+//! A region is split into bands; every thread, the caller included, claims the next
+//! band with one atomic increment until none are left, so a thread that shares its core
+//! with another process simply claims fewer bands. Each thread starts on its own contiguous
+//! segment of bands (sequential reads suit the prefetchers) and then steals from the back
+//! of the others'. Idle workers spin briefly (a region usually follows within
+//! microseconds), then yield, then sleep on a condvar. If the caller keeps waiting for a
+//! worker preempted mid-band (its core is taken), the workers sit out for a while.
+//!
+//! `TERN_POOL=rayon` selects rayon instead (for comparison; `tern bench` reports which).
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// The job of one parallel region: called with band indices until all are claimed.
+type Job<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// (epoch, number of bands, type-erased job) of a region.
+type Published = (u64, u64, Option<(usize, usize)>);
+
+struct Shared {
+    /// The current region's epoch (high 32 bits; low bits unused).
+    state: AtomicU64,
+    /// Per thread, its contiguous segment of the region's bands: epoch (high 16 bits),
+    /// front (24 bits), back (24 bits). The owner claims from the front; a thread that ran
+    /// out steals from the back of another's segment. Every claim is a compare-and-swap
+    /// that names the epoch, so no claim can land in another region.
+    segments: Vec<AtomicU64>,
+    /// The latest region.
+    job: Mutex<Published>,
+    /// Workers inside a region (registered before their first claim).
+    active: AtomicUsize,
+    sleepers: AtomicUsize,
+    shutdown: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// A persistent pool of `threads - 1` workers plus the calling thread.
+pub struct Pool {
+    shared: Arc<Shared>,
+    epoch: AtomicU64,
+    workers: Vec<JoinHandle<()>>,
+    /// Per region shape (its band count: in practice, which matmul), how long regions take
+    /// with the workers and by the caller alone.
+    shapes: Mutex<Vec<Shape>>,
+}
+
+/// Timing of one region shape: regions run, moving averages of ns with and without workers.
+#[derive(Clone, Copy)]
+struct Shape {
+    n_bands: usize,
+    runs: u64,
+    ns_parallel: u64,
+    ns_alone: u64,
+}
+
+/// One region of each shape in `PROBE_EVERY` runs the mode not currently chosen.
+const PROBE_EVERY: u64 = 64;
+
+const SPINS: u32 = 20_000;
+const YIELDS: u32 = 200;
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<Pool>>> = const { RefCell::new(None) };
+}
+
+fn erase(job: Job<'_>) -> (usize, usize) {
+    // SAFETY: a `&dyn Fn` is two words; only its lifetime is forgotten here, and `restore`
+    // gives the same type back. Liveness is argued where the job is called.
+    unsafe { std::mem::transmute::<Job<'_>, (usize, usize)>(job) }
+}
+
+/// # Safety
+/// `raw` must come from `erase` of a job that is still alive when it is called.
+unsafe fn restore<'a>(raw: (usize, usize)) -> Job<'a> {
+    std::mem::transmute::<(usize, usize), Job<'a>>(raw)
+}
+
+const SEG_EPOCH: u64 = 0xFFFF;
+const SEG_MASK: u64 = 0xFF_FFFF;
+
+fn seg(epoch: u64, front: u64, back: u64) -> u64 {
+    (epoch & SEG_EPOCH) << 48 | front << 24 | back
+}
+
+/// Claims one band of segment `s` for region `epoch`, from the front or the back.
+fn claim(s: &AtomicU64, epoch: u64, from_back: bool) -> Option<usize> {
+    loop {
+        let v = s.load(Ordering::SeqCst);
+        let (e, front, back) = (v >> 48, (v >> 24) & SEG_MASK, v & SEG_MASK);
+        if e != epoch & SEG_EPOCH || front >= back {
+            return None;
+        }
+        let (next, band) =
+            if from_back { (seg(e, front, back - 1), back - 1) } else { (seg(e, front + 1, back), front) };
+        if s.compare_exchange(v, next, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            return Some(band as usize);
+        }
+    }
+}
+
+/// Runs thread `me`'s own segment front to back, then steals from the others' backs.
+fn claim_and_run(segments: &[AtomicU64], me: usize, epoch: u64, job: impl Fn(usize)) {
+    while let Some(b) = claim(&segments[me], epoch, false) {
+        job(b);
+    }
+    for k in 1..segments.len() {
+        let other = &segments[(me + k) % segments.len()];
+        while let Some(b) = claim(other, epoch, true) {
+            job(b);
+        }
+    }
+}
+
+fn worker(shared: Arc<Shared>, me: usize) {
+    let mut seen = 0u64;
+    loop {
+        let mut spins = 0u32;
+        loop {
+            if shared.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            let e = shared.state.load(Ordering::SeqCst) >> 32;
+            if e != seen {
+                seen = e;
+                break;
+            }
+            spins += 1;
+            if spins < SPINS {
+                std::hint::spin_loop();
+            } else if spins < SPINS + YIELDS {
+                std::thread::yield_now();
+            } else {
+                let guard = shared.lock.lock().expect("pool lock");
+                shared.sleepers.fetch_add(1, Ordering::SeqCst);
+                // Re-checked after announcing the sleep: `run` publishes, then looks for sleepers.
+                if shared.state.load(Ordering::SeqCst) >> 32 == seen && !shared.shutdown.load(Ordering::SeqCst) {
+                    drop(shared.wake.wait(guard).expect("pool lock"));
+                } else {
+                    drop(guard);
+                }
+                shared.sleepers.fetch_sub(1, Ordering::SeqCst);
+                spins = 0;
+            }
+        }
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        let (epoch, n, raw) = *shared.job.lock().expect("pool job");
+        if let (true, Some(raw)) = (epoch == seen, raw) {
+            // SAFETY: the job is called only after a successful claim of a band of its own
+            // epoch. `run` for that epoch returns only after it has seen every band claimed
+            // *and then* `active == 0`; this worker registered in `active` before claiming,
+            // and leaves only after the job returned. So the job is alive whenever called.
+            let job = unsafe { restore(raw) };
+            let _ = n;
+            claim_and_run(&shared.segments, me, epoch, job);
+        }
+        shared.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Pool {
+    pub fn new(threads: usize) -> Arc<Self> {
+        let shared = Arc::new(Shared {
+            state: AtomicU64::new(0),
+            segments: (0..threads.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            job: Mutex::new((0, 0, None)),
+            active: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let workers = (1..threads.max(1))
+            .map(|i| {
+                let s = shared.clone();
+                std::thread::Builder::new().name(format!("tern-{i}")).spawn(move || worker(s, i)).expect("spawn worker")
+            })
+            .collect();
+        Arc::new(Pool { shared, epoch: AtomicU64::new(0), workers, shapes: Mutex::new(Vec::new()) })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs `job(b)` for every band `b < n_bands` on all threads; returns when all are done.
+    /// Workers that have not joined by the time the caller ran out of bands are not waited
+    /// for. When another process holds a core, the workers can make a region slower, not
+    /// faster (a preempted worker holds its band; three threads share two cores): the pool
+    /// times each region shape in both modes (one region in 64 runs the other mode) and
+    /// runs alone while that is clearly faster.
+    fn run(&self, n_bands: usize, job: Job<'_>) {
+        let s = &self.shared;
+        if self.workers.is_empty() || n_bands <= 1 {
+            (0..n_bands).for_each(job);
+            return;
+        }
+        let shape = {
+            let mut shapes = self.shapes.lock().expect("pool shapes");
+            let i = match shapes.iter().position(|x| x.n_bands == n_bands) {
+                Some(i) => i,
+                None => {
+                    shapes.push(Shape { n_bands, runs: 0, ns_parallel: 0, ns_alone: 0 });
+                    shapes.len() - 1
+                }
+            };
+            shapes[i].runs += 1;
+            shapes[i]
+        };
+        let avg = |old: u64, new: u64| if old == 0 { new } else { (old * 3 + new) / 4 };
+        // Alone only when clearly faster: parallel timings include waking sleeping workers,
+        // which running alone makes more frequent, so a small edge must not tip the choice.
+        let prefer_alone = shape.ns_alone != 0 && shape.ns_alone * 5 < shape.ns_parallel * 4;
+        // Every PROBE_EVERY-th region of a shape runs the other mode, so that both timings
+        // stay current (the first ones include page faults on the freshly mapped weights).
+        let alone = prefer_alone != (shape.runs % PROBE_EVERY == 1);
+        let t0 = std::time::Instant::now();
+        if alone {
+            (0..n_bands).for_each(job);
+            let ns = t0.elapsed().as_nanos() as u64;
+            self.update(n_bands, |x| x.ns_alone = avg(x.ns_alone, ns));
+            return;
+        }
+        let n = n_bands as u64;
+        assert!(n <= SEG_MASK, "too many bands");
+        let epoch = (self.epoch.fetch_add(1, Ordering::SeqCst) + 1) & SEG_EPOCH;
+        let t = s.segments.len() as u64;
+        for (i, sg) in s.segments.iter().enumerate() {
+            let i = i as u64;
+            sg.store(seg(epoch, n * i / t, n * (i + 1) / t), Ordering::SeqCst);
+        }
+        *s.job.lock().expect("pool job") = (epoch, n, Some(erase(job)));
+        s.state.store(epoch << 32, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            let _guard = s.lock.lock().expect("pool lock");
+            s.wake.notify_all();
+        }
+        claim_and_run(&s.segments, 0, epoch, job);
+        let mut spins = 0u32;
+        while s.active.load(Ordering::SeqCst) > 0 {
+            spins += 1;
+            if spins < SPINS {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        let ns = t0.elapsed().as_nanos() as u64;
+        self.update(n_bands, |x| x.ns_parallel = avg(x.ns_parallel, ns));
+    }
+
+    fn update(&self, n_bands: usize, f: impl FnOnce(&mut Shape)) {
+        let mut shapes = self.shapes.lock().expect("pool shapes");
+        if let Some(x) = shapes.iter_mut().find(|x| x.n_bands == n_bands) {
+            f(x);
+        }
+    }
+
+    /// Makes this pool the one `for_bands` uses on this thread while `f` runs.
+    pub fn install<T>(self: &Arc<Self>, f: impl FnOnce() -> T) -> T {
+        let prev = CURRENT.with(|c| c.replace(Some(self.clone())));
+        let out = f();
+        CURRENT.with(|c| *c.borrow_mut() = prev);
+        out
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        {
+            let _guard = self.shared.lock.lock().expect("pool lock");
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Threads available to the current parallel region.
+pub fn current_threads() -> usize {
+    CURRENT.with(|c| c.borrow().as_ref().map(|p| p.threads())).unwrap_or_else(rayon::current_num_threads)
+}
+
+/// The name of the work distribution in use on this thread.
+pub fn current_name() -> &'static str {
+    if CURRENT.with(|c| c.borrow().is_some()) {
+        "tern pool"
+    } else {
+        "rayon"
+    }
+}
+
+/// Runs `job(b)` for every `b < n_bands` in parallel: on the installed [`Pool`], or on
+/// rayon when none is installed.
+pub fn for_bands(n_bands: usize, job: &(dyn Fn(usize) + Sync)) {
+    let pool = CURRENT.with(|c| c.borrow().clone());
+    match pool {
+        Some(p) => p.run(n_bands, job),
+        None => {
+            use rayon::prelude::*;
+            (0..n_bands).into_par_iter().for_each(job);
+        }
+    }
+}
+
+/// Splits `out` into chunks of `chunk` elements (the last may be shorter) and runs
+/// `job(index, chunk)` for each, in parallel.
+pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, job: &(dyn Fn(usize, &mut [T]) + Sync)) {
+    let chunk = chunk.max(1);
+    if CURRENT.with(|c| c.borrow().is_none()) {
+        use rayon::prelude::*;
+        out.par_chunks_mut(chunk).enumerate().for_each(|(b, c)| job(b, c));
+        return;
+    }
+    let len = out.len();
+    let base = SharedMut(out.as_mut_ptr());
+    for_bands(len.div_ceil(chunk), &|b| {
+        let start = b * chunk;
+        // SAFETY: chunk `b` is `out[start..start + l]`, inside `out` (start < len); chunks
+        // are disjoint and `for_bands` runs each index exactly once; `out` is borrowed
+        // mutably for the whole call, which returns only after every chunk is done.
+        let slice = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(start), chunk.min(len - start)) };
+        job(b, slice);
+    });
+}
+
+/// A raw pointer shared by the threads of one region (see `for_each_chunk_mut`).
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+
+impl<T> SharedMut<T> {
+    /// (A method, so that closures capture the `Sync` wrapper rather than the raw field.)
+    fn ptr(&self) -> *mut T {
+        self.0
+    }
+}
+
+// SAFETY: only used by `for_each_chunk_mut`, where each thread touches a disjoint chunk.
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_band_runs_exactly_once() {
+        for threads in [1, 2, 3] {
+            let pool = Pool::new(threads);
+            pool.install(|| {
+                for n in [0usize, 1, 2, 7, 100, 1000] {
+                    let hits: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+                    for _ in 0..50 {
+                        for_bands(n, &|b| {
+                            hits[b].fetch_add(1, Ordering::Relaxed);
+                        });
+                    }
+                    assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50), "threads {threads}, n {n}");
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn sleeping_workers_wake_up() {
+        let pool = Pool::new(2);
+        pool.install(|| {
+            let sum = AtomicU64::new(0);
+            for_bands(10, &|b| {
+                sum.fetch_add(b as u64, Ordering::Relaxed);
+            });
+            // Long enough for the worker to pass its spin and yield phases and sleep.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            for_bands(10, &|b| {
+                sum.fetch_add(b as u64, Ordering::Relaxed);
+            });
+            assert_eq!(sum.load(Ordering::Relaxed), 90);
+        });
+    }
+
+    #[test]
+    fn chunks_cover_the_slice_once() {
+        for pool in [Some(Pool::new(2)), None] {
+            for (len, chunk) in [(1000usize, 100usize), (1001, 100), (5, 7), (0, 3)] {
+                let mut out = vec![0usize; len];
+                let fill = |out: &mut [usize]| {
+                    for_each_chunk_mut(out, chunk, &|b, c| {
+                        for (i, o) in c.iter_mut().enumerate() {
+                            *o += b * chunk + i + 1;
+                        }
+                    })
+                };
+                match &pool {
+                    Some(p) => p.install(|| fill(&mut out)),
+                    None => fill(&mut out),
+                }
+                assert!(out.iter().enumerate().all(|(i, &v)| v == i + 1), "len {len} chunk {chunk}");
+            }
+        }
+    }
+}
