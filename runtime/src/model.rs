@@ -281,9 +281,7 @@ impl Model {
         let w = &self.layers[l];
 
         // Attention: norm, q/k/v from one quantized input, RoPE, cache, softmax attention.
-        for t in 0..n {
-            rmsnorm(&mut st.xn[t * h..(t + 1) * h], &st.x[t * h..(t + 1) * h], &w.attn_norm, eps);
-        }
+        norm_rows(&mut st.xn, &st.x, h, n, Some(&w.attn_norm), eps);
         self.quantize(st, n, h);
         self.bitlinear(st, &w.wq, n, Out::Q);
         self.bitlinear(st, &w.wk, n, Out::K);
@@ -326,13 +324,7 @@ impl Model {
                 }
             }
         }
-        for t in 0..n {
-            let (src, dst) = (&st.att[t * qd..(t + 1) * qd], &mut st.xn[t * qd..(t + 1) * qd]);
-            match &w.attn_sub_norm {
-                Some(g) => rmsnorm(dst, src, g, eps),
-                None => dst.copy_from_slice(src),
-            }
-        }
+        norm_rows(&mut st.xn, &st.att, qd, n, w.attn_sub_norm.as_deref(), eps);
         self.quantize(st, n, qd);
         self.bitlinear(st, &w.wo, n, Out::Tmp);
         for (x, d) in st.x[..n * h].iter_mut().zip(&st.tmp[..n * h]) {
@@ -340,9 +332,7 @@ impl Model {
         }
 
         // MLP: norm, gate/up from one quantized input, act(gate)·up, sub-norm, down.
-        for t in 0..n {
-            rmsnorm(&mut st.xn[t * h..(t + 1) * h], &st.x[t * h..(t + 1) * h], &w.ffn_norm, eps);
-        }
+        norm_rows(&mut st.xn, &st.x, h, n, Some(&w.ffn_norm), eps);
         self.quantize(st, n, h);
         self.bitlinear(st, &w.w_gate, n, Out::Gate);
         self.bitlinear(st, &w.w_up, n, Out::Up);
@@ -353,13 +343,7 @@ impl Model {
             };
             *g = a * u;
         }
-        for t in 0..n {
-            let (src, dst) = (&st.gate[t * inter..(t + 1) * inter], &mut st.xn[t * inter..(t + 1) * inter]);
-            match &w.ffn_sub_norm {
-                Some(g) => rmsnorm(dst, src, g, eps),
-                None => dst.copy_from_slice(src),
-            }
-        }
+        norm_rows(&mut st.xn, &st.gate, inter, n, w.ffn_sub_norm.as_deref(), eps);
         self.quantize(st, n, inter);
         self.bitlinear(st, &w.w_down, n, Out::Tmp);
         for (x, d) in st.x[..n * h].iter_mut().zip(&st.tmp[..n * h]) {
@@ -396,6 +380,17 @@ impl Model {
             for (r, y) in dst[t * w.rows..(t + 1) * w.rows].iter_mut().enumerate() {
                 *y = acc[r * n + t] as f32 * f;
             }
+        }
+    }
+}
+
+/// RMSNorm of the first `n` rows (each `width` wide) of `src` into `dst`, or a plain copy
+/// when the model has no such norm.
+fn norm_rows(dst: &mut [f32], src: &[f32], width: usize, n: usize, gain: Option<&[f32]>, eps: f32) {
+    for (d, x) in dst[..n * width].chunks_exact_mut(width).zip(src[..n * width].chunks_exact(width)) {
+        match gain {
+            Some(g) => rmsnorm(d, x, g, eps),
+            None => d.copy_from_slice(x),
         }
     }
 }

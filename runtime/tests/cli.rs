@@ -262,3 +262,23 @@ fn damaged_tensor_data_runs_safely_and_verify_refuses_it() {
     }
     assert_error(&tern(&["generate", b, "-p", "It is", "--verify"]), "checksum mismatch in tensor token_embd");
 }
+
+/// Truncated at many offsets — inside the header, config, directory, tokenizer, each
+/// tensor kind, one byte short — `generate` and `logits` refuse cleanly, never a signal.
+#[test]
+fn truncation_at_many_offsets_is_a_clean_error() {
+    let (d, model) = converted("tiny-untied");
+    let bytes = std::fs::read(&model).unwrap();
+    let file = tern_format::TernFile::parse(&bytes).unwrap();
+    let mut cuts = vec![0usize, 1, 7, 8, 100, 127, 128, 200, 255, 256, 300, 1000, bytes.len() - 1];
+    cuts.extend(file.tensors().iter().step_by(5).map(|t| t.offset as usize + 3));
+    let cut = d.path().join("cut.tern");
+    for n in cuts {
+        std::fs::write(&cut, &bytes[..n]).unwrap();
+        let c = cut.to_str().unwrap();
+        let o = tern(&["generate", c, "-p", "It is", "-n", "2"]);
+        let want = if n == 0 { "is empty" } else { "invalid .tern file" };
+        assert_error(&o, want);
+        assert_error(&tern(&["logits", c, "--tokens", "1,2"]), want);
+    }
+}

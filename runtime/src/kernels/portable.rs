@@ -35,47 +35,32 @@ pub fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], 
     }
 }
 
-/// Dot product of a little-endian f16 row with `x` (8 accumulators, fixed order).
-pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+/// `sum(w(i) * x[i])` with 8 independent accumulators in a fixed order.
+#[inline(always)]
+fn dot_by(x: &[f32], w: impl Fn(usize) -> f32) -> f32 {
     let mut acc = [0f32; 8];
-    let mut tail = 0.0;
-    for (i, (&v, b)) in x.iter().zip(row.chunks_exact(2)).enumerate() {
-        let w = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-        if i < x.len() / 8 * 8 {
-            acc[i % 8] += w * v;
-        } else {
-            tail += w * v;
-        }
+    let full = x.len() / 8 * 8;
+    for i in 0..full {
+        acc[i % 8] += w(i) * x[i];
     }
+    let tail: f32 = (full..x.len()).map(|i| w(i) * x[i]).sum();
     acc.iter().sum::<f32>() + tail
+}
+
+/// Dot product of a little-endian f16 row with `x`.
+pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    let row = &row[..2 * x.len()];
+    dot_by(x, |i| half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32())
 }
 
 /// Dot product of a little-endian f32 row with `x`.
 pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut tail = 0.0;
-    for (i, (&v, b)) in x.iter().zip(row.chunks_exact(4)).enumerate() {
-        let w = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        if i < x.len() / 8 * 8 {
-            acc[i % 8] += w * v;
-        } else {
-            tail += w * v;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    let row = &row[..4 * x.len()];
+    dot_by(x, |i| f32::from_le_bytes([row[4 * i], row[4 * i + 1], row[4 * i + 2], row[4 * i + 3]]))
 }
 
 /// Dot product of an int8 row (as bytes) with `x`.
 pub fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut tail = 0.0;
-    for (i, (&v, &b)) in x.iter().zip(row).enumerate() {
-        let w = f32::from(b as i8);
-        if i < x.len() / 8 * 8 {
-            acc[i % 8] += w * v;
-        } else {
-            tail += w * v;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    let row = &row[..x.len()];
+    dot_by(x, |i| f32::from(row[i] as i8))
 }
