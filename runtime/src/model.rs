@@ -301,29 +301,9 @@ impl Model {
             st.key_cache[at..at + kvd].copy_from_slice(&st.k[t * kvd..(t + 1) * kvd]);
             st.value_cache[at..at + kvd].copy_from_slice(&st.v[t * kvd..(t + 1) * kvd]);
         }
-        let group = (c.n_heads / c.n_kv_heads) as usize;
-        let inv_sqrt = 1.0 / (hd as f32).sqrt();
-        for t in 0..n {
-            let pos = p0 + t;
-            for head in 0..c.n_heads as usize {
-                let kv_off = (head / group) * hd;
-                let q = &st.q[t * qd + head * hd..t * qd + (head + 1) * hd];
-                let scores = &mut st.scores[..=pos];
-                for (s, score) in scores.iter_mut().enumerate() {
-                    let k = &st.key_cache[cache_at(s) + kv_off..cache_at(s) + kv_off + hd];
-                    *score = crate::ops::dot(q, k) * inv_sqrt;
-                }
-                softmax(scores);
-                let out = &mut st.att[t * qd + head * hd..t * qd + (head + 1) * hd];
-                out.fill(0.0);
-                for (s, &a) in scores.iter().enumerate() {
-                    let v = &st.value_cache[cache_at(s) + kv_off..cache_at(s) + kv_off + hd];
-                    for (o, &vv) in out.iter_mut().zip(v) {
-                        *o += a * vv;
-                    }
-                }
-            }
-        }
+        let layer = l * st.max_seq * kvd..(l + 1) * st.max_seq * kvd;
+        let cache = (&st.key_cache[layer.clone()], &st.value_cache[layer]);
+        attention(c, &st.q[..n * qd], &cache, &mut st.att[..n * qd], p0);
         norm_rows(&mut st.xn, &st.att, qd, n, w.attn_sub_norm.as_deref(), eps);
         self.quantize(st, n, qd);
         self.bitlinear(st, &w.wo, n, Out::Tmp);
@@ -384,6 +364,44 @@ impl Model {
     }
 }
 
+thread_local! {
+    /// Attention scores of one head, per thread; grows to the longest context once.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Causal softmax attention of the tokens at positions `p0..` (their keys and values are
+/// already in this layer's `cache`), one parallel task per (token, head). Grouped-query
+/// attention: query head `h` reads key/value head `h / (n_heads / n_kv_heads)`.
+fn attention(c: &ModelConfig, q: &[f32], cache: &(&[f32], &[f32]), out: &mut [f32], p0: usize) {
+    let (hd, n_heads, kvd) = (c.head_dim as usize, c.n_heads as usize, c.kv_dim());
+    let group = n_heads / c.n_kv_heads as usize;
+    let inv_sqrt = 1.0 / (hd as f32).sqrt();
+    let (keys, values) = *cache;
+    crate::pool::for_each_chunk_mut(out, hd, &|i, out| {
+        let (t, head) = (i / n_heads, i % n_heads);
+        let pos = p0 + t;
+        let kv_off = (head / group) * hd;
+        let q = &q[i * hd..(i + 1) * hd];
+        SCORES.with(|scores| {
+            let mut scores = scores.borrow_mut();
+            if scores.len() <= pos {
+                scores.resize(pos + 1, 0.0);
+            }
+            let scores = &mut scores[..=pos];
+            for (s, score) in scores.iter_mut().enumerate() {
+                *score = crate::ops::dot(q, &keys[s * kvd + kv_off..s * kvd + kv_off + hd]) * inv_sqrt;
+            }
+            softmax(scores);
+            out.fill(0.0);
+            for (s, &a) in scores.iter().enumerate() {
+                for (o, &v) in out.iter_mut().zip(&values[s * kvd + kv_off..s * kvd + kv_off + hd]) {
+                    *o += a * v;
+                }
+            }
+        });
+    });
+}
+
 /// RMSNorm of the first `n` rows (each `width` wide) of `src` into `dst`, or a plain copy
 /// when the model has no such norm.
 fn norm_rows(dst: &mut [f32], src: &[f32], width: usize, n: usize, gain: Option<&[f32]>, eps: f32) {
@@ -439,7 +457,6 @@ pub struct State {
     tmp: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    scores: Vec<f32>,
     key_cache: Vec<f32>,
     value_cache: Vec<f32>,
     rope_cos: Vec<f32>,
@@ -491,7 +508,6 @@ impl State {
             tmp: vec![0.0; batch * h],
             gate: vec![0.0; batch * inter],
             up: vec![0.0; batch * inter],
-            scores: vec![0.0; max_seq],
             key_cache: vec![0.0; cache],
             value_cache: vec![0.0; cache],
             rope_cos,
