@@ -97,7 +97,8 @@ pub fn generate(
         return Ok(stats);
     }
     let mut sampler = Sampler::new(opts.sampler, opts.seed, c.vocab_size as usize);
-    let mut history = prompt.to_vec();
+    let mut history = Vec::with_capacity(prompt.len() + opts.max_new);
+    history.extend_from_slice(prompt);
     let mut detok = Detokenizer::new(tok, prompt);
     let mut stop = StopFilter { stops: &opts.stop, pending: String::new() };
     let mut logits = vec![0f32; c.vocab_size as usize];
