@@ -328,10 +328,11 @@ impl<'a> TernFile<'a> {
             check(&format!("tensor {}", t.name), t.checksum, data)?;
             pos = t.offset + t.length;
         }
-        Ok(())
+        // Only a file without tensors has bytes here: the padding up to `data_offset`.
+        self.check_zero(pos, self.file_len(), "padding after the tokenizer")
     }
 
-    /// Checks the checksum of one tensor only (cheap check on first use).
+    /// Checks the checksum of one tensor only.
     pub fn verify_tensor(&self, info: &TensorInfo) -> Result<(), FormatError> {
         check(&format!("tensor {}", info.name), info.checksum, self.data(info))
     }

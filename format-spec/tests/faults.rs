@@ -265,3 +265,15 @@ fn config_validation_names_the_field() {
     c.rms_eps = f32::NAN;
     assert!(c.validate().unwrap_err().to_string().contains("rms_eps"));
 }
+
+/// Without tensors the padding after the tokenizer is the file's last bytes: still checked.
+#[test]
+fn padding_of_a_file_without_tensors_is_checked() {
+    let w = TernWriter::new(Cursor::new(Vec::new()), &config(), b"{}", &[]).unwrap();
+    let good = w.finish().unwrap().into_inner();
+    assert_eq!(good.len() as u64, align_up((HEADER_LEN + CONFIG_LEN + 2) as u64).unwrap());
+    full_check(&good).unwrap();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() = 1;
+    assert!(full_check(&bad).unwrap_err().to_string().contains("padding after the tokenizer"));
+}
