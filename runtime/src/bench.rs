@@ -118,9 +118,6 @@ pub fn bench(model: &Model, pp: usize, tg: usize, threads: &[usize], reps: usize
         if t == 0 {
             bail!("thread counts must be ≥ 1");
         }
-        let use_rayon = std::env::var("TERN_POOL").as_deref() == Ok("rayon");
-        let rayon_pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
-        let tern_pool = crate::pool::Pool::new(t);
         let mut record = |test: String, runs: &mut dyn FnMut() -> Result<f64>| -> Result<()> {
             runs()?; // warm-up
             let v = (0..reps).map(|_| runs()).collect::<Result<Vec<_>>>()?;
@@ -128,7 +125,7 @@ pub fn bench(model: &Model, pp: usize, tg: usize, threads: &[usize], reps: usize
             out.push(BenchResult { test, threads: t, tokens_per_s: m, sd, model_bytes: model.file().len() });
             Ok(())
         };
-        let mut tests = || -> Result<()> {
+        let tests = || -> Result<()> {
             if pp > 0 {
                 record(format!("pp{pp}"), &mut || run_pp(model, &mut st, &tokens))?;
             }
@@ -137,8 +134,7 @@ pub fn bench(model: &Model, pp: usize, tg: usize, threads: &[usize], reps: usize
             }
             Ok(())
         };
-        // The tern pool is installed inside a rayon worker so that rayon is also available.
-        rayon_pool.install(|| if use_rayon { tests() } else { tern_pool.install(&mut tests) })?;
+        crate::pool::with_threads(t, tests)??;
     }
     Ok(out)
 }

@@ -142,9 +142,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs `f` on a pool of `threads` workers (default: all cores). Running the whole
-/// command inside the pool lets every parallel matmul start from a worker thread, with no
-/// hand-off from the main thread (and its wake-up) per matmul.
+/// Runs the command `f` with `threads` threads (default: all cores).
 fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce(usize) -> Result<T> + Send) -> Result<T> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = threads.unwrap_or(cores);
@@ -154,12 +152,7 @@ fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce(usize) -> Result
     if n > cores {
         eprintln!("tern: warning: --threads {n} is more than the {cores} cores here; expect it to be slower");
     }
-    if std::env::var("TERN_POOL").as_deref() == Ok("rayon") {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().context("starting worker threads")?;
-        pool.install(|| f(n))
-    } else {
-        tern::pool::Pool::new(n).install(|| f(n))
-    }
+    tern::pool::with_threads(n, || f(n)).context("starting worker threads")?
 }
 
 fn open_model(path: &Path, verify: bool) -> Result<(Model, TextTokenizer)> {

@@ -145,7 +145,7 @@ impl Model {
         &self.kernels
     }
 
-    /// Uses other kernels (tests compare kernels on whole models).
+    /// Uses other kernels (the reference tests run every kernel set on whole models).
     pub fn set_kernels(&mut self, kernels: Kernels) {
         self.kernels = kernels;
     }

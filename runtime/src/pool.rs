@@ -47,12 +47,12 @@ pub struct Pool {
     workers: Vec<JoinHandle<()>>,
     /// Per region shape (its band count: in practice, which matmul), how long regions take
     /// with the workers and by the caller alone.
-    shapes: Mutex<Vec<Shape>>,
+    shapes: Mutex<Vec<RegionTiming>>,
 }
 
-/// Timing of one region shape: regions run, moving averages of ns with and without workers.
+/// Timing of one region shape (its band count): regions run, moving averages of ns with and without workers.
 #[derive(Clone, Copy)]
-struct Shape {
+struct RegionTiming {
     n_bands: usize,
     runs: u64,
     ns_parallel: u64,
@@ -184,10 +184,6 @@ impl Pool {
         Arc::new(Pool { shared, epoch: AtomicU64::new(0), workers, shapes: Mutex::new(Vec::new()) })
     }
 
-    pub fn threads(&self) -> usize {
-        self.workers.len() + 1
-    }
-
     /// Runs `job(b)` for every band `b < n_bands` on all threads; returns when all are done.
     /// Workers that have not joined by the time the caller ran out of bands are not waited
     /// for. When another process holds a core, the workers can make a region slower, not
@@ -205,7 +201,7 @@ impl Pool {
             let i = match shapes.iter().position(|x| x.n_bands == n_bands) {
                 Some(i) => i,
                 None => {
-                    shapes.push(Shape { n_bands, runs: 0, ns_parallel: 0, ns_alone: 0 });
+                    shapes.push(RegionTiming { n_bands, runs: 0, ns_parallel: 0, ns_alone: 0 });
                     shapes.len() - 1
                 }
             };
@@ -254,7 +250,7 @@ impl Pool {
         self.update(n_bands, |x| x.ns_parallel = avg(x.ns_parallel, ns));
     }
 
-    fn update(&self, n_bands: usize, f: impl FnOnce(&mut Shape)) {
+    fn update(&self, n_bands: usize, f: impl FnOnce(&mut RegionTiming)) {
         let mut shapes = self.shapes.lock().expect("pool shapes");
         if let Some(x) = shapes.iter_mut().find(|x| x.n_bands == n_bands) {
             f(x);
@@ -283,9 +279,15 @@ impl Drop for Pool {
     }
 }
 
-/// Threads available to the current parallel region.
-pub fn current_threads() -> usize {
-    CURRENT.with(|c| c.borrow().as_ref().map(|p| p.threads())).unwrap_or_else(rayon::current_num_threads)
+/// Runs `f` with `threads` threads for its parallel regions: a [`Pool`], or rayon when
+/// `TERN_POOL=rayon` (kept for comparison). Running the whole of `f` inside means every
+/// region starts on a thread of that pool, with no hand-off from an outside thread.
+pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T, rayon::ThreadPoolBuildError> {
+    if std::env::var("TERN_POOL").as_deref() == Ok("rayon") {
+        Ok(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?.install(f))
+    } else {
+        Ok(Pool::new(threads).install(f))
+    }
 }
 
 /// The name of the work distribution in use on this thread.

@@ -138,8 +138,10 @@ fn bitlinear_is_exact() {
 /// at most one position per fixture may exceed 1e-4, and never 1e-2.
 #[test]
 fn layers_match_reference_teacher_forced() {
-    for name in FIXTURES {
-        let f = load(name, Encoding::F32);
+    for (name, kernels) in FIXTURES.iter().flat_map(|n| Kernels::available().into_iter().map(move |k| (*n, k))) {
+        let mut f = load(name, Encoding::F32);
+        f.model.set_kernels(kernels);
+        let name = format!("{name} ({} kernels)", kernels.name());
         let c = f.model.config();
         let h = c.hidden_size as usize;
         let mut over = Vec::new();
@@ -167,8 +169,10 @@ fn layers_match_reference_teacher_forced() {
 /// quantized reference than to the same model without activation quantization.
 #[test]
 fn logits_match_reference_end_to_end() {
-    for name in FIXTURES {
-        let f = load(name, Encoding::F32);
+    for (name, kernels) in FIXTURES.iter().flat_map(|n| Kernels::available().into_iter().map(move |k| (*n, k))) {
+        let mut f = load(name, Encoding::F32);
+        f.model.set_kernels(kernels);
+        let name = format!("{name} ({} kernels)", kernels.name());
         let tokens = ids(&f.golden["tokens"]);
         let want = matrix(&f.golden["logits"]);
         let noq = matrix(&f.golden["logits_no_act_quant"]);
