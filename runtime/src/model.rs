@@ -21,7 +21,7 @@
 
 use crate::kernels::{self, Kernels};
 use crate::loader::ModelFile;
-use crate::ops::{quantize_activations, rmsnorm, rope, silu, softmax, FloatMatrix};
+use crate::ops::{quantize_activations, rmsnorm, rope, silu, FloatMatrix};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tern_format::names::{self, BlockTensor};
@@ -303,7 +303,7 @@ impl Model {
         }
         let layer = l * st.max_seq * kvd..(l + 1) * st.max_seq * kvd;
         let cache = (&st.key_cache[layer.clone()], &st.value_cache[layer]);
-        attention(c, &st.q[..n * qd], &cache, &mut st.att[..n * qd], p0);
+        attention(c, &self.kernels, &st.q[..n * qd], &cache, &mut st.att[..n * qd], p0);
         norm_rows(&mut st.xn, &st.att, qd, n, w.attn_sub_norm.as_deref(), eps);
         self.quantize(st, n, qd);
         self.bitlinear(st, &w.wo, n, Out::Tmp);
@@ -372,7 +372,7 @@ thread_local! {
 /// Causal softmax attention of the tokens at positions `p0..` (their keys and values are
 /// already in this layer's `cache`), one parallel task per (token, head). Grouped-query
 /// attention: query head `h` reads key/value head `h / (n_heads / n_kv_heads)`.
-fn attention(c: &ModelConfig, q: &[f32], cache: &(&[f32], &[f32]), out: &mut [f32], p0: usize) {
+fn attention(c: &ModelConfig, kernels: &Kernels, q: &[f32], cache: &(&[f32], &[f32]), out: &mut [f32], p0: usize) {
     let (hd, n_heads, kvd) = (c.head_dim as usize, c.n_heads as usize, c.kv_dim());
     let group = n_heads / c.n_kv_heads as usize;
     let inv_sqrt = 1.0 / (hd as f32).sqrt();
@@ -387,17 +387,8 @@ fn attention(c: &ModelConfig, q: &[f32], cache: &(&[f32], &[f32]), out: &mut [f3
             if scores.len() <= pos {
                 scores.resize(pos + 1, 0.0);
             }
-            let scores = &mut scores[..=pos];
-            for (s, score) in scores.iter_mut().enumerate() {
-                *score = crate::ops::dot(q, &keys[s * kvd + kv_off..s * kvd + kv_off + hd]) * inv_sqrt;
-            }
-            softmax(scores);
-            out.fill(0.0);
-            for (s, &a) in scores.iter().enumerate() {
-                for (o, &v) in out.iter_mut().zip(&values[s * kvd + kv_off..s * kvd + kv_off + hd]) {
-                    *o += a * v;
-                }
-            }
+            let (keys, values) = (&keys[kv_off..], &values[kv_off..]);
+            kernels.attend(q, keys, values, kvd, inv_sqrt, &mut scores[..=pos], out);
         });
     });
 }

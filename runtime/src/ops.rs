@@ -40,6 +40,7 @@ pub fn quantize_activations(x: &[f32], xq: &mut [i8]) -> (f32, i32) {
 }
 
 /// In-place softmax.
+#[inline(always)]
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sum = 0.0;
@@ -142,6 +143,7 @@ impl FloatMatrix {
 }
 
 /// Float dot product with 8 independent accumulators (vectorises, fixed order).
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -156,6 +158,35 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+/// Attention of one query head `q` over positions `0..scores.len()`:
+/// `out = softmax(scale · q·k) · v`. `keys` and `values` hold one row of `stride` floats
+/// per position, with this head's `q.len()` values at the start of each row.
+///
+/// Inlined into each kernel set's `attend` (compiled there with its SIMD features): the
+/// operations and their order are fixed, so every kernel set gets the same bits.
+#[inline(always)]
+pub fn attend_head(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    for (s, score) in scores.iter_mut().enumerate() {
+        *score = dot(q, &keys[s * stride..s * stride + hd]) * scale;
+    }
+    softmax(scores);
+    out.fill(0.0);
+    for (s, &a) in scores.iter().enumerate() {
+        for (o, &v) in out.iter_mut().zip(&values[s * stride..s * stride + hd]) {
+            *o += a * v;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -147,3 +147,20 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     }
     s
 }
+
+/// [`crate::ops::attend_head`] compiled for this instruction set.
+///
+/// # Safety
+/// The CPU must support avx2,fma ([`available`]).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    crate::ops::attend_head(q, keys, values, stride, scale, scores, out)
+}

@@ -15,6 +15,8 @@ pub mod portable;
 
 type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
+type AttendFn =
+    unsafe fn(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]);
 
 /// A set of kernels this CPU can run. The fields are private and every constructor checks
 /// the CPU features its kernels need, so holding a `Kernels` proves they are safe to call.
@@ -25,6 +27,7 @@ pub struct Kernels {
     dot_f16: DotFn,
     dot_f32: DotFn,
     dot_i8: DotFn,
+    attend: AttendFn,
 }
 
 impl Kernels {
@@ -51,6 +54,7 @@ impl Kernels {
                     dot_f16: avx512::dot_f16,
                     dot_f32: avx512::dot_f32,
                     dot_i8: avx512::dot_i8,
+                    attend: avx512::attend,
                 });
             }
             if avx2::available() {
@@ -60,6 +64,7 @@ impl Kernels {
                     dot_f16: avx2::dot_f16,
                     dot_f32: avx2::dot_f32,
                     dot_i8: avx2::dot_i8,
+                    attend: avx2::attend,
                 });
             }
         }
@@ -74,6 +79,7 @@ impl Kernels {
             dot_f16: portable::dot_f16,
             dot_f32: portable::dot_f32,
             dot_i8: portable::dot_i8,
+            attend: portable::attend,
         }
     }
 
@@ -100,6 +106,22 @@ impl Kernels {
         unsafe { (self.dot_f32)(row, x) }
     }
 
+    /// One attention head: see [`crate::ops::attend_head`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(
+        &self,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        stride: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        // SAFETY: as in `ternary_band`; `attend_head` indexes with checked slices.
+        unsafe { (self.attend)(q, keys, values, stride, scale, scores, out) }
+    }
+
     /// Dot product of an int8 row (as bytes) with `x`.
     pub fn dot_i8(&self, row: &[u8], x: &[f32]) -> f32 {
         // SAFETY: as in `ternary_band`.
@@ -107,16 +129,19 @@ impl Kernels {
     }
 }
 
-/// Rows per parallel band: about 32 KB of packed weights, an even number (the AVX-512
-/// kernel pairs rows). Small bands balance well when a core is shared.
-fn band_rows(row_bytes: usize) -> usize {
-    (32 * 1024 / row_bytes.max(1)).max(2).div_ceil(2) * 2
+/// Rows per parallel band, an even number. Prompt chunks: about 32 KB of packed weights,
+/// which stay in L1/L2 while every token of the chunk passes over them. One token: about
+/// 128 KB, so a band's stream is long next to its prefetch distance. Bands this size still
+/// balance when another process takes a core.
+fn band_rows(row_bytes: usize, n_tok: usize) -> usize {
+    let bytes = if n_tok >= 4 { 32 * 1024 } else { 128 * 1024 };
+    (bytes / row_bytes.max(1)).max(2).div_ceil(2) * 2
 }
 
 /// `acc[r * n_tok + t]` = exact `sum_k W[r, k] * xq[t, k]` for all rows, in parallel bands.
 pub fn ternary_gemm(k: &Kernels, packed: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], acc: &mut [i32]) {
     let n_tok = act_sums.len();
-    let band = band_rows(row_bytes);
+    let band = band_rows(row_bytes, n_tok);
     let rows = packed.len() / row_bytes;
     let acc = &mut acc[..rows * n_tok];
     crate::pool::for_each_chunk_mut(acc, band * n_tok, &|b, out| {

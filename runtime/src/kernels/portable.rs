@@ -64,3 +64,8 @@ pub fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     let row = &row[..x.len()];
     dot_by(x, |i| f32::from(row[i] as i8))
 }
+
+/// [`crate::ops::attend_head`], for the kernel table.
+pub fn attend(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    crate::ops::attend_head(q, keys, values, stride, scale, scores, out)
+}
