@@ -21,7 +21,7 @@
 
 use crate::kernels::{self, Kernels};
 use crate::loader::ModelFile;
-use crate::ops::{quantize_activations, rmsnorm, rope, silu, FloatMatrix};
+use crate::ops::{quantize_activations, rmsnorm, rope, silu, FloatMatrix, SCORE_BLOCK};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tern_format::names::{self, BlockTensor};
@@ -287,7 +287,6 @@ impl Model {
         self.bitlinear(st, &w.wk, n, Out::K);
         self.bitlinear(st, &w.wv, n, Out::V);
         let half = hd / 2;
-        let cache_at = |pos: usize| (l * st.max_seq + pos) * kvd;
         for t in 0..n {
             let pos = p0 + t;
             let (cos, sin) = (&st.rope_cos[pos * half..(pos + 1) * half], &st.rope_sin[pos * half..(pos + 1) * half]);
@@ -297,12 +296,16 @@ impl Model {
             for head in st.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
                 rope(head, cos, sin);
             }
-            let at = cache_at(pos);
-            st.key_cache[at..at + kvd].copy_from_slice(&st.k[t * kvd..(t + 1) * kvd]);
+            // Keys transposed (dimension-major, see `attention`), values position-major.
+            let keys = &mut st.key_cache[l * st.key_stride * kvd..(l + 1) * st.key_stride * kvd];
+            for (d, &k) in st.k[t * kvd..(t + 1) * kvd].iter().enumerate() {
+                keys[d * st.key_stride + pos] = k;
+            }
+            let at = (l * st.max_seq + pos) * kvd;
             st.value_cache[at..at + kvd].copy_from_slice(&st.v[t * kvd..(t + 1) * kvd]);
         }
-        let layer = l * st.max_seq * kvd..(l + 1) * st.max_seq * kvd;
-        let cache = (&st.key_cache[layer.clone()], &st.value_cache[layer]);
+        let (kl, vl) = (st.key_stride * kvd, st.max_seq * kvd);
+        let cache = (&st.key_cache[l * kl..(l + 1) * kl], &st.value_cache[l * vl..(l + 1) * vl]);
         attention(c, &self.kernels, &st.q[..n * qd], &cache, &mut st.att[..n * qd], p0);
         norm_rows(&mut st.xn, &st.att, qd, n, w.attn_sub_norm.as_deref(), eps);
         self.quantize(st, n, qd);
@@ -372,11 +375,17 @@ thread_local! {
 /// Causal softmax attention of the tokens at positions `p0..` (their keys and values are
 /// already in this layer's `cache`), one parallel task per (token, head). Grouped-query
 /// attention: query head `h` reads key/value head `h / (n_heads / n_kv_heads)`.
+///
+/// The cache holds keys transposed, `keys[d * key_stride + pos]` for dimension `d` of the
+/// layer's `kv_dim` (`key_stride`: the context rounded up to a score block), so one
+/// head's scores stream contiguous positions; values stay one
+/// `kv_dim` row per position, which the weighted sum streams the same way.
 fn attention(c: &ModelConfig, kernels: &Kernels, q: &[f32], cache: &(&[f32], &[f32]), out: &mut [f32], p0: usize) {
     let (hd, n_heads, kvd) = (c.head_dim as usize, c.n_heads as usize, c.kv_dim());
     let group = n_heads / c.n_kv_heads as usize;
     let inv_sqrt = 1.0 / (hd as f32).sqrt();
     let (keys, values) = *cache;
+    let key_stride = keys.len() / kvd;
     crate::pool::for_each_chunk_mut(out, hd, &|i, out| {
         let (t, head) = (i / n_heads, i % n_heads);
         let pos = p0 + t;
@@ -384,11 +393,11 @@ fn attention(c: &ModelConfig, kernels: &Kernels, q: &[f32], cache: &(&[f32], &[f
         let q = &q[i * hd..(i + 1) * hd];
         SCORES.with(|scores| {
             let mut scores = scores.borrow_mut();
-            if scores.len() <= pos {
-                scores.resize(pos + 1, 0.0);
+            if scores.len() < key_stride {
+                scores.resize(key_stride, 0.0);
             }
-            let (keys, values) = (&keys[kv_off..], &values[kv_off..]);
-            kernels.attend(q, keys, values, kvd, inv_sqrt, &mut scores[..=pos], out);
+            let (keys, values) = (&keys[kv_off * key_stride..(kv_off + hd) * key_stride], &values[kv_off..]);
+            kernels.attend(q, keys, key_stride, values, kvd, inv_sqrt, &mut scores, pos + 1, out);
         });
     });
 }
@@ -434,6 +443,8 @@ enum Out {
 /// positions and prompt chunks of up to `batch` tokens.
 pub struct State {
     max_seq: usize,
+    /// Row length of the transposed key cache: `max_seq` rounded up to a score block.
+    key_stride: usize,
     batch: usize,
     x: Vec<f32>,
     xn: Vec<f32>,
@@ -482,9 +493,11 @@ impl State {
                 rope_sin[pos * half + i] = angle.sin() as f32;
             }
         }
+        let key_stride = max_seq.div_ceil(SCORE_BLOCK) * SCORE_BLOCK;
         let cache = c.n_layers as usize * max_seq * kvd;
         Ok(State {
             max_seq,
+            key_stride,
             batch,
             x: vec![0.0; batch * h],
             xn: vec![0.0; batch * widest],
@@ -499,7 +512,7 @@ impl State {
             tmp: vec![0.0; batch * h],
             gate: vec![0.0; batch * inter],
             up: vec![0.0; batch * inter],
-            key_cache: vec![0.0; cache],
+            key_cache: vec![0.0; c.n_layers as usize * key_stride * kvd],
             value_cache: vec![0.0; cache],
             rope_cos,
             rope_sin,

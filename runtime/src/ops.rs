@@ -39,15 +39,14 @@ pub fn quantize_activations(x: &[f32], xq: &mut [i8]) -> (f32, i32) {
     (s_x, sum)
 }
 
-/// In-place softmax.
+/// In-place softmax (with [`exp`], so the exponentials vectorise).
 #[inline(always)]
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0;
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+        *v = exp(*v - max);
     }
+    let sum: f32 = x.iter().sum();
     let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;
@@ -160,32 +159,105 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Attention of one query head `q` over positions `0..scores.len()`:
-/// `out = softmax(scale · q·k) · v`. `keys` and `values` hold one row of `stride` floats
-/// per position, with this head's `q.len()` values at the start of each row.
+/// Positions per block of attention scores; the transposed key cache's row length is a
+/// multiple of it, so every block reads whole rows' worth of keys.
+pub const SCORE_BLOCK: usize = 64;
+
+/// Attention of one query head `q` over positions `0..n`: `out = softmax(scale · q·k) · v`.
 ///
-/// Inlined into each kernel set's `attend` (compiled there with its SIMD features): the
-/// operations and their order are fixed, so every kernel set gets the same bits.
+/// `keys` is this head's transposed cache: dimension `d` of position `s` at
+/// `keys[d * key_stride + s]`, with `key_stride` a multiple of [`SCORE_BLOCK`] ≥ `n`, so
+/// the scores of 64 positions come from contiguous loads without horizontal sums (blocks
+/// run past `n` into unused cache and those scores are ignored). `scores` has room for `n`
+/// rounded up to a block. `values` holds one row of `value_stride` floats per position,
+/// this head's `q.len()` values at the start of each row.
+///
+/// Inlined into each kernel set's `attend` (compiled there with its SIMD features): every
+/// lane sums in the same fixed order, so every kernel set gets the same bits, and several
+/// independent accumulators keep the adds from waiting on each other.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn attend_head(
     q: &[f32],
     keys: &[f32],
+    key_stride: usize,
     values: &[f32],
-    stride: usize,
+    value_stride: usize,
     scale: f32,
     scores: &mut [f32],
+    n: usize,
     out: &mut [f32],
 ) {
+    const SB: usize = SCORE_BLOCK;
     let hd = q.len();
-    for (s, score) in scores.iter_mut().enumerate() {
-        *score = dot(q, &keys[s * stride..s * stride + hd]) * scale;
-    }
-    softmax(scores);
-    out.fill(0.0);
-    for (s, &a) in scores.iter().enumerate() {
-        for (o, &v) in out.iter_mut().zip(&values[s * stride..s * stride + hd]) {
-            *o += a * v;
+    for s0 in (0..n).step_by(SB) {
+        let mut acc = [0f32; SB];
+        for (d, &qd) in q.iter().enumerate() {
+            let k = &keys[d * key_stride + s0..d * key_stride + s0 + SB];
+            for i in 0..SB {
+                acc[i] += qd * k[i];
+            }
         }
+        for (sc, a) in scores[s0..s0 + SB].iter_mut().zip(acc) {
+            *sc = a * scale;
+        }
+    }
+    let scores = &mut scores[..n];
+    softmax(scores);
+    // Weighted values: 32 dimensions at a time, four positions interleaved.
+    const VB: usize = 32;
+    let mut d0 = 0;
+    while d0 + VB <= hd {
+        let mut acc = [[0f32; VB]; 4];
+        let mut s = 0;
+        while s + 4 <= n {
+            for (u, acc) in acc.iter_mut().enumerate() {
+                let (a, at) = (scores[s + u], (s + u) * value_stride + d0);
+                let v = &values[at..at + VB];
+                for i in 0..VB {
+                    acc[i] += a * v[i];
+                }
+            }
+            s += 4;
+        }
+        for (s, &a) in scores.iter().enumerate().skip(s) {
+            let v = &values[s * value_stride + d0..s * value_stride + d0 + VB];
+            for i in 0..VB {
+                acc[0][i] += a * v[i];
+            }
+        }
+        for i in 0..VB {
+            out[d0 + i] = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
+        }
+        d0 += VB;
+    }
+    for (d, o) in out.iter_mut().enumerate().take(hd).skip(d0) {
+        *o = scores.iter().enumerate().map(|(s, &a)| a * values[s * value_stride + d]).sum();
+    }
+}
+
+/// `e^x` without a libm call, so that loops over it vectorise: Cephes' `expf` (range
+/// reduction by ln 2 in two parts, degree-5 polynomial, exponent by bit assembly).
+/// Within 2 ulp of the exact value for normal results; 0 below -87.3 (where the result
+/// would be subnormal); a NaN input gives 0 or a NaN-free value, never a panic.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(-87.336_54, 88.376_26);
+    let n = round_half_even_small(xc * LOG2E);
+    let r = xc - n * C1 - n * C2;
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    // 2^n for n in -126..=127: a normal float built from its exponent bits.
+    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.336_54 {
+        0.0
+    } else {
+        e * two_n
     }
 }
 
@@ -209,6 +281,23 @@ mod tests {
             assert_eq!(round_half_even_small(x), x.round_ties_even(), "{x}");
         }
         assert!(round_half_even_small(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let mut x = -87.3f32;
+        let mut worst = 0.0f64;
+        while x < 88.0 {
+            let want = f64::from(x).exp();
+            let got = f64::from(exp(x));
+            let ulp = f64::from(f32::EPSILON) * want;
+            worst = worst.max((got - want).abs() / ulp);
+            x += 0.000_37;
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
     }
 
     #[test]

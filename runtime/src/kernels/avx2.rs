@@ -153,14 +153,17 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
 /// # Safety
 /// The CPU must support avx2,fma ([`available`]).
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn attend(
     q: &[f32],
     keys: &[f32],
+    key_stride: usize,
     values: &[f32],
-    stride: usize,
+    value_stride: usize,
     scale: f32,
     scores: &mut [f32],
+    n: usize,
     out: &mut [f32],
 ) {
-    crate::ops::attend_head(q, keys, values, stride, scale, scores, out)
+    crate::ops::attend_head(q, keys, key_stride, values, value_stride, scale, scores, n, out)
 }

@@ -105,20 +105,25 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
 /// Horizontal sums of 16 vectors: lane k of the result is the sum of the lanes of `a[k]`.
 #[inline(always)]
 unsafe fn reduce16(a: [__m512i; 16]) -> __m512i {
-    // Within each 128-bit lane: pairs of vectors, then quadruples, interleaved.
-    let t: [__m512i; 8] = core::array::from_fn(|p| {
+    // Within each 128-bit lane: pairs of vectors, then quadruples, interleaved. (Plain
+    // loops, not closures: a closure would not inherit this function's target features,
+    // and the intrinsics would stop being inlined.)
+    let mut t = [_mm512_setzero_si512(); 8];
+    for p in 0..8 {
         let (x, y) = (a[2 * p], a[2 * p + 1]);
-        _mm512_add_epi32(_mm512_unpacklo_epi32(x, y), _mm512_unpackhi_epi32(x, y))
-    });
-    let u: [__m512i; 4] = core::array::from_fn(|q| {
+        t[p] = _mm512_add_epi32(_mm512_unpacklo_epi32(x, y), _mm512_unpackhi_epi32(x, y));
+    }
+    let mut u = [_mm512_setzero_si512(); 4];
+    for q in 0..4 {
         let (x, y) = (t[2 * q], t[2 * q + 1]);
-        _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y))
-    });
+        u[q] = _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
+    }
     // Dword m of 128-bit lane L of u[q] is the part of a[4q + m] in lane L: add the lanes.
-    let v: [__m512i; 2] = core::array::from_fn(|p| {
+    let mut v = [_mm512_setzero_si512(); 2];
+    for p in 0..2 {
         let (x, y) = (u[2 * p], u[2 * p + 1]);
-        _mm512_add_epi32(_mm512_shuffle_i32x4::<0x88>(x, y), _mm512_shuffle_i32x4::<0xDD>(x, y))
-    });
+        v[p] = _mm512_add_epi32(_mm512_shuffle_i32x4::<0x88>(x, y), _mm512_shuffle_i32x4::<0xDD>(x, y));
+    }
     _mm512_add_epi32(_mm512_shuffle_i32x4::<0x88>(v[0], v[1]), _mm512_shuffle_i32x4::<0xDD>(v[0], v[1]))
 }
 
@@ -128,14 +133,20 @@ unsafe fn tile4x4(w: *const u8, row_bytes: usize, x: *const i8, padded: usize, b
     let m = _mm512_set1_epi8(3);
     let mut acc = [_mm512_setzero_si512(); 16];
     for b in 0..blocks {
-        let raw: [__m512i; 4] = core::array::from_fn(|i| _mm512_loadu_si512(w.add(i * row_bytes + b * 64) as *const _));
+        let mut raw = [_mm512_setzero_si512(); 4];
+        for (i, r) in raw.iter_mut().enumerate() {
+            *r = _mm512_loadu_si512(w.add(i * row_bytes + b * 64) as *const _);
+        }
         for g in 0..4 {
-            let codes: [__m512i; 4] = core::array::from_fn(|i| match g {
-                0 => _mm512_and_si512(raw[i], m),
-                1 => _mm512_and_si512(_mm512_srli_epi16::<2>(raw[i]), m),
-                2 => _mm512_and_si512(_mm512_srli_epi16::<4>(raw[i]), m),
-                _ => _mm512_and_si512(_mm512_srli_epi16::<6>(raw[i]), m),
-            });
+            let mut codes = [_mm512_setzero_si512(); 4];
+            for (c, &r) in codes.iter_mut().zip(&raw) {
+                *c = match g {
+                    0 => _mm512_and_si512(r, m),
+                    1 => _mm512_and_si512(_mm512_srli_epi16::<2>(r), m),
+                    2 => _mm512_and_si512(_mm512_srli_epi16::<4>(r), m),
+                    _ => _mm512_and_si512(_mm512_srli_epi16::<6>(r), m),
+                };
+            }
             for j in 0..4 {
                 let xv = load_x(x.add(j * padded + b * BLOCK + g * 64));
                 for i in 0..4 {
@@ -159,7 +170,11 @@ unsafe fn tile1x4(row: *const u8, x: *const i8, padded: usize, blocks: usize) ->
             }
         }
     }
-    acc.map(|a| _mm512_reduce_add_epi32(a))
+    let mut s = [0i32; 4];
+    for (s, &a) in s.iter_mut().zip(&acc) {
+        *s = _mm512_reduce_add_epi32(a);
+    }
+    s
 }
 
 /// `sum((w+1)·x)` of four rows × one token as 16 partial sums: lanes `4i..4i+4` belong to row `i`.
@@ -281,14 +296,17 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
 /// # Safety
 /// The CPU must support avx512f ([`available`]).
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn attend(
     q: &[f32],
     keys: &[f32],
+    key_stride: usize,
     values: &[f32],
-    stride: usize,
+    value_stride: usize,
     scale: f32,
     scores: &mut [f32],
+    n: usize,
     out: &mut [f32],
 ) {
-    crate::ops::attend_head(q, keys, values, stride, scale, scores, out)
+    crate::ops::attend_head(q, keys, key_stride, values, value_stride, scale, scores, n, out)
 }

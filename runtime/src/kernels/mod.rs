@@ -15,8 +15,8 @@ pub mod portable;
 
 type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
-type AttendFn =
-    unsafe fn(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]);
+/// `(q, keys, key_stride, values, value_stride, scale, scores, n, out)`: see [`crate::ops::attend_head`].
+type AttendFn = unsafe fn(&[f32], &[f32], usize, &[f32], usize, f32, &mut [f32], usize, &mut [f32]);
 
 /// A set of kernels this CPU can run. The fields are private and every constructor checks
 /// the CPU features its kernels need, so holding a `Kernels` proves they are safe to call.
@@ -112,14 +112,16 @@ impl Kernels {
         &self,
         q: &[f32],
         keys: &[f32],
+        key_stride: usize,
         values: &[f32],
-        stride: usize,
+        value_stride: usize,
         scale: f32,
         scores: &mut [f32],
+        n: usize,
         out: &mut [f32],
     ) {
         // SAFETY: as in `ternary_band`; `attend_head` indexes with checked slices.
-        unsafe { (self.attend)(q, keys, values, stride, scale, scores, out) }
+        unsafe { (self.attend)(q, keys, key_stride, values, value_stride, scale, scores, n, out) }
     }
 
     /// Dot product of an int8 row (as bytes) with `x`.

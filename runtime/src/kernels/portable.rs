@@ -66,6 +66,17 @@ pub fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
 }
 
 /// [`crate::ops::attend_head`], for the kernel table.
-pub fn attend(q: &[f32], keys: &[f32], values: &[f32], stride: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    crate::ops::attend_head(q, keys, values, stride, scale, scores, out)
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    key_stride: usize,
+    values: &[f32],
+    value_stride: usize,
+    scale: f32,
+    scores: &mut [f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    crate::ops::attend_head(q, keys, key_stride, values, value_stride, scale, scores, n, out)
 }
