@@ -21,7 +21,8 @@
 
 use crate::kernels::{self, Kernels};
 use crate::loader::ModelFile;
-use crate::ops::{quantize_activations, rmsnorm, rope, silu, FloatMatrix, SCORE_BLOCK};
+use crate::ops::{rms_inv, rmsnorm, rope, Combine, FloatMatrix, SCORE_BLOCK};
+use crate::pool;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tern_format::names::{self, BlockTensor};
@@ -67,6 +68,8 @@ pub struct Model {
     output_norm: Vec<f32>,
     /// The output projection: the embedding itself when tied.
     output: FloatMatrix,
+    /// A gain of ones as wide as any activation row (for projections without a sub-norm).
+    ones: Vec<f32>,
 }
 
 impl Model {
@@ -130,7 +133,9 @@ impl Model {
                 w_down: ternary(get(BlockTensor::FfnDown)?),
             });
         }
-        Ok(Model { kernels: Kernels::detect(), file, config, embed, layers, output_norm, output })
+        let widest = (config.hidden_size as usize).max(config.q_dim()).max(config.intermediate_size as usize);
+        let ones = vec![1.0; widest];
+        Ok(Model { kernels: Kernels::detect(), file, config, embed, layers, output_norm, output, ones })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -277,12 +282,11 @@ impl Model {
     fn layer(&self, st: &mut State, l: usize, n: usize, p0: usize) {
         let c = &self.config;
         let (h, qd, kvd, inter) = (c.hidden_size as usize, c.q_dim(), c.kv_dim(), c.intermediate_size as usize);
-        let (hd, eps) = (c.head_dim as usize, c.rms_eps);
+        let hd = c.head_dim as usize;
         let w = &self.layers[l];
 
         // Attention: norm, q/k/v from one quantized input, RoPE, cache, softmax attention.
-        norm_rows(&mut st.xn, &st.x, h, n, Some(&w.attn_norm), eps);
-        self.quantize(st, n, h);
+        self.norm_quantize(st, Src::X, n, h, Some(&w.attn_norm));
         self.bitlinear(st, &w.wq, n, Out::Q);
         self.bitlinear(st, &w.wk, n, Out::K);
         self.bitlinear(st, &w.wv, n, Out::V);
@@ -307,62 +311,75 @@ impl Model {
         let (kl, vl) = (st.key_stride * kvd, st.max_seq * kvd);
         let cache = (&st.key_cache[l * kl..(l + 1) * kl], &st.value_cache[l * vl..(l + 1) * vl]);
         attention(c, &self.kernels, &st.q[..n * qd], &cache, &mut st.att[..n * qd], p0);
-        norm_rows(&mut st.xn, &st.att, qd, n, w.attn_sub_norm.as_deref(), eps);
-        self.quantize(st, n, qd);
-        self.bitlinear(st, &w.wo, n, Out::Tmp);
-        for (x, d) in st.x[..n * h].iter_mut().zip(&st.tmp[..n * h]) {
-            *x += d;
-        }
+        self.norm_quantize(st, Src::Att, n, qd, w.attn_sub_norm.as_deref());
+        self.bitlinear(st, &w.wo, n, Out::Residual);
 
         // MLP: norm, gate/up from one quantized input, act(gate)·up, sub-norm, down.
-        norm_rows(&mut st.xn, &st.x, h, n, Some(&w.ffn_norm), eps);
-        self.quantize(st, n, h);
+        self.norm_quantize(st, Src::X, n, h, Some(&w.ffn_norm));
         self.bitlinear(st, &w.w_gate, n, Out::Gate);
-        self.bitlinear(st, &w.w_up, n, Out::Up);
-        for (g, &u) in st.gate[..n * inter].iter_mut().zip(&st.up[..n * inter]) {
-            let a = match c.activation {
-                Activation::Silu => silu(*g),
-                Activation::ReluSquared => g.max(0.0) * g.max(0.0),
-            };
-            *g = a * u;
-        }
-        norm_rows(&mut st.xn, &st.gate, inter, n, w.ffn_sub_norm.as_deref(), eps);
-        self.quantize(st, n, inter);
-        self.bitlinear(st, &w.w_down, n, Out::Tmp);
-        for (x, d) in st.x[..n * h].iter_mut().zip(&st.tmp[..n * h]) {
-            *x += d;
-        }
+        self.bitlinear(st, &w.w_up, n, Out::GatedUp);
+        self.norm_quantize(st, Src::Gate, n, inter, w.ffn_sub_norm.as_deref());
+        self.bitlinear(st, &w.w_down, n, Out::Residual);
     }
 
-    /// Quantizes the first `n` rows of `st.xn` (each `cols` wide) into `st.xq`.
-    fn quantize(&self, st: &mut State, n: usize, cols: usize) {
+    /// RMSNorm with `gain` (none: the rows as they are) of the first `n` rows (each `cols`
+    /// wide) of `src`, quantized into `st.xq`, `st.s_x` and `st.act_sum`; one parallel task
+    /// per token.
+    fn norm_quantize(&self, st: &mut State, src: Src, n: usize, cols: usize, gain: Option<&[f32]>) {
         let pc = padded_cols(cols);
-        for t in 0..n {
-            let (s, sum) = quantize_activations(&st.xn[t * cols..(t + 1) * cols], &mut st.xq[t * pc..(t + 1) * pc]);
+        let src = match src {
+            Src::X => &st.x,
+            Src::Att => &st.att,
+            Src::Gate => &st.gate,
+        };
+        let (eps, k) = (self.config.rms_eps, &self.kernels);
+        // Without a norm: inv = 1 and a gain of ones, which leave every value as it is.
+        let (gain, normed) = match gain {
+            Some(g) => (g, true),
+            None => (&self.ones[..], false),
+        };
+        pool::for_each_chunk_mut2(n, &mut st.xq, pc, &mut st.quant, 1, &|t, xq, quant| {
+            let x = &src[t * cols..(t + 1) * cols];
+            let inv = if normed { rms_inv(x, eps) } else { 1.0 };
+            quant[0] = k.quantize_normed(x, gain, inv, xq);
+        });
+        for (t, &(s, sum)) in st.quant[..n].iter().enumerate() {
             st.s_x[t] = s;
             st.act_sum[t] = sum;
         }
     }
 
-    /// `out = BitLinear(w, quantized st.xq)` for `n` tokens.
+    /// BitLinear `w` on the `n` tokens quantized in `st.xq`: the exact integer products,
+    /// then per token one rescale `y = acc · scale / s_x`, which `out` stores or combines.
     fn bitlinear(&self, st: &mut State, w: &Ternary, n: usize, out: Out) {
         let pc = padded_cols(w.cols);
         let packed = &self.file.bytes()[w.offset..w.offset + w.rows * w.row_bytes];
         let acc = &mut st.acc[..w.rows * n];
         kernels::ternary_gemm(&self.kernels, packed, w.row_bytes, &st.xq[..n * pc], &st.act_sum[..n], acc);
-        let dst = match out {
-            Out::Q => &mut st.q,
-            Out::K => &mut st.k,
-            Out::V => &mut st.v,
-            Out::Gate => &mut st.gate,
-            Out::Up => &mut st.up,
-            Out::Tmp => &mut st.tmp,
+        let (acc, s_x, k) = (&st.acc[..w.rows * n], &st.s_x[..n], &self.kernels);
+        let (dst, how) = match out {
+            Out::Q => (&mut st.q, Combine::Store),
+            Out::K => (&mut st.k, Combine::Store),
+            Out::V => (&mut st.v, Combine::Store),
+            Out::Gate => (&mut st.gate, Combine::Store),
+            Out::GatedUp => match self.config.activation {
+                Activation::Silu => (&mut st.gate, Combine::GateSilu),
+                Activation::ReluSquared => (&mut st.gate, Combine::GateReluSquared),
+            },
+            Out::Residual => (&mut st.x, Combine::Add),
         };
-        for t in 0..n {
-            let f = w.scale / st.s_x[t];
-            for (r, y) in dst[t * w.rows..(t + 1) * w.rows].iter_mut().enumerate() {
-                *y = acc[r * n + t] as f32 * f;
+        let rescale = |t: usize, row: &mut [f32]| {
+            let f = w.scale / s_x[t];
+            let mut r = 0;
+            for part in kernels::token_outputs(acc, w.row_bytes, w.rows, n, t) {
+                k.rescale(how, &mut row[r..r + part.len()], part, f);
+                r += part.len();
             }
+        };
+        if n == 1 {
+            rescale(0, &mut dst[..w.rows]);
+        } else {
+            pool::for_each_chunk_mut(&mut dst[..n * w.rows], w.rows, &rescale);
         }
     }
 }
@@ -386,7 +403,7 @@ fn attention(c: &ModelConfig, kernels: &Kernels, q: &[f32], cache: &(&[f32], &[f
     let inv_sqrt = 1.0 / (hd as f32).sqrt();
     let (keys, values) = *cache;
     let key_stride = keys.len() / kvd;
-    crate::pool::for_each_chunk_mut(out, hd, &|i, out| {
+    pool::for_each_chunk_mut(out, hd, &|i, out| {
         let (t, head) = (i / n_heads, i % n_heads);
         let pos = p0 + t;
         let kv_off = (head / group) * hd;
@@ -402,17 +419,6 @@ fn attention(c: &ModelConfig, kernels: &Kernels, q: &[f32], cache: &(&[f32], &[f
     });
 }
 
-/// RMSNorm of the first `n` rows (each `width` wide) of `src` into `dst`, or a plain copy
-/// when the model has no such norm.
-fn norm_rows(dst: &mut [f32], src: &[f32], width: usize, n: usize, gain: Option<&[f32]>, eps: f32) {
-    for (d, x) in dst[..n * width].chunks_exact_mut(width).zip(src[..n * width].chunks_exact(width)) {
-        match gain {
-            Some(g) => rmsnorm(d, x, g, eps),
-            None => d.copy_from_slice(x),
-        }
-    }
-}
-
 /// Receives `(position, logits)`.
 pub type LogitsSink<'a> = &'a mut dyn FnMut(usize, &[f32]);
 /// Receives `(layer, position, stage, hidden state)`.
@@ -425,15 +431,26 @@ pub enum Stage {
     LayerOutput,
 }
 
-/// Which buffer a BitLinear writes.
+/// What a BitLinear does with its outputs `y`.
 #[derive(Clone, Copy)]
 enum Out {
+    /// Stores them in `st.q`, `st.k`, `st.v` or `st.gate`.
     Q,
     K,
     V,
     Gate,
-    Up,
-    Tmp,
+    /// The up projection: `gate = act(gate) · y` (the MLP's product, in place).
+    GatedUp,
+    /// A block's last projection: `x += y`.
+    Residual,
+}
+
+/// Which rows a norm + quantization reads.
+#[derive(Clone, Copy)]
+enum Src {
+    X,
+    Att,
+    Gate,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -451,14 +468,14 @@ pub struct State {
     xq: Vec<i8>,
     s_x: Vec<f32>,
     act_sum: Vec<i32>,
+    /// `(s_x, act_sum)` per token as the parallel quantization writes them.
+    quant: Vec<(f32, i32)>,
     acc: Vec<i32>,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
     att: Vec<f32>,
-    tmp: Vec<f32>,
     gate: Vec<f32>,
-    up: Vec<f32>,
     key_cache: Vec<f32>,
     value_cache: Vec<f32>,
     rope_cos: Vec<f32>,
@@ -500,18 +517,17 @@ impl State {
             key_stride,
             batch,
             x: vec![0.0; batch * h],
-            xn: vec![0.0; batch * widest],
+            xn: vec![0.0; h],
             xq: vec![0; batch * padded_cols(widest)],
             s_x: vec![0.0; batch],
             act_sum: vec![0; batch],
+            quant: vec![(0.0, 0); batch],
             acc: vec![0; batch * rows],
             q: vec![0.0; batch * qd],
             k: vec![0.0; batch * kvd],
             v: vec![0.0; batch * kvd],
             att: vec![0.0; batch * qd],
-            tmp: vec![0.0; batch * h],
             gate: vec![0.0; batch * inter],
-            up: vec![0.0; batch * inter],
             key_cache: vec![0.0; c.n_layers as usize * key_stride * kvd],
             value_cache: vec![0.0; cache],
             rope_cos,

@@ -5,8 +5,7 @@ use tern_format::Encoding;
 
 /// `out = x / sqrt(mean(x^2) + eps) * w`.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let inv = 1.0 / (ss + eps).sqrt();
+    let inv = rms_inv(x, eps);
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = v * inv * g;
     }
@@ -26,17 +25,97 @@ pub fn round_half_even_small(v: f32) -> f32 {
 /// Writes `x.len()` values to `xq` and zeros to the rest (the block padding).
 /// Returns `(s_x, sum(xq))`.
 pub fn quantize_activations(x: &[f32], xq: &mut [i8]) -> (f32, i32) {
-    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let s_x = 127.0 / max.max(1e-5);
-    let mut sum = 0i32;
-    for (q, &v) in xq.iter_mut().zip(x) {
-        // |v · s_x| ≤ 127 (+ rounding), well inside round_half_even_small's range.
-        let r = round_half_even_small(v * s_x).clamp(-128.0, 127.0) as i8;
-        *q = r;
-        sum += i32::from(r);
+    quantize_normed(x, &vec![1.0; x.len()], 1.0, xq)
+}
+
+/// Lanes of the fixed-order float reductions below: the same grouping at every SIMD
+/// width, so every kernel set computes the same bits.
+const LANES: usize = 16;
+
+/// [`quantize_activations`] of the normalised row `x[i] · inv · gain[i]` (RMSNorm with
+/// `inv` from [`rms_inv`]; `inv = 1` and a gain of ones give `x` itself exactly), without
+/// storing it: each value is recomputed with the same operations as [`rmsnorm`].
+/// Inlined into each kernel set's `quantize_normed`.
+#[inline(always)]
+pub fn quantize_normed(x: &[f32], gain: &[f32], inv: f32, xq: &mut [i8]) -> (f32, i32) {
+    let n = x.len();
+    let g = &gain[..n];
+    let (xc, gc) = (x.chunks_exact(LANES), g.chunks_exact(LANES));
+    let (xr, gr) = (xc.remainder(), gc.remainder());
+    // `max` ignores NaN and is exact, so these running maxima give the plain maximum.
+    let mut m = [0.0f32; LANES];
+    for (xs, gs) in xc.zip(gc) {
+        for j in 0..LANES {
+            m[j] = m[j].max((xs[j] * inv * gs[j]).abs());
+        }
     }
-    xq[x.len()..].fill(0);
-    (s_x, sum)
+    for (&v, &gg) in xr.iter().zip(gr) {
+        m[0] = m[0].max((v * inv * gg).abs());
+    }
+    let max = m.iter().fold(0.0f32, |a, &b| a.max(b));
+    let s_x = 127.0 / max.max(1e-5);
+    // |v · s_x| ≤ 127 (+ rounding), well inside round_half_even_small's range.
+    let q = |v: f32, gg: f32| round_half_even_small(v * inv * gg * s_x).clamp(-128.0, 127.0) as i8;
+    let (xq, pad) = xq.split_at_mut(n);
+    pad.fill(0);
+    let mut sum = [0i32; LANES];
+    let mut qc = xq.chunks_exact_mut(LANES);
+    for ((qs, xs), gs) in (&mut qc).zip(x.chunks_exact(LANES)).zip(g.chunks_exact(LANES)) {
+        for j in 0..LANES {
+            qs[j] = q(xs[j], gs[j]);
+            sum[j] += i32::from(qs[j]);
+        }
+    }
+    for ((o, &v), &gg) in qc.into_remainder().iter_mut().zip(xr).zip(gr) {
+        *o = q(v, gg);
+        sum[0] += i32::from(*o);
+    }
+    (s_x, sum.iter().sum())
+}
+
+/// `1 / sqrt(mean(x^2) + eps)`. The squares are summed in f64 (in a fixed order of
+/// [`LANES`] partial sums), so the norm is as close to an exact one as f32 output allows:
+/// a rounding difference here can flip an int8 activation downstream.
+#[inline(always)]
+pub fn rms_inv(x: &[f32], eps: f32) -> f32 {
+    let mut a = [0.0f64; LANES];
+    let c = x.chunks_exact(LANES);
+    let r = c.remainder();
+    for xs in c {
+        for j in 0..LANES {
+            a[j] += f64::from(xs[j]) * f64::from(xs[j]);
+        }
+    }
+    for &v in r {
+        a[0] += f64::from(v) * f64::from(v);
+    }
+    let ss = a.iter().sum::<f64>() / x.len() as f64;
+    (1.0 / (ss + f64::from(eps)).sqrt()) as f32
+}
+
+/// How a BitLinear's rescaled outputs `y = acc · f` reach their destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combine {
+    /// `dst = y`
+    Store,
+    /// `dst += y` (the residual connection)
+    Add,
+    /// `dst = silu(dst) · y` (the gated MLP, `dst` holding the gate projection)
+    GateSilu,
+    /// `dst = relu(dst)² · y`
+    GateReluSquared,
+}
+
+/// `dst[i] ⊕= acc[i] · f` as `how` says. Inlined into each kernel set's `rescale`.
+#[inline(always)]
+pub fn rescale(how: Combine, dst: &mut [f32], acc: &[i32], f: f32) {
+    let pairs = dst.iter_mut().zip(acc);
+    match how {
+        Combine::Store => pairs.for_each(|(y, &a)| *y = a as f32 * f),
+        Combine::Add => pairs.for_each(|(y, &a)| *y += a as f32 * f),
+        Combine::GateSilu => pairs.for_each(|(g, &a)| *g = silu(*g) * (a as f32 * f)),
+        Combine::GateReluSquared => pairs.for_each(|(g, &a)| *g = g.max(0.0) * g.max(0.0) * (a as f32 * f)),
+    }
 }
 
 /// In-place softmax (with [`exp`], so the exponentials vectorise).
@@ -65,8 +144,10 @@ pub fn rope(head: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// `x · sigmoid(x)`, with the inline [`exp`] so that loops over it vectorise.
+#[inline(always)]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + exp(-x))
 }
 
 /// A float matrix in the file: the embedding or the output projection.
@@ -239,7 +320,8 @@ pub fn attend_head(
 /// `e^x` without a libm call, so that loops over it vectorise: Cephes' `expf` (range
 /// reduction by ln 2 in two parts, degree-5 polynomial, exponent by bit assembly).
 /// Within 2 ulp of the exact value for normal results; 0 below -87.3 (where the result
-/// would be subnormal); a NaN input gives 0 or a NaN-free value, never a panic.
+/// would be subnormal); inputs above 88.37 give e^88.37 (about 2.4e38) rather than
+/// infinity; a NaN input gives a finite value, never a panic.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -250,7 +332,7 @@ pub fn exp(x: f32) -> f32 {
     let r = xc - n * C1 - n * C2;
     let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let e = p * r * r + r + 1.0;
     // 2^n for n in -126..=127: a normal float built from its exponent bits.
     let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);

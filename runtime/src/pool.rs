@@ -333,6 +333,39 @@ pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, job: &(dyn Fn(us
     });
 }
 
+/// A job over one chunk of each of two slices.
+pub type PairJob<'a, A, B> = dyn Fn(usize, &mut [A], &mut [B]) + Sync + 'a;
+
+/// Like [`for_each_chunk_mut`] over two slices at once: job `i` gets chunk `i` of `a`
+/// (`ca` elements) and chunk `i` of `b` (`cb` elements), for `i < n`. Both slices must
+/// hold `n` whole chunks.
+pub fn for_each_chunk_mut2<A: Send, B: Send>(
+    n: usize,
+    a: &mut [A],
+    ca: usize,
+    b: &mut [B],
+    cb: usize,
+    job: &PairJob<'_, A, B>,
+) {
+    assert!(a.len() >= n * ca && b.len() >= n * cb, "for_each_chunk_mut2: slices shorter than {n} chunks");
+    if n == 1 {
+        return job(0, &mut a[..ca], &mut b[..cb]);
+    }
+    let (pa, pb) = (SharedMut(a.as_mut_ptr()), SharedMut(b.as_mut_ptr()));
+    for_bands(n, &|i| {
+        // SAFETY: as in `for_each_chunk_mut`: chunk `i` of each slice lies inside it (both
+        // hold `n` whole chunks, checked above), chunks are disjoint, each index runs
+        // once, and both slices stay mutably borrowed until every job has returned.
+        let (ra, rb) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(pa.ptr().add(i * ca), ca),
+                std::slice::from_raw_parts_mut(pb.ptr().add(i * cb), cb),
+            )
+        };
+        job(i, ra, rb);
+    });
+}
+
 /// A raw pointer shared by the threads of one region (see `for_each_chunk_mut`).
 #[derive(Clone, Copy)]
 struct SharedMut<T>(*mut T);
@@ -344,7 +377,7 @@ impl<T> SharedMut<T> {
     }
 }
 
-// SAFETY: only used by `for_each_chunk_mut`, where each thread touches a disjoint chunk.
+// SAFETY: only used by `for_each_chunk_mut(2)`, where each thread touches disjoint chunks.
 unsafe impl<T: Send> Send for SharedMut<T> {}
 unsafe impl<T: Send> Sync for SharedMut<T> {}
 
@@ -385,6 +418,28 @@ mod tests {
             });
             assert_eq!(sum.load(Ordering::Relaxed), 90);
         });
+    }
+
+    #[test]
+    fn paired_chunks_go_together() {
+        for pool in [Some(Pool::new(2)), None] {
+            for n in [1usize, 2, 7, 40] {
+                let (mut a, mut b) = (vec![0usize; n * 3], vec![0u8; n * 2 + 5]);
+                let fill = |a: &mut [usize], b: &mut [u8]| {
+                    for_each_chunk_mut2(n, a, 3, b, 2, &|i, ca, cb| {
+                        ca.fill(i + 1);
+                        cb.fill(i as u8 + 1);
+                    })
+                };
+                match &pool {
+                    Some(p) => p.install(|| fill(&mut a, &mut b)),
+                    None => fill(&mut a, &mut b),
+                }
+                assert!(a.iter().enumerate().all(|(k, &v)| v == k / 3 + 1), "n {n}");
+                assert!(b[..n * 2].iter().enumerate().all(|(k, &v)| usize::from(v) == k / 2 + 1), "n {n}");
+                assert!(b[n * 2..].iter().all(|&v| v == 0), "n {n}");
+            }
+        }
     }
 
     #[test]

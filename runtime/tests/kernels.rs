@@ -25,11 +25,11 @@ fn pad(x: &[Vec<i8>], cols: usize) -> (Vec<i8>, Vec<i32>) {
     (out, x.iter().map(|xt| xt.iter().map(|&v| i32::from(v)).sum()).collect())
 }
 
-/// The definition: `out[r * n_tok + t] = sum_k w[r][k] * x[t][k]`.
+/// The definition, token-major: `out[t * n_rows + r] = sum_k w[r][k] * x[t][k]`.
 fn naive(w: &[Vec<i8>], x: &[Vec<i8>]) -> Vec<i32> {
     let mut out = Vec::new();
-    for row in w {
-        for xt in x {
+    for xt in x {
+        for row in w {
             out.push(row.iter().zip(xt).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum());
         }
     }
@@ -44,10 +44,13 @@ fn check_all(w: &[Vec<i8>], x: &[Vec<i8>], cols: usize) {
         let mut got = vec![0i32; w.len() * x.len()];
         k.ternary_band(&packed, row_bytes(cols), &xq, &sums, &mut got);
         assert_eq!(got, want, "kernel {} (cols {cols}, rows {}, tokens {})", k.name(), w.len(), x.len());
-        // The parallel driver splits rows into bands: same result.
+        // The parallel driver splits rows into bands, each token-major: same values.
         let mut par = vec![0i32; w.len() * x.len()];
         kernels::ternary_gemm(&k, &packed, row_bytes(cols), &xq, &sums, &mut par);
-        assert_eq!(par, want, "kernel {} through the parallel driver", k.name());
+        let by_token: Vec<i32> = (0..x.len())
+            .flat_map(|t| kernels::token_outputs(&par, row_bytes(cols), w.len(), x.len(), t).flatten().copied())
+            .collect();
+        assert_eq!(by_token, want, "kernel {} through the parallel driver", k.name());
     }
 }
 

@@ -59,7 +59,7 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
             let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
             let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
             let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-            out[r * n_tok + t] = _mm_cvtsi128_si32(s) - act_sums[t];
+            out[t * n_rows + r] = _mm_cvtsi128_si32(s) - act_sums[t];
         }
     }
 }
@@ -148,22 +148,4 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     s
 }
 
-/// [`crate::ops::attend_head`] compiled for this instruction set.
-///
-/// # Safety
-/// The CPU must support avx2,fma ([`available`]).
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn attend(
-    q: &[f32],
-    keys: &[f32],
-    key_stride: usize,
-    values: &[f32],
-    value_stride: usize,
-    scale: f32,
-    scores: &mut [f32],
-    n: usize,
-    out: &mut [f32],
-) {
-    crate::ops::attend_head(q, keys, key_stride, values, value_stride, scale, scores, n, out)
-}
+float_ops!("avx2,fma");

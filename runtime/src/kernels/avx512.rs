@@ -71,14 +71,16 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
             let s = _mm512_sub_epi32(tile4x4(wp.add(r * row_bytes), row_bytes, x, padded, blocks), sums);
             let s: [i32; 16] = core::mem::transmute(s);
             for i in 0..4 {
-                out[(r + i) * n_tok + t..(r + i) * n_tok + t + 4].copy_from_slice(&s[4 * i..4 * i + 4]);
+                for j in 0..4 {
+                    out[(t + j) * n_rows + r + i] = s[4 * i + j];
+                }
             }
             r += 4;
         }
         while r < n_rows {
             let s = tile1x4(wp.add(r * row_bytes), x, padded, blocks);
             for j in 0..4 {
-                out[r * n_tok + t + j] = s[j] - act_sums[t + j];
+                out[(t + j) * n_rows + r] = s[j] - act_sums[t + j];
             }
             r += 1;
         }
@@ -90,12 +92,12 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
         while r + 4 <= n_rows {
             let s: [i32; 16] = core::mem::transmute(gemv4(wp.add(r * row_bytes), row_bytes, x, blocks));
             for i in 0..4 {
-                out[(r + i) * n_tok + t] = s[4 * i] + s[4 * i + 1] + s[4 * i + 2] + s[4 * i + 3] - act_sums[t];
+                out[t * n_rows + r + i] = s[4 * i] + s[4 * i + 1] + s[4 * i + 2] + s[4 * i + 3] - act_sums[t];
             }
             r += 4;
         }
         while r < n_rows {
-            out[r * n_tok + t] = row_token(wp.add(r * row_bytes), x, blocks) - act_sums[t];
+            out[t * n_rows + r] = row_token(wp.add(r * row_bytes), x, blocks) - act_sums[t];
             r += 1;
         }
         t += 1;
@@ -291,22 +293,4 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     s
 }
 
-/// [`crate::ops::attend_head`] compiled for this instruction set.
-///
-/// # Safety
-/// The CPU must support avx512f ([`available`]).
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn attend(
-    q: &[f32],
-    keys: &[f32],
-    key_stride: usize,
-    values: &[f32],
-    value_stride: usize,
-    scale: f32,
-    scores: &mut [f32],
-    n: usize,
-    out: &mut [f32],
-) {
-    crate::ops::attend_head(q, keys, key_stride, values, value_stride, scale, scores, n, out)
-}
+float_ops!("avx512f,avx512bw");

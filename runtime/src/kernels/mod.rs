@@ -7,16 +7,66 @@
 //! overrides it (for benchmarks and comparisons). Every SIMD kernel is tested against the
 //! portable one (`tests/kernels.rs`).
 
+/// The float operations of the forward pass that are written once in [`crate::ops`] as
+/// inline functions (plain loops in a fixed order), compiled into a kernel set with that
+/// set's target features so the compiler vectorises them at its width. The order of
+/// operations does not depend on the width, so every kernel set computes the same bits.
+macro_rules! float_ops {
+    ($($feature:literal)?) => {
+        /// [`crate::ops::attend_head`] for this kernel set.
+        ///
+        /// # Safety
+        /// The CPU must support this module's features ([`available`]).
+        $(#[target_feature(enable = $feature)])?
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn attend(
+            q: &[f32],
+            keys: &[f32],
+            key_stride: usize,
+            values: &[f32],
+            value_stride: usize,
+            scale: f32,
+            scores: &mut [f32],
+            n: usize,
+            out: &mut [f32],
+        ) {
+            crate::ops::attend_head(q, keys, key_stride, values, value_stride, scale, scores, n, out)
+        }
+
+        /// [`crate::ops::quantize_normed`] for this kernel set.
+        ///
+        /// # Safety
+        /// The CPU must support this module's features ([`available`]).
+        $(#[target_feature(enable = $feature)])?
+        pub unsafe fn quantize_normed(x: &[f32], gain: &[f32], inv: f32, xq: &mut [i8]) -> (f32, i32) {
+            crate::ops::quantize_normed(x, gain, inv, xq)
+        }
+
+        /// [`crate::ops::rescale`] for this kernel set.
+        ///
+        /// # Safety
+        /// The CPU must support this module's features ([`available`]).
+        $(#[target_feature(enable = $feature)])?
+        pub unsafe fn rescale(how: crate::ops::Combine, dst: &mut [f32], acc: &[i32], f: f32) {
+            crate::ops::rescale(how, dst, acc, f)
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod portable;
 
+use crate::ops::Combine;
+
 type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
 /// `(q, keys, key_stride, values, value_stride, scale, scores, n, out)`: see [`crate::ops::attend_head`].
 type AttendFn = unsafe fn(&[f32], &[f32], usize, &[f32], usize, f32, &mut [f32], usize, &mut [f32]);
+type QuantizeFn = unsafe fn(x: &[f32], gain: &[f32], inv: f32, xq: &mut [i8]) -> (f32, i32);
+type RescaleFn = unsafe fn(how: Combine, dst: &mut [f32], acc: &[i32], f: f32);
 
 /// A set of kernels this CPU can run. The fields are private and every constructor checks
 /// the CPU features its kernels need, so holding a `Kernels` proves they are safe to call.
@@ -28,6 +78,8 @@ pub struct Kernels {
     dot_f32: DotFn,
     dot_i8: DotFn,
     attend: AttendFn,
+    quantize_normed: QuantizeFn,
+    rescale: RescaleFn,
 }
 
 impl Kernels {
@@ -55,6 +107,8 @@ impl Kernels {
                     dot_f32: avx512::dot_f32,
                     dot_i8: avx512::dot_i8,
                     attend: avx512::attend,
+                    quantize_normed: avx512::quantize_normed,
+                    rescale: avx512::rescale,
                 });
             }
             if avx2::available() {
@@ -65,6 +119,8 @@ impl Kernels {
                     dot_f32: avx2::dot_f32,
                     dot_i8: avx2::dot_i8,
                     attend: avx2::attend,
+                    quantize_normed: avx2::quantize_normed,
+                    rescale: avx2::rescale,
                 });
             }
         }
@@ -80,6 +136,8 @@ impl Kernels {
             dot_f32: portable::dot_f32,
             dot_i8: portable::dot_i8,
             attend: portable::attend,
+            quantize_normed: portable::quantize_normed,
+            rescale: portable::rescale,
         }
     }
 
@@ -124,6 +182,18 @@ impl Kernels {
         unsafe { (self.attend)(q, keys, key_stride, values, value_stride, scale, scores, n, out) }
     }
 
+    /// See [`crate::ops::quantize_normed`].
+    pub fn quantize_normed(&self, x: &[f32], gain: &[f32], inv: f32, xq: &mut [i8]) -> (f32, i32) {
+        // SAFETY: as in `ternary_band`; the function indexes with checked slices.
+        unsafe { (self.quantize_normed)(x, gain, inv, xq) }
+    }
+
+    /// See [`crate::ops::rescale`].
+    pub fn rescale(&self, how: Combine, dst: &mut [f32], acc: &[i32], f: f32) {
+        // SAFETY: as in `ternary_band`; the function indexes with checked slices.
+        unsafe { (self.rescale)(how, dst, acc, f) }
+    }
+
     /// Dot product of an int8 row (as bytes) with `x`.
     pub fn dot_i8(&self, row: &[u8], x: &[f32]) -> f32 {
         // SAFETY: as in `ternary_band`.
@@ -140,7 +210,11 @@ fn band_rows(row_bytes: usize, n_tok: usize) -> usize {
     (bytes / row_bytes.max(1)).max(2).div_ceil(2) * 2
 }
 
-/// `acc[r * n_tok + t]` = exact `sum_k W[r, k] * xq[t, k]` for all rows, in parallel bands.
+/// Exact `sum_k W[r, k] * xq[t, k]` for every row `r` and token `t`, in parallel bands.
+///
+/// `acc` holds the bands one after another (rows `b·band..`, `band` from [`band_rows`]),
+/// each token-major: within band `b` of `rows_b` rows, token `t`'s outputs are
+/// `rows_b` consecutive values. [`token_outputs`] walks one token's outputs in row order.
 pub fn ternary_gemm(k: &Kernels, packed: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], acc: &mut [i32]) {
     let n_tok = act_sums.len();
     let band = band_rows(row_bytes, n_tok);
@@ -151,4 +225,21 @@ pub fn ternary_gemm(k: &Kernels, packed: &[u8], row_bytes: usize, xq: &[i8], act
         let r1 = r0 + out.len() / n_tok;
         k.ternary_band(&packed[r0 * row_bytes..r1 * row_bytes], row_bytes, xq, act_sums, out);
     });
+}
+
+/// Token `t`'s outputs of [`ternary_gemm`] over `rows` rows and `n_tok` tokens, in row
+/// order, as one contiguous piece per band.
+pub fn token_outputs(
+    acc: &[i32],
+    row_bytes: usize,
+    rows: usize,
+    n_tok: usize,
+    t: usize,
+) -> impl Iterator<Item = &[i32]> {
+    let band = band_rows(row_bytes, n_tok);
+    (0..rows.div_ceil(band)).map(move |b| {
+        let (r0, r1) = (b * band, ((b + 1) * band).min(rows));
+        let (base, width) = (r0 * n_tok, r1 - r0);
+        &acc[base + t * width..base + (t + 1) * width]
+    })
 }

@@ -22,15 +22,16 @@ pub fn code_dot(row: &[u8], x: &[i8]) -> i32 {
     acc
 }
 
-/// Ternary GEMM over a band of rows: `out[r * n_tok + t] = sum_k W[r, k] * xq[t, k]`.
-/// `rows` holds whole packed rows of `row_bytes` each; `xq` holds `n_tok` padded
+/// Ternary GEMM over a band of rows, token-major: `out[t * n_rows + r] = sum_k W[r, k] * xq[t, k]`.
+/// `rows` holds `n_rows` whole packed rows of `row_bytes` each; `xq` holds `n_tok` padded
 /// activation rows; `act_sums[t] = sum(xq[t])`.
 pub fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
     let n_tok = act_sums.len();
     let padded = row_bytes * 4;
-    for (row, out_r) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n_tok)) {
-        for (t, o) in out_r.iter_mut().enumerate() {
-            *o = code_dot(row, &xq[t * padded..(t + 1) * padded]) - act_sums[t];
+    let n_rows = rows.len() / row_bytes;
+    for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
+        for t in 0..n_tok {
+            out[t * n_rows + r] = code_dot(row, &xq[t * padded..(t + 1) * padded]) - act_sums[t];
         }
     }
 }
@@ -65,18 +66,4 @@ pub fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     dot_by(x, |i| f32::from(row[i] as i8))
 }
 
-/// [`crate::ops::attend_head`], for the kernel table.
-#[allow(clippy::too_many_arguments)]
-pub fn attend(
-    q: &[f32],
-    keys: &[f32],
-    key_stride: usize,
-    values: &[f32],
-    value_stride: usize,
-    scale: f32,
-    scores: &mut [f32],
-    n: usize,
-    out: &mut [f32],
-) {
-    crate::ops::attend_head(q, keys, key_stride, values, value_stride, scale, scores, n, out)
-}
+float_ops!();
