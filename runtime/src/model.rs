@@ -300,13 +300,16 @@ impl Model {
             for head in st.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
                 rope(head, cos, sin);
             }
-            // Keys transposed (dimension-major, see `attention`), values position-major.
-            let keys = &mut st.key_cache[l * st.key_stride * kvd..(l + 1) * st.key_stride * kvd];
-            for (d, &k) in st.k[t * kvd..(t + 1) * kvd].iter().enumerate() {
-                keys[d * st.key_stride + pos] = k;
-            }
             let at = (l * st.max_seq + pos) * kvd;
             st.value_cache[at..at + kvd].copy_from_slice(&st.v[t * kvd..(t + 1) * kvd]);
+        }
+        // Keys transposed (dimension-major, see `attention`): the chunk's n positions are
+        // contiguous in each dimension's row.
+        let keys = &mut st.key_cache[l * st.key_stride * kvd..(l + 1) * st.key_stride * kvd];
+        for (d, row) in keys.chunks_exact_mut(st.key_stride).enumerate() {
+            for (t, key) in row[p0..p0 + n].iter_mut().enumerate() {
+                *key = st.k[t * kvd + d];
+            }
         }
         let (kl, vl) = (st.key_stride * kvd, st.max_seq * kvd);
         let cache = (&st.key_cache[l * kl..(l + 1) * kl], &st.value_cache[l * vl..(l + 1) * vl]);

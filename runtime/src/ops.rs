@@ -16,9 +16,11 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
 /// ties to even (1.5·2^23 is even), and subtracting it back is exact.
 #[inline(always)]
 pub fn round_half_even_small(v: f32) -> f32 {
-    const M: f32 = 12_582_912.0; // 1.5 * 2^23
-    (v + M) - M
+    (v + ROUNDER) - ROUNDER
 }
+
+/// 1.5 · 2^23: adding it rounds any |v| < 2^22 to an integer, half to even.
+const ROUNDER: f32 = 12_582_912.0;
 
 /// Per-token absmax int8 quantization, exactly as BitLinear defines it:
 /// `s_x = 127 / max(max|x|, 1e-5)`, `xq = clamp(round_half_even(x * s_x), -128, 127)`.
@@ -54,8 +56,12 @@ pub fn quantize_normed(x: &[f32], gain: &[f32], inv: f32, xq: &mut [i8]) -> (f32
     }
     let max = m.iter().fold(0.0f32, |a, &b| a.max(b));
     let s_x = 127.0 / max.max(1e-5);
-    // |v · s_x| ≤ 127 (+ rounding), well inside round_half_even_small's range.
-    let q = |v: f32, gg: f32| round_half_even_small(v * inv * gg * s_x).clamp(-128.0, 127.0) as i8;
+    // round_half_even(clamp(v · s_x, -128, 127)), which equals clamping after rounding
+    // (the bounds are integers). Adding 1.5·2^23 rounds half to even (see
+    // `round_half_even_small`) and leaves the integer r in the low mantissa bits: the
+    // float's bits are 0x4B40_0000 + r, whose low byte is r as i8. No float-to-int
+    // conversion, so it vectorises; a NaN gives some byte, never undefined behaviour.
+    let q = |v: f32, gg: f32| (((v * inv * gg * s_x).clamp(-128.0, 127.0) + ROUNDER).to_bits() as u8) as i8;
     let (xq, pad) = xq.split_at_mut(n);
     pad.fill(0);
     let mut sum = [0i32; LANES];
@@ -118,15 +124,34 @@ pub fn rescale(how: Combine, dst: &mut [f32], acc: &[i32], f: f32) {
     }
 }
 
-/// In-place softmax (with [`exp`], so the exponentials vectorise).
+/// In-place softmax (with [`exp`] and [`LANES`] running maxima and sums, so that it
+/// vectorises).
 #[inline(always)]
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for v in x.iter_mut() {
-        *v = exp(*v - max);
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let c = x.chunks_exact(LANES);
+    for &v in c.remainder() {
+        m[0] = m[0].max(v);
     }
-    let sum: f32 = x.iter().sum();
-    let inv = 1.0 / sum;
+    for xs in c {
+        for j in 0..LANES {
+            m[j] = m[j].max(xs[j]);
+        }
+    }
+    let max = m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sums = [0.0f32; LANES];
+    let mut c = x.chunks_exact_mut(LANES);
+    for xs in &mut c {
+        for j in 0..LANES {
+            xs[j] = exp(xs[j] - max);
+            sums[j] += xs[j];
+        }
+    }
+    for v in c.into_remainder() {
+        *v = exp(*v - max);
+        sums[0] += *v;
+    }
+    let inv = 1.0 / sums.iter().sum::<f32>();
     for v in x.iter_mut() {
         *v *= inv;
     }
@@ -380,6 +405,27 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
         assert_eq!(exp(-100.0), 0.0);
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn quantized_bytes_equal_rounded_clamped_values() {
+        // Every rounding case around every int8 value, and far outside the range.
+        let mut x: Vec<f32> = (-130..=130)
+            .flat_map(|i| {
+                let i = i as f32;
+                [i, i + 0.5, i - 0.5, i + 0.49999997, i + 0.50000006, i + 0.25]
+            })
+            .collect();
+        x.extend([1e9, -1e9, 0.0, -0.0]);
+        let ones = vec![1.0; x.len()];
+        let mut q = vec![0i8; x.len()];
+        let (s_x, sum) = quantize_normed(&x, &ones, 1.0, &mut q);
+        let want: Vec<i8> = x.iter().map(|v| (v * s_x).round_ties_even().clamp(-128.0, 127.0) as i8).collect();
+        assert_eq!(q, want);
+        assert_eq!(sum, want.iter().map(|&v| i32::from(v)).sum::<i32>());
+        // A NaN is ignored by the maximum and gives some byte, without a panic.
+        let (s_x, _) = quantize_normed(&[f32::NAN, 1.0], &[1.0, 1.0], 1.0, &mut q[..2]);
+        assert_eq!((s_x, q[1]), (127.0, 127));
     }
 
     #[test]
