@@ -21,7 +21,7 @@
 
 use crate::kernels::{self, Kernels};
 use crate::loader::ModelFile;
-use crate::ops::{rms_inv, rmsnorm, rope, Combine, FloatMatrix, SCORE_BLOCK};
+use crate::ops::{rmsnorm, rope, Combine, FloatMatrix, SCORE_BLOCK};
 use crate::pool;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -287,9 +287,7 @@ impl Model {
 
         // Attention: norm, q/k/v from one quantized input, RoPE, cache, softmax attention.
         self.norm_quantize(st, Src::X, n, h, Some(&w.attn_norm));
-        self.bitlinear(st, &w.wq, n, Out::Q);
-        self.bitlinear(st, &w.wk, n, Out::K);
-        self.bitlinear(st, &w.wv, n, Out::V);
+        self.bitlinear(st, n, [(&w.wq, Out::Q), (&w.wk, Out::K), (&w.wv, Out::V)]);
         let half = hd / 2;
         for t in 0..n {
             let pos = p0 + t;
@@ -315,14 +313,13 @@ impl Model {
         let cache = (&st.key_cache[l * kl..(l + 1) * kl], &st.value_cache[l * vl..(l + 1) * vl]);
         attention(c, &self.kernels, &st.q[..n * qd], &cache, &mut st.att[..n * qd], p0);
         self.norm_quantize(st, Src::Att, n, qd, w.attn_sub_norm.as_deref());
-        self.bitlinear(st, &w.wo, n, Out::Residual);
+        self.bitlinear(st, n, [(&w.wo, Out::Residual)]);
 
         // MLP: norm, gate/up from one quantized input, act(gate)·up, sub-norm, down.
         self.norm_quantize(st, Src::X, n, h, Some(&w.ffn_norm));
-        self.bitlinear(st, &w.w_gate, n, Out::Gate);
-        self.bitlinear(st, &w.w_up, n, Out::GatedUp);
+        self.bitlinear(st, n, [(&w.w_gate, Out::Gate), (&w.w_up, Out::GatedUp)]);
         self.norm_quantize(st, Src::Gate, n, inter, w.ffn_sub_norm.as_deref());
-        self.bitlinear(st, &w.w_down, n, Out::Residual);
+        self.bitlinear(st, n, [(&w.w_down, Out::Residual)]);
     }
 
     /// RMSNorm with `gain` (none: the rows as they are) of the first `n` rows (each `cols`
@@ -336,15 +333,13 @@ impl Model {
             Src::Gate => &st.gate,
         };
         let (eps, k) = (self.config.rms_eps, &self.kernels);
-        // Without a norm: inv = 1 and a gain of ones, which leave every value as it is.
+        // Without a norm: a gain of ones, which leaves every value as it is.
         let (gain, normed) = match gain {
             Some(g) => (g, true),
             None => (&self.ones[..], false),
         };
         pool::for_each_chunk_mut2(n, &mut st.xq, pc, &mut st.quant, 1, &|t, xq, quant| {
-            let x = &src[t * cols..(t + 1) * cols];
-            let inv = if normed { rms_inv(x, eps) } else { 1.0 };
-            quant[0] = k.quantize_normed(x, gain, inv, xq);
+            quant[0] = k.quantize_normed(&src[t * cols..(t + 1) * cols], gain, normed.then_some(eps), xq);
         });
         for (t, &(s, sum)) in st.quant[..n].iter().enumerate() {
             st.s_x[t] = s;
@@ -352,14 +347,33 @@ impl Model {
         }
     }
 
-    /// BitLinear `w` on the `n` tokens quantized in `st.xq`: the exact integer products,
-    /// then per token one rescale `y = acc · scale / s_x`, which `out` stores or combines.
-    fn bitlinear(&self, st: &mut State, w: &Ternary, n: usize, out: Out) {
-        let pc = padded_cols(w.cols);
-        let packed = &self.file.bytes()[w.offset..w.offset + w.rows * w.row_bytes];
-        let acc = &mut st.acc[..w.rows * n];
-        kernels::ternary_gemm(&self.kernels, packed, w.row_bytes, &st.xq[..n * pc], &st.act_sum[..n], acc);
-        let (acc, s_x, k) = (&st.acc[..w.rows * n], &st.s_x[..n], &self.kernels);
+    /// BitLinear on the `n` tokens quantized in `st.xq`, for one or more matrices that
+    /// share that input (their products in one parallel region): the exact integer
+    /// products, then per token one rescale `y = acc · scale / s_x`, which `Out` stores
+    /// or combines. Matrices are rescaled in order (gate before the gated up projection).
+    fn bitlinear<const N: usize>(&self, st: &mut State, n: usize, proj: [(&Ternary, Out); N]) {
+        let (cols, row_bytes) = (proj[0].0.cols, proj[0].0.row_bytes);
+        debug_assert!(proj.iter().all(|(w, _)| w.cols == cols));
+        let pc = padded_cols(cols);
+        let bytes = self.file.bytes();
+        let packed = proj.map(|(w, _)| &bytes[w.offset..w.offset + w.rows * w.row_bytes]);
+        let mut rest = &mut st.acc[..];
+        let accs = proj.map(|(w, _)| {
+            let (acc, r) = std::mem::take(&mut rest).split_at_mut(w.rows * n);
+            rest = r;
+            acc
+        });
+        kernels::ternary_gemms(&self.kernels, packed, row_bytes, &st.xq[..n * pc], &st.act_sum[..n], accs);
+        let mut at = 0;
+        for (w, out) in proj {
+            self.rescale(st, w, n, out, at);
+            at += w.rows * n;
+        }
+    }
+
+    /// The rescale of one matrix whose products are in `st.acc[at..]`.
+    fn rescale(&self, st: &mut State, w: &Ternary, n: usize, out: Out, at: usize) {
+        let (acc, s_x, k) = (&st.acc[at..at + w.rows * n], &st.s_x[..n], &self.kernels);
         let (dst, how) = match out {
             Out::Q => (&mut st.q, Combine::Store),
             Out::K => (&mut st.k, Combine::Store),
@@ -500,7 +514,8 @@ impl State {
         let (h, qd, kvd, inter, vocab) =
             (c.hidden_size as usize, c.q_dim(), c.kv_dim(), c.intermediate_size as usize, c.vocab_size as usize);
         let widest = h.max(qd).max(inter);
-        let rows = h.max(qd).max(kvd).max(inter);
+        // Products of the widest fused projection: q/k/v or gate/up.
+        let rows = (qd + 2 * kvd).max(2 * inter).max(h);
         let half = c.head_dim as usize / 2;
         // RoPE tables (Hugging Face: inv_freq = theta^(-2i/d), angle = pos * inv_freq).
         let mut rope_cos = vec![0f32; max_seq * half];

@@ -27,56 +27,54 @@ const ROUNDER: f32 = 12_582_912.0;
 /// Writes `x.len()` values to `xq` and zeros to the rest (the block padding).
 /// Returns `(s_x, sum(xq))`.
 pub fn quantize_activations(x: &[f32], xq: &mut [i8]) -> (f32, i32) {
-    quantize_normed(x, &vec![1.0; x.len()], 1.0, xq)
+    quantize_normed(x, &vec![1.0; x.len()], None, xq)
 }
 
 /// Lanes of the fixed-order float reductions below: the same grouping at every SIMD
 /// width, so every kernel set computes the same bits.
 const LANES: usize = 16;
 
-/// [`quantize_activations`] of the normalised row `x[i] · inv · gain[i]` (RMSNorm with
-/// `inv` from [`rms_inv`]; `inv = 1` and a gain of ones give `x` itself exactly), without
-/// storing it: each value is recomputed with the same operations as [`rmsnorm`].
-/// Inlined into each kernel set's `quantize_normed`.
+/// [`quantize_activations`] of the row RMS-normalised with `gain` (`norm_eps: None`: of
+/// `x` itself, with a gain of ones), without storing it: each value `x[i] · inv · gain[i]`
+/// is recomputed with the same operations as [`rmsnorm`]. Inlined into each kernel set's
+/// `quantize_normed`; every loop is a plain element-wise pass or an integer reduction,
+/// which vectorise at any width.
 #[inline(always)]
-pub fn quantize_normed(x: &[f32], gain: &[f32], inv: f32, xq: &mut [i8]) -> (f32, i32) {
+pub fn quantize_normed(x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32) {
     let n = x.len();
     let g = &gain[..n];
-    let (xc, gc) = (x.chunks_exact(LANES), g.chunks_exact(LANES));
-    let (xr, gr) = (xc.remainder(), gc.remainder());
-    // `max` ignores NaN and is exact, so these running maxima give the plain maximum.
-    let mut m = [0.0f32; LANES];
-    for (xs, gs) in xc.zip(gc) {
-        for j in 0..LANES {
-            m[j] = m[j].max((xs[j] * inv * gs[j]).abs());
-        }
-    }
-    for (&v, &gg) in xr.iter().zip(gr) {
-        m[0] = m[0].max((v * inv * gg).abs());
-    }
-    let max = m.iter().fold(0.0f32, |a, &b| a.max(b));
-    let s_x = 127.0 / max.max(1e-5);
+    let inv = match norm_eps {
+        Some(eps) => rms_inv(x, eps),
+        None => 1.0,
+    };
+    // The maximum of non-negative floats is the maximum of their bit patterns (an integer
+    // reduction, exact in any order); NaN is ignored, as `f32::max` would.
+    let max_bits = x
+        .iter()
+        .zip(g)
+        .map(|(&v, &gg)| {
+            let a = (v * inv * gg).abs();
+            if a.is_nan() {
+                0
+            } else {
+                a.to_bits()
+            }
+        })
+        .fold(0u32, |m, b| m.max(b));
+    let s_x = 127.0 / f32::from_bits(max_bits).max(1e-5);
     // round_half_even(clamp(v · s_x, -128, 127)), which equals clamping after rounding
     // (the bounds are integers). Adding 1.5·2^23 rounds half to even (see
     // `round_half_even_small`) and leaves the integer r in the low mantissa bits: the
     // float's bits are 0x4B40_0000 + r, whose low byte is r as i8. No float-to-int
     // conversion, so it vectorises; a NaN gives some byte, never undefined behaviour.
-    let q = |v: f32, gg: f32| (((v * inv * gg * s_x).clamp(-128.0, 127.0) + ROUNDER).to_bits() as u8) as i8;
     let (xq, pad) = xq.split_at_mut(n);
     pad.fill(0);
-    let mut sum = [0i32; LANES];
-    let mut qc = xq.chunks_exact_mut(LANES);
-    for ((qs, xs), gs) in (&mut qc).zip(x.chunks_exact(LANES)).zip(g.chunks_exact(LANES)) {
-        for j in 0..LANES {
-            qs[j] = q(xs[j], gs[j]);
-            sum[j] += i32::from(qs[j]);
-        }
+    let mut sum = 0i32;
+    for ((o, &v), &gg) in xq.iter_mut().zip(x).zip(g) {
+        *o = (((v * inv * gg * s_x).clamp(-128.0, 127.0) + ROUNDER).to_bits() as u8) as i8;
+        sum += i32::from(*o);
     }
-    for ((o, &v), &gg) in qc.into_remainder().iter_mut().zip(xr).zip(gr) {
-        *o = q(v, gg);
-        sum[0] += i32::from(*o);
-    }
-    (s_x, sum.iter().sum())
+    (s_x, sum)
 }
 
 /// `1 / sqrt(mean(x^2) + eps)`. The squares are summed in f64 (in a fixed order of
@@ -419,12 +417,12 @@ mod tests {
         x.extend([1e9, -1e9, 0.0, -0.0]);
         let ones = vec![1.0; x.len()];
         let mut q = vec![0i8; x.len()];
-        let (s_x, sum) = quantize_normed(&x, &ones, 1.0, &mut q);
+        let (s_x, sum) = quantize_normed(&x, &ones, None, &mut q);
         let want: Vec<i8> = x.iter().map(|v| (v * s_x).round_ties_even().clamp(-128.0, 127.0) as i8).collect();
         assert_eq!(q, want);
         assert_eq!(sum, want.iter().map(|&v| i32::from(v)).sum::<i32>());
         // A NaN is ignored by the maximum and gives some byte, without a panic.
-        let (s_x, _) = quantize_normed(&[f32::NAN, 1.0], &[1.0, 1.0], 1.0, &mut q[..2]);
+        let (s_x, _) = quantize_normed(&[f32::NAN, 1.0], &[1.0, 1.0], None, &mut q[..2]);
         assert_eq!((s_x, q[1]), (127.0, 127));
     }
 

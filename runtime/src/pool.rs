@@ -333,6 +333,35 @@ pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, job: &(dyn Fn(us
     });
 }
 
+/// Like [`for_each_chunk_mut`] over several slices in one parallel region: slice `i`
+/// is split into chunks of `chunks[i]` elements (the last may be shorter) and
+/// `job(i, c, chunk)` runs for every chunk `c` of every slice. One region instead of
+/// `N` saves a fork-join per slice (q/k/v, gate/up).
+pub fn for_each_chunk_mut_n<T: Send, const N: usize>(
+    outs: [&mut [T]; N],
+    chunks: [usize; N],
+    job: &(dyn Fn(usize, usize, &mut [T]) + Sync),
+) {
+    let chunks = chunks.map(|c| c.max(1));
+    let lens = outs.each_ref().map(|o| o.len());
+    let counts: [usize; N] = std::array::from_fn(|i| lens[i].div_ceil(chunks[i]));
+    let bases = outs.map(|o| SharedMut(o.as_mut_ptr()));
+    for_bands(counts.iter().sum(), &|mut b| {
+        let mut i = 0;
+        while b >= counts[i] {
+            b -= counts[i];
+            i += 1;
+        }
+        let start = b * chunks[i];
+        // SAFETY: as in `for_each_chunk_mut`, per slice: chunk `b` of slice `i` lies
+        // inside it (start < lens[i]), chunks of one slice are disjoint and the slices are
+        // distinct `&mut` borrows, each (i, b) runs once, and every slice stays borrowed
+        // until all jobs have returned.
+        let slice = unsafe { std::slice::from_raw_parts_mut(bases[i].ptr().add(start), chunks[i].min(lens[i] - start)) };
+        job(i, b, slice);
+    });
+}
+
 /// A job over one chunk of each of two slices.
 pub type PairJob<'a, A, B> = dyn Fn(usize, &mut [A], &mut [B]) + Sync + 'a;
 
@@ -418,6 +447,27 @@ mod tests {
             });
             assert_eq!(sum.load(Ordering::Relaxed), 90);
         });
+    }
+
+    #[test]
+    fn chunks_of_several_slices_cover_each_once() {
+        for pool in [Some(Pool::new(2)), None] {
+            let (mut a, mut b, mut c) = (vec![0usize; 1001], vec![0usize; 7], vec![0usize; 0]);
+            let fill = |a: &mut [usize], b: &mut [usize], c: &mut [usize]| {
+                for_each_chunk_mut_n([a, b, c], [100, 3, 5], &|i, k, chunk| {
+                    let size = [100, 3, 5][i];
+                    for (j, o) in chunk.iter_mut().enumerate() {
+                        *o += (i + 1) * 10_000 + k * size + j;
+                    }
+                })
+            };
+            match &pool {
+                Some(p) => p.install(|| fill(&mut a, &mut b, &mut c)),
+                None => fill(&mut a, &mut b, &mut c),
+            }
+            assert!(a.iter().enumerate().all(|(j, &v)| v == 10_000 + j));
+            assert!(b.iter().enumerate().all(|(j, &v)| v == 20_000 + j));
+        }
     }
 
     #[test]

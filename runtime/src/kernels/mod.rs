@@ -38,8 +38,8 @@ macro_rules! float_ops {
         /// # Safety
         /// The CPU must support this module's features ([`available`]).
         $(#[target_feature(enable = $feature)])?
-        pub unsafe fn quantize_normed(x: &[f32], gain: &[f32], inv: f32, xq: &mut [i8]) -> (f32, i32) {
-            crate::ops::quantize_normed(x, gain, inv, xq)
+        pub unsafe fn quantize_normed(x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32) {
+            crate::ops::quantize_normed(x, gain, norm_eps, xq)
         }
 
         /// [`crate::ops::rescale`] for this kernel set.
@@ -65,7 +65,7 @@ type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sum
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
 /// `(q, keys, key_stride, values, value_stride, scale, scores, n, out)`: see [`crate::ops::attend_head`].
 type AttendFn = unsafe fn(&[f32], &[f32], usize, &[f32], usize, f32, &mut [f32], usize, &mut [f32]);
-type QuantizeFn = unsafe fn(x: &[f32], gain: &[f32], inv: f32, xq: &mut [i8]) -> (f32, i32);
+type QuantizeFn = unsafe fn(x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32);
 type RescaleFn = unsafe fn(how: Combine, dst: &mut [f32], acc: &[i32], f: f32);
 
 /// A set of kernels this CPU can run. The fields are private and every constructor checks
@@ -183,9 +183,9 @@ impl Kernels {
     }
 
     /// See [`crate::ops::quantize_normed`].
-    pub fn quantize_normed(&self, x: &[f32], gain: &[f32], inv: f32, xq: &mut [i8]) -> (f32, i32) {
+    pub fn quantize_normed(&self, x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32) {
         // SAFETY: as in `ternary_band`; the function indexes with checked slices.
-        unsafe { (self.quantize_normed)(x, gain, inv, xq) }
+        unsafe { (self.quantize_normed)(x, gain, norm_eps, xq) }
     }
 
     /// See [`crate::ops::rescale`].
@@ -216,14 +216,31 @@ fn band_rows(row_bytes: usize, n_tok: usize) -> usize {
 /// each token-major: within band `b` of `rows_b` rows, token `t`'s outputs are
 /// `rows_b` consecutive values. [`token_outputs`] walks one token's outputs in row order.
 pub fn ternary_gemm(k: &Kernels, packed: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], acc: &mut [i32]) {
+    ternary_gemms(k, [packed], row_bytes, xq, act_sums, [acc]);
+}
+
+/// [`ternary_gemm`] of several matrices with the same input (q/k/v, gate/up) in one
+/// parallel region; `accs[i]` receives matrix `i`'s outputs.
+pub fn ternary_gemms<const N: usize>(
+    k: &Kernels,
+    packed: [&[u8]; N],
+    row_bytes: usize,
+    xq: &[i8],
+    act_sums: &[i32],
+    accs: [&mut [i32]; N],
+) {
     let n_tok = act_sums.len();
     let band = band_rows(row_bytes, n_tok);
-    let rows = packed.len() / row_bytes;
-    let acc = &mut acc[..rows * n_tok];
-    crate::pool::for_each_chunk_mut(acc, band * n_tok, &|b, out| {
+    let mut i = 0;
+    let accs = accs.map(|acc| {
+        let rows = packed[i].len() / row_bytes;
+        i += 1;
+        &mut acc[..rows * n_tok]
+    });
+    crate::pool::for_each_chunk_mut_n(accs, [band * n_tok; N], &|i, b, out| {
         let r0 = b * band;
         let r1 = r0 + out.len() / n_tok;
-        k.ternary_band(&packed[r0 * row_bytes..r1 * row_bytes], row_bytes, xq, act_sums, out);
+        k.ternary_band(&packed[i][r0 * row_bytes..r1 * row_bytes], row_bytes, xq, act_sums, out);
     });
 }
 
