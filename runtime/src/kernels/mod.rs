@@ -201,12 +201,14 @@ impl Kernels {
     }
 }
 
-/// Rows per parallel band, an even number. Prompt chunks: about 32 KB of packed weights,
-/// which stay in L1/L2 while every token of the chunk passes over them. One token: about
-/// 128 KB, so a band's stream is long next to its prefetch distance. Bands this size still
-/// balance when another process takes a core.
-fn band_rows(row_bytes: usize, n_tok: usize) -> usize {
-    let bytes = if n_tok >= 4 { 32 * 1024 } else { 128 * 1024 };
+/// Rows per parallel band of a matrix of `rows` rows, an even number. Prompt chunks:
+/// about 32 KB of packed weights, which stay in L1/L2 while every token of the chunk
+/// passes over them. One token: up to 128 KB, so a band's stream is long next to its
+/// prefetch distance, but at least 16 bands per matrix, so that the last band to finish
+/// keeps the other threads waiting only briefly. Bands this size still balance when
+/// another process takes a core.
+fn band_rows(row_bytes: usize, n_tok: usize, rows: usize) -> usize {
+    let bytes = if n_tok >= 4 { 32 * 1024 } else { (rows * row_bytes / 16).clamp(32 * 1024, 128 * 1024) };
     (bytes / row_bytes.max(1)).max(2).div_ceil(2) * 2
 }
 
@@ -230,15 +232,15 @@ pub fn ternary_gemms<const N: usize>(
     accs: [&mut [i32]; N],
 ) {
     let n_tok = act_sums.len();
-    let band = band_rows(row_bytes, n_tok);
+    let rows = packed.map(|p| p.len() / row_bytes);
+    let bands = rows.map(|r| band_rows(row_bytes, n_tok, r));
     let mut i = 0;
     let accs = accs.map(|acc| {
-        let rows = packed[i].len() / row_bytes;
         i += 1;
-        &mut acc[..rows * n_tok]
+        &mut acc[..rows[i - 1] * n_tok]
     });
-    crate::pool::for_each_chunk_mut_n(accs, [band * n_tok; N], &|i, b, out| {
-        let r0 = b * band;
+    crate::pool::for_each_chunk_mut_n(accs, bands.map(|b| b * n_tok), &|i, b, out| {
+        let r0 = b * bands[i];
         let r1 = r0 + out.len() / n_tok;
         k.ternary_band(&packed[i][r0 * row_bytes..r1 * row_bytes], row_bytes, xq, act_sums, out);
     });
@@ -253,7 +255,7 @@ pub fn token_outputs(
     n_tok: usize,
     t: usize,
 ) -> impl Iterator<Item = &[i32]> {
-    let band = band_rows(row_bytes, n_tok);
+    let band = band_rows(row_bytes, n_tok, rows);
     (0..rows.div_ceil(band)).map(move |b| {
         let (r0, r1) = (b * band, ((b + 1) * band).min(rows));
         let (base, width) = (r0 * n_tok, r1 - r0);
