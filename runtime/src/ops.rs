@@ -228,6 +228,7 @@ impl FloatMatrix {
     }
 
     /// `out[r] = dot(M[r], x)` for every row, in parallel bands.
+    #[track_caller]
     pub fn matvec(&self, k: &Kernels, file: &[u8], x: &[f32], out: &mut [f32]) {
         const BAND: usize = 64;
         let (rb, base) = (self.row_bytes(), self.values_offset());

@@ -7,7 +7,8 @@
 //! segment of bands (sequential reads suit the prefetchers) and then steals from the back
 //! of the others'. Idle workers spin briefly (a region usually follows within
 //! microseconds), then yield, then sleep on a condvar. If the caller keeps waiting for a
-//! worker preempted mid-band (its core is taken), the workers sit out for a while.
+//! worker preempted mid-band (its core is taken), the workers sit out for a while, and
+//! meanwhile sleep at once instead of spinning.
 //!
 //! `TERN_POOL=rayon` selects rayon instead (for comparison; `tern bench` reports which).
 
@@ -18,6 +19,11 @@ use std::thread::JoinHandle;
 
 /// The job of one parallel region: called with band indices until all are claimed.
 type Job<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// Where a parallel region starts in the code (`#[track_caller]` carries it from the
+/// model's call through the helpers below), so that regions of equal band counts but
+/// different work keep separate timings.
+type Site = &'static std::panic::Location<'static>;
 
 /// (epoch, number of bands, type-erased job) of a region.
 type Published = (u64, u64, Option<(usize, usize)>);
@@ -35,6 +41,10 @@ struct Shared {
     /// Workers inside a region (registered before their first claim).
     active: AtomicUsize,
     sleepers: AtomicUsize,
+    /// Set while the caller prefers to run regions alone (another process holds a core):
+    /// idle workers then sleep at once instead of spinning, so that they do not take CPU
+    /// time from the caller, which may share a core with them.
+    quiet: AtomicBool,
     shutdown: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
@@ -45,14 +55,16 @@ pub struct Pool {
     shared: Arc<Shared>,
     epoch: AtomicU64,
     workers: Vec<JoinHandle<()>>,
-    /// Per region shape (its band count: in practice, which matmul), how long regions take
-    /// with the workers and by the caller alone.
+    /// Per region shape (call site and band count: in practice, which matmul), how long
+    /// regions take with the workers and by the caller alone.
     shapes: Mutex<Vec<RegionTiming>>,
 }
 
-/// Timing of one region shape (its band count): regions run, moving averages of ns with and without workers.
+/// Timing of one region shape (where in the code it starts, and its band count): regions
+/// run, moving averages of ns with and without workers.
 #[derive(Clone, Copy)]
 struct RegionTiming {
+    site: Site,
     n_bands: usize,
     runs: u64,
     ns_parallel: u64,
@@ -131,6 +143,9 @@ fn worker(shared: Arc<Shared>, me: usize) {
                 break;
             }
             spins += 1;
+            if shared.quiet.load(Ordering::Relaxed) {
+                spins = spins.max(SPINS + YIELDS);
+            }
             if spins < SPINS {
                 std::hint::spin_loop();
             } else if spins < SPINS + YIELDS {
@@ -171,6 +186,7 @@ impl Pool {
             job: Mutex::new((0, 0, None)),
             active: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
+            quiet: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -190,7 +206,7 @@ impl Pool {
     /// faster (a preempted worker holds its band; three threads share two cores): the pool
     /// times each region shape in both modes (one region in 64 runs the other mode) and
     /// runs alone while that is clearly faster.
-    fn run(&self, n_bands: usize, job: Job<'_>) {
+    fn run(&self, site: Site, n_bands: usize, job: Job<'_>) {
         let s = &self.shared;
         if self.workers.is_empty() || n_bands <= 1 {
             (0..n_bands).for_each(job);
@@ -198,10 +214,10 @@ impl Pool {
         }
         let shape = {
             let mut shapes = self.shapes.lock().expect("pool shapes");
-            let i = match shapes.iter().position(|x| x.n_bands == n_bands) {
+            let i = match shapes.iter().position(|x| x.n_bands == n_bands && std::ptr::eq(x.site, site)) {
                 Some(i) => i,
                 None => {
-                    shapes.push(RegionTiming { n_bands, runs: 0, ns_parallel: 0, ns_alone: 0 });
+                    shapes.push(RegionTiming { site, n_bands, runs: 0, ns_parallel: 0, ns_alone: 0 });
                     shapes.len() - 1
                 }
             };
@@ -215,11 +231,16 @@ impl Pool {
         // Every PROBE_EVERY-th region of a shape runs the other mode, so that both timings
         // stay current (the first ones include page faults on the freshly mapped weights).
         let alone = prefer_alone != (shape.runs % PROBE_EVERY == 1);
+        // Workers idle quietly after a region whose shape runs better alone: the next
+        // region probably does too, and a spinning worker would compete with the caller.
+        if s.quiet.load(Ordering::Relaxed) != prefer_alone {
+            s.quiet.store(prefer_alone, Ordering::Relaxed);
+        }
         let t0 = std::time::Instant::now();
         if alone {
             (0..n_bands).for_each(job);
             let ns = t0.elapsed().as_nanos() as u64;
-            self.update(n_bands, |x| x.ns_alone = avg(x.ns_alone, ns));
+            self.update(site, n_bands, |x| x.ns_alone = avg(x.ns_alone, ns));
             return;
         }
         let n = n_bands as u64;
@@ -247,12 +268,12 @@ impl Pool {
             }
         }
         let ns = t0.elapsed().as_nanos() as u64;
-        self.update(n_bands, |x| x.ns_parallel = avg(x.ns_parallel, ns));
+        self.update(site, n_bands, |x| x.ns_parallel = avg(x.ns_parallel, ns));
     }
 
-    fn update(&self, n_bands: usize, f: impl FnOnce(&mut RegionTiming)) {
+    fn update(&self, site: Site, n_bands: usize, f: impl FnOnce(&mut RegionTiming)) {
         let mut shapes = self.shapes.lock().expect("pool shapes");
-        if let Some(x) = shapes.iter_mut().find(|x| x.n_bands == n_bands) {
+        if let Some(x) = shapes.iter_mut().find(|x| x.n_bands == n_bands && std::ptr::eq(x.site, site)) {
             f(x);
         }
     }
@@ -301,10 +322,12 @@ pub fn current_name() -> &'static str {
 
 /// Runs `job(b)` for every `b < n_bands` in parallel: on the installed [`Pool`], or on
 /// rayon when none is installed.
+#[track_caller]
 pub fn for_bands(n_bands: usize, job: &(dyn Fn(usize) + Sync)) {
+    let site = std::panic::Location::caller();
     let pool = CURRENT.with(|c| c.borrow().clone());
     match pool {
-        Some(p) => p.run(n_bands, job),
+        Some(p) => p.run(site, n_bands, job),
         None => {
             use rayon::prelude::*;
             (0..n_bands).into_par_iter().for_each(job);
@@ -314,6 +337,7 @@ pub fn for_bands(n_bands: usize, job: &(dyn Fn(usize) + Sync)) {
 
 /// Splits `out` into chunks of `chunk` elements (the last may be shorter) and runs
 /// `job(index, chunk)` for each, in parallel.
+#[track_caller]
 pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, job: &(dyn Fn(usize, &mut [T]) + Sync)) {
     let chunk = chunk.max(1);
     if CURRENT.with(|c| c.borrow().is_none()) {
@@ -337,6 +361,7 @@ pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, job: &(dyn Fn(us
 /// is split into chunks of `chunks[i]` elements (the last may be shorter) and
 /// `job(i, c, chunk)` runs for every chunk `c` of every slice. One region instead of
 /// `N` saves a fork-join per slice (q/k/v, gate/up).
+#[track_caller]
 pub fn for_each_chunk_mut_n<T: Send, const N: usize>(
     outs: [&mut [T]; N],
     chunks: [usize; N],
@@ -357,7 +382,8 @@ pub fn for_each_chunk_mut_n<T: Send, const N: usize>(
         // inside it (start < lens[i]), chunks of one slice are disjoint and the slices are
         // distinct `&mut` borrows, each (i, b) runs once, and every slice stays borrowed
         // until all jobs have returned.
-        let slice = unsafe { std::slice::from_raw_parts_mut(bases[i].ptr().add(start), chunks[i].min(lens[i] - start)) };
+        let slice =
+            unsafe { std::slice::from_raw_parts_mut(bases[i].ptr().add(start), chunks[i].min(lens[i] - start)) };
         job(i, b, slice);
     });
 }
@@ -368,6 +394,7 @@ pub type PairJob<'a, A, B> = dyn Fn(usize, &mut [A], &mut [B]) + Sync + 'a;
 /// Like [`for_each_chunk_mut`] over two slices at once: job `i` gets chunk `i` of `a`
 /// (`ca` elements) and chunk `i` of `b` (`cb` elements), for `i < n`. Both slices must
 /// hold `n` whole chunks.
+#[track_caller]
 pub fn for_each_chunk_mut2<A: Send, B: Send>(
     n: usize,
     a: &mut [A],

@@ -217,12 +217,14 @@ fn band_rows(row_bytes: usize, n_tok: usize, rows: usize) -> usize {
 /// `acc` holds the bands one after another (rows `b·band..`, `band` from [`band_rows`]),
 /// each token-major: within band `b` of `rows_b` rows, token `t`'s outputs are
 /// `rows_b` consecutive values. [`token_outputs`] walks one token's outputs in row order.
+#[track_caller]
 pub fn ternary_gemm(k: &Kernels, packed: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], acc: &mut [i32]) {
     ternary_gemms(k, [packed], row_bytes, xq, act_sums, [acc]);
 }
 
 /// [`ternary_gemm`] of several matrices with the same input (q/k/v, gate/up) in one
 /// parallel region; `accs[i]` receives matrix `i`'s outputs.
+#[track_caller]
 pub fn ternary_gemms<const N: usize>(
     k: &Kernels,
     packed: [&[u8]; N],
