@@ -75,6 +75,9 @@ struct RegionTiming {
 const PROBE_EVERY: u64 = 64;
 
 const SPINS: u32 = 20_000;
+
+/// Regions at least this long (ns, either mode) decide whether idle workers spin.
+const QUIET_MIN_NS: u64 = 50_000;
 const YIELDS: u32 = 200;
 
 thread_local! {
@@ -231,9 +234,11 @@ impl Pool {
         // Every PROBE_EVERY-th region of a shape runs the other mode, so that both timings
         // stay current (the first ones include page faults on the freshly mapped weights).
         let alone = prefer_alone != (shape.runs % PROBE_EVERY == 1);
-        // Workers idle quietly after a region whose shape runs better alone: the next
-        // region probably does too, and a spinning worker would compete with the caller.
-        if s.quiet.load(Ordering::Relaxed) != prefer_alone {
+        // Workers idle quietly after a long region that runs better alone (another process
+        // holds a core: the next region probably runs alone too, and a spinning worker
+        // would compete with the caller). Short regions can run better alone merely
+        // because their work is small; they leave the setting as it is.
+        if shape.ns_parallel.max(shape.ns_alone) >= QUIET_MIN_NS && s.quiet.load(Ordering::Relaxed) != prefer_alone {
             s.quiet.store(prefer_alone, Ordering::Relaxed);
         }
         let t0 = std::time::Instant::now();
