@@ -53,7 +53,7 @@ fn run_tg(model: &Model, st: &mut State, n: usize, first: u32) -> Result<f64> {
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// Bytes one decode step reads: every ternary matrix and the output matrix.
+/// Weight bytes one decode step reads: every ternary matrix and the output matrix.
 pub fn decode_bytes(model: &Model) -> u64 {
     let c = model.config();
     let out = if c.tied_output { tern_format::names::TOKEN_EMBD } else { tern_format::names::OUTPUT };
@@ -64,6 +64,14 @@ pub fn decode_bytes(model: &Model) -> u64 {
         .filter(|t| t.encoding == tern_format::Encoding::T2 || t.name == out)
         .map(|t| t.length)
         .sum()
+}
+
+/// KV-cache bytes a decode step reads on average over `tg` steps from position 0: the
+/// step at position `p` reads the f32 keys and values of positions `0..=p` in every layer.
+pub fn kv_bytes(model: &Model, tg: usize) -> u64 {
+    let c = model.config();
+    // mean over p of 2 · layers · (p + 1) · kv_dim · 4 = layers · kv_dim · 4 · (tg + 1)
+    u64::from(c.n_layers) * c.kv_dim() as u64 * 4 * (tg as u64 + 1)
 }
 
 /// Streaming read bandwidth over `bytes` (bytes/s, best of `reps`), in the current pool.
@@ -90,9 +98,10 @@ pub fn stream_bandwidth(bytes: &[u8], reps: usize) -> f64 {
     best
 }
 
-/// The decode roofline at each thread count: (threads, bandwidth bytes/s, tok/s ceiling).
-pub fn roofline(model: &Model, threads: &[usize], reps: usize) -> Result<Vec<(usize, f64, f64)>> {
-    let per_token = decode_bytes(model) as f64;
+/// The decode roofline of tg`tg` at each thread count: (threads, bandwidth bytes/s, tok/s
+/// ceiling), for the weights and the KV cache a step reads.
+pub fn roofline(model: &Model, tg: usize, threads: &[usize], reps: usize) -> Result<Vec<(usize, f64, f64)>> {
+    let per_token = (decode_bytes(model) + kv_bytes(model, tg)) as f64;
     let bytes = model.file().bytes();
     let mut out = Vec::new();
     for &t in threads {

@@ -291,14 +291,16 @@ fn cmd_bench(path: &Path, pp: usize, tg: usize, threads: &[usize], reps: usize, 
     let (model, _) = open_model(path, false)?;
     let results = tern::bench::bench(&model, pp, tg, threads, reps)?;
     if tg > 0 {
-        let per_token = tern::bench::decode_bytes(&model) as f64;
-        for (t, bw, ceiling) in tern::bench::roofline(&model, threads, reps)? {
+        let (weights, kv) = (tern::bench::decode_bytes(&model) as f64, tern::bench::kv_bytes(&model, tg) as f64);
+        for (t, bw, ceiling) in tern::bench::roofline(&model, tg, threads, reps)? {
             let got =
                 results.iter().find(|r| r.threads == t && r.test.starts_with("tg")).map_or(0.0, |r| r.tokens_per_s);
             eprintln!(
-                "roofline, {t} thread(s): a decode step reads {:.1} MB; streaming the model read {:.2} GB/s -> \
-                 ceiling {ceiling:.1} tok/s; tg{tg} reached {got:.1} tok/s ({:.0}% of it)",
-                per_token / 1e6,
+                "roofline, {t} thread(s): a decode step reads {:.1} MB of weights + {:.1} MB of KV cache (mean over \
+                 tg{tg}); streaming the model read {:.2} GB/s -> ceiling {ceiling:.1} tok/s; tg{tg} reached {got:.1} \
+                 tok/s ({:.0}% of it)",
+                weights / 1e6,
+                kv / 1e6,
                 bw / 1e9,
                 100.0 * got / ceiling
             );
