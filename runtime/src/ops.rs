@@ -49,18 +49,12 @@ pub fn quantize_normed(x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut 
     };
     // The maximum of non-negative floats is the maximum of their bit patterns (an integer
     // reduction, exact in any order); NaN is ignored, as `f32::max` would.
-    let max_bits = x
-        .iter()
-        .zip(g)
-        .map(|(&v, &gg)| {
-            let a = (v * inv * gg).abs();
-            if a.is_nan() {
-                0
-            } else {
-                a.to_bits()
-            }
-        })
-        .fold(0u32, |m, b| m.max(b));
+    let mut max_bits = 0u32;
+    for (&v, &gg) in x.iter().zip(g) {
+        // |v| as bits, and 0 for a NaN (whose bits are above infinity's).
+        let b = (v * inv * gg).to_bits() & 0x7FFF_FFFF;
+        max_bits = max_bits.max(b & u32::from(b <= 0x7F80_0000).wrapping_neg());
+    }
     let s_x = 127.0 / f32::from_bits(max_bits).max(1e-5);
     // round_half_even(clamp(v · s_x, -128, 127)), which equals clamping after rounding
     // (the bounds are integers). Adding 1.5·2^23 rounds half to even (see
