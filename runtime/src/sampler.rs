@@ -46,15 +46,24 @@ pub struct Sampler {
     cand: Vec<(f32, u32)>,
 }
 
-/// Index of the largest value; the lowest index wins ties; NaN never wins.
+/// Index of the largest value; the lowest index wins ties; NaN never wins (all NaN: the
+/// last index).
+///
+/// Two passes that vectorise (it runs on every decoded token over the whole vocabulary):
+/// the maximum of an order-preserving integer key, then the first index holding it.
 pub fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] || x[best].is_nan() {
-            best = i;
-        }
+    // Non-NaN floats in increasing order map to increasing u32 keys (-0 and +0 to the
+    // same one: `+ 0.0` turns -0 into +0); NaN maps to 0, below every float's key.
+    let key = |v: f32| {
+        let b = (v + 0.0).to_bits();
+        let k = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
+        k & u32::from(!v.is_nan()).wrapping_neg()
+    };
+    let best = x.iter().fold(0u32, |m, &v| m.max(key(v)));
+    match x.iter().position(|&v| key(v) == best && !v.is_nan()) {
+        Some(i) => i as u32,
+        None => x.len().saturating_sub(1) as u32,
     }
-    best as u32
 }
 
 impl Sampler {
@@ -137,6 +146,26 @@ mod tests {
         let mut s = Sampler::new(cfg(0.0, 0, 1.0, 1.0), 1, 4);
         assert_eq!(s.sample(&mut [0.1, 2.0, 2.0, -1.0], &[]), 1);
         assert_eq!(argmax(&[f32::NAN, 1.0, 0.5]), 1);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN, 0.5]), 2);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+        assert_eq!(argmax(&[-3.0, -0.0, 0.0, -1.0]), 1);
+        assert_eq!(argmax(&[-3.0, -2.0, f32::INFINITY, 7.0]), 2);
+        // Against the plain definition on mixed values.
+        let mut seed = 7u32;
+        let v: Vec<f32> = (0..1000)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((seed >> 8) % 2001) as f32 / 100.0 - 10.0
+            })
+            .collect();
+        let mut want = 0;
+        for (i, &x) in v.iter().enumerate() {
+            if x > v[want] {
+                want = i;
+            }
+        }
+        assert_eq!(argmax(&v), want as u32);
     }
 
     #[test]
