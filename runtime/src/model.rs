@@ -12,7 +12,9 @@
 //! BitLinear: `s_x = 127 / max|x|`, `xq = round_half_even(x · s_x)` clamped to int8, an exact
 //! integer dot product with the ternary weights, and one rescale `y = dot · scale / s_x`
 //! (`scale = mean|W|`, see SPEC.md). Inputs shared by several projections (q/k/v, gate/up)
-//! are quantized once: quantization is a function of the input alone.
+//! are quantized once (quantization is a function of the input alone) and their products
+//! run in one parallel region. Each norm is fused with the quantization that follows it,
+//! and each rescale with what consumes it (the residual add, `act(gate)·up`).
 //!
 //! The weights are ranges into the memory-mapped file ([`ModelFile`]); everything that
 //! changes while running lives in [`State`], allocated once. Prompts run in chunks of up
