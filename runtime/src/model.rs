@@ -300,18 +300,23 @@ impl Model {
             for head in st.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
                 rope(head, cos, sin);
             }
-            let at = (l * st.max_seq + pos) * kvd;
-            st.value_cache[at..at + kvd].copy_from_slice(&st.v[t * kvd..(t + 1) * kvd]);
         }
-        // Keys transposed (dimension-major, see `attention`): the chunk's n positions are
-        // contiguous in each dimension's row.
-        let keys = &mut st.key_cache[l * st.key_stride * kvd..(l + 1) * st.key_stride * kvd];
-        for (d, row) in keys.chunks_exact_mut(st.key_stride).enumerate() {
-            for (t, key) in row[p0..p0 + n].iter_mut().enumerate() {
-                *key = st.k[t * kvd + d];
+        // The cache (see `attention`): per kv head, keys in blocks of positions, each
+        // dimension-major; values position-major.
+        let (ps, ms, sb) = (st.padded_seq, st.max_seq, SCORE_BLOCK);
+        let keys = &mut st.key_cache[l * ps * kvd..(l + 1) * ps * kvd];
+        let values = &mut st.value_cache[l * ms * kvd..(l + 1) * ms * kvd];
+        for (kvh, (keys, values)) in keys.chunks_exact_mut(ps * hd).zip(values.chunks_exact_mut(ms * hd)).enumerate() {
+            for t in 0..n {
+                let pos = p0 + t;
+                let block = &mut keys[pos / sb * sb * hd..(pos / sb + 1) * sb * hd];
+                for (d, &k) in st.k[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd].iter().enumerate() {
+                    block[d * sb + pos % sb] = k;
+                }
+                values[pos * hd..(pos + 1) * hd].copy_from_slice(&st.v[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd]);
             }
         }
-        let (kl, vl) = (st.key_stride * kvd, st.max_seq * kvd);
+        let (kl, vl) = (ps * kvd, ms * kvd);
         let cache = (&st.key_cache[l * kl..(l + 1) * kl], &st.value_cache[l * vl..(l + 1) * vl]);
         attention(c, &self.kernels, &st.q[..n * qd], &cache, &mut st.att[..n * qd], p0);
         self.norm_quantize(st, Src::Att, n, qd, w.attn_sub_norm.as_deref());
@@ -412,28 +417,30 @@ thread_local! {
 /// already in this layer's `cache`), one parallel task per (token, head). Grouped-query
 /// attention: query head `h` reads key/value head `h / (n_heads / n_kv_heads)`.
 ///
-/// The cache holds keys transposed, `keys[d * key_stride + pos]` for dimension `d` of the
-/// layer's `kv_dim` (`key_stride`: the context rounded up to a score block), so one
-/// head's scores stream contiguous positions; values stay one
-/// `kv_dim` row per position, which the weighted sum streams the same way.
+/// The layer's cache holds, per kv head, the keys of `padded_seq` positions in blocks of
+/// [`SCORE_BLOCK`], each block dimension-major (so one head's scores stream one
+/// contiguous stretch), and the values of `max_seq` positions, `head_dim` floats each (so
+/// the weighted sum streams one contiguous stretch too).
 fn attention(c: &ModelConfig, kernels: &Kernels, q: &[f32], cache: &(&[f32], &[f32]), out: &mut [f32], p0: usize) {
-    let (hd, n_heads, kvd) = (c.head_dim as usize, c.n_heads as usize, c.kv_dim());
-    let group = n_heads / c.n_kv_heads as usize;
+    let (hd, n_heads, n_kv) = (c.head_dim as usize, c.n_heads as usize, c.n_kv_heads as usize);
+    let group = n_heads / n_kv;
     let inv_sqrt = 1.0 / (hd as f32).sqrt();
     let (keys, values) = *cache;
-    let key_stride = keys.len() / kvd;
+    let (per_head_keys, per_head_values) = (keys.len() / n_kv, values.len() / n_kv);
     pool::for_each_chunk_mut(out, hd, &|i, out| {
         let (t, head) = (i / n_heads, i % n_heads);
         let pos = p0 + t;
-        let kv_off = (head / group) * hd;
+        let kvh = head / group;
         let q = &q[i * hd..(i + 1) * hd];
         SCORES.with(|scores| {
             let mut scores = scores.borrow_mut();
-            if scores.len() < key_stride {
-                scores.resize(key_stride, 0.0);
+            let padded = per_head_keys / hd;
+            if scores.len() < padded {
+                scores.resize(padded, 0.0);
             }
-            let (keys, values) = (&keys[kv_off * key_stride..(kv_off + hd) * key_stride], &values[kv_off..]);
-            kernels.attend(q, keys, key_stride, values, kvd, inv_sqrt, &mut scores, pos + 1, out);
+            let keys = &keys[kvh * per_head_keys..(kvh + 1) * per_head_keys];
+            let values = &values[kvh * per_head_values..(kvh + 1) * per_head_values];
+            kernels.attend(q, keys, values, hd, inv_sqrt, &mut scores, pos + 1, out);
         });
     });
 }
@@ -479,8 +486,8 @@ enum Src {
 /// positions and prompt chunks of up to `batch` tokens.
 pub struct State {
     max_seq: usize,
-    /// Row length of the transposed key cache: `max_seq` rounded up to a score block.
-    key_stride: usize,
+    /// Positions the key cache holds: `max_seq` rounded up to a score block.
+    padded_seq: usize,
     batch: usize,
     x: Vec<f32>,
     xn: Vec<f32>,
@@ -530,11 +537,11 @@ impl State {
                 rope_sin[pos * half + i] = angle.sin() as f32;
             }
         }
-        let key_stride = max_seq.div_ceil(SCORE_BLOCK) * SCORE_BLOCK;
+        let padded_seq = max_seq.div_ceil(SCORE_BLOCK) * SCORE_BLOCK;
         let cache = c.n_layers as usize * max_seq * kvd;
         Ok(State {
             max_seq,
-            key_stride,
+            padded_seq,
             batch,
             x: vec![0.0; batch * h],
             xn: vec![0.0; h],
@@ -548,7 +555,7 @@ impl State {
             v: vec![0.0; batch * kvd],
             att: vec![0.0; batch * qd],
             gate: vec![0.0; batch * inter],
-            key_cache: vec![0.0; c.n_layers as usize * key_stride * kvd],
+            key_cache: vec![0.0; c.n_layers as usize * padded_seq * kvd],
             value_cache: vec![0.0; cache],
             rope_cos,
             rope_sin,

@@ -258,18 +258,17 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Positions per block of attention scores; the transposed key cache's row length is a
-/// multiple of it, so every block reads whole rows' worth of keys.
+/// Positions per block of the key cache and of attention scores.
 pub const SCORE_BLOCK: usize = 64;
 
 /// Attention of one query head `q` over positions `0..n`: `out = softmax(scale · q·k) · v`.
 ///
-/// `keys` is this head's transposed cache: dimension `d` of position `s` at
-/// `keys[d * key_stride + s]`, with `key_stride` a multiple of [`SCORE_BLOCK`] ≥ `n`, so
-/// the scores of 64 positions come from contiguous loads without horizontal sums (blocks
-/// run past `n` into unused cache and those scores are ignored). `scores` has room for `n`
-/// rounded up to a block. `values` holds one row of `value_stride` floats per position,
-/// this head's `q.len()` values at the start of each row.
+/// `keys` is this head's key cache in blocks of [`SCORE_BLOCK`] positions, each block
+/// dimension-major: dimension `d` of position `64b + i` at `keys[(b · hd + d) · 64 + i]`.
+/// So the scores of a block come from one contiguous stretch of memory, with 64 positions
+/// per load row and no horizontal sums (a block runs past `n` into unused cache; those
+/// scores are ignored). `scores` has room for `n` rounded up to a block. `values` holds
+/// this head's values position-major, `value_stride` floats per position (`q.len()` used).
 ///
 /// Inlined into each kernel set's `attend` (compiled there with its SIMD features): every
 /// lane sums in the same fixed order, so every kernel set gets the same bits, and several
@@ -279,7 +278,6 @@ pub const SCORE_BLOCK: usize = 64;
 pub fn attend_head(
     q: &[f32],
     keys: &[f32],
-    key_stride: usize,
     values: &[f32],
     value_stride: usize,
     scale: f32,
@@ -290,9 +288,9 @@ pub fn attend_head(
     const SB: usize = SCORE_BLOCK;
     let hd = q.len();
     for s0 in (0..n).step_by(SB) {
+        let block = &keys[s0 * hd..(s0 + SB) * hd];
         let mut acc = [0f32; SB];
-        for (d, &qd) in q.iter().enumerate() {
-            let k = &keys[d * key_stride + s0..d * key_stride + s0 + SB];
+        for (k, &qd) in block.chunks_exact(SB).zip(q) {
             for i in 0..SB {
                 acc[i] += qd * k[i];
             }

@@ -22,7 +22,6 @@ macro_rules! float_ops {
         pub unsafe fn attend(
             q: &[f32],
             keys: &[f32],
-            key_stride: usize,
             values: &[f32],
             value_stride: usize,
             scale: f32,
@@ -30,7 +29,7 @@ macro_rules! float_ops {
             n: usize,
             out: &mut [f32],
         ) {
-            crate::ops::attend_head(q, keys, key_stride, values, value_stride, scale, scores, n, out)
+            crate::ops::attend_head(q, keys, values, value_stride, scale, scores, n, out)
         }
 
         /// [`crate::ops::quantize_normed`] for this kernel set.
@@ -63,8 +62,8 @@ use crate::ops::Combine;
 
 type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
-/// `(q, keys, key_stride, values, value_stride, scale, scores, n, out)`: see [`crate::ops::attend_head`].
-type AttendFn = unsafe fn(&[f32], &[f32], usize, &[f32], usize, f32, &mut [f32], usize, &mut [f32]);
+/// `(q, keys, values, value_stride, scale, scores, n, out)`: see [`crate::ops::attend_head`].
+type AttendFn = unsafe fn(&[f32], &[f32], &[f32], usize, f32, &mut [f32], usize, &mut [f32]);
 type QuantizeFn = unsafe fn(x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32);
 type RescaleFn = unsafe fn(how: Combine, dst: &mut [f32], acc: &[i32], f: f32);
 
@@ -170,7 +169,6 @@ impl Kernels {
         &self,
         q: &[f32],
         keys: &[f32],
-        key_stride: usize,
         values: &[f32],
         value_stride: usize,
         scale: f32,
@@ -179,7 +177,7 @@ impl Kernels {
         out: &mut [f32],
     ) {
         // SAFETY: as in `ternary_band`; `attend_head` indexes with checked slices.
-        unsafe { (self.attend)(q, keys, key_stride, values, value_stride, scale, scores, n, out) }
+        unsafe { (self.attend)(q, keys, values, value_stride, scale, scores, n, out) }
     }
 
     /// See [`crate::ops::quantize_normed`].
