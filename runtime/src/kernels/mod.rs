@@ -2,7 +2,8 @@
 //!
 //! The ternary kernel computes exact integer dot products of int8 activations with
 //! packed ternary weights (the `t2` layout of SPEC.md); the float kernels are the dot
-//! products of the embedding / output matrix. [`Kernels::detect`] picks the best set
+//! products of the embedding / output matrix, and the forward pass's float operations
+//! (attention, quantization, rescale: see `float_ops!`). [`Kernels::detect`] picks the best set
 //! this CPU runs (AVX-512 VNNI, then AVX2, then portable); `TERN_KERNELS=portable|avx2|avx512`
 //! overrides it (for benchmarks and comparisons). Every SIMD kernel is tested against the
 //! portable one (`tests/kernels.rs`).
