@@ -364,6 +364,9 @@ impl Model {
         let pc = padded_cols(cols);
         let bytes = self.file.bytes();
         let packed = proj.map(|(w, _)| &bytes[w.offset..w.offset + w.rows * w.row_bytes]);
+        if n == 1 {
+            return self.bitlinear_one(st, &proj, packed);
+        }
         let mut rest = &mut st.acc[..];
         let accs = proj.map(|(w, _)| {
             let (acc, r) = std::mem::take(&mut rest).split_at_mut(w.rows * n);
@@ -378,7 +381,41 @@ impl Model {
         }
     }
 
-    /// The rescale of one matrix whose products are in `st.acc[at..]`.
+    /// [`bitlinear`](Model::bitlinear) for one token: every band rescales its own rows as
+    /// it computes them (the same operations, without a serial pass afterwards).
+    fn bitlinear_one<const N: usize>(&self, st: &mut State, proj: &[(&Ternary, Out); N], packed: [&[u8]; N]) {
+        let (k, row_bytes, pc) = (&self.kernels, proj[0].0.row_bytes, padded_cols(proj[0].0.cols));
+        let (xq, act_sum) = (&st.xq[..pc], st.act_sum[0]);
+        let f = proj.map(|(w, _)| w.scale / st.s_x[0]);
+        let gated = match self.config.activation {
+            Activation::Silu => Combine::GateSilu,
+            Activation::ReluSquared => Combine::GateReluSquared,
+        };
+        match (proj.map(|(_, out)| out).as_slice(), packed.as_slice()) {
+            ([Out::Q, Out::K, Out::V], &[pq, pk, pv]) => {
+                let dsts = [&mut st.q[..], &mut st.k[..], &mut st.v[..]];
+                kernels::ternary_gemv(
+                    k,
+                    [pq, pk, pv],
+                    row_bytes,
+                    xq,
+                    act_sum,
+                    dsts,
+                    [Combine::Store; 3],
+                    [f[0], f[1], f[2]],
+                );
+            }
+            ([Out::Gate, Out::GatedUp], &[pg, pu]) => {
+                kernels::ternary_gemv_gated(k, pg, pu, row_bytes, xq, act_sum, &mut st.gate, gated, [f[0], f[1]]);
+            }
+            ([Out::Residual], &[p]) => {
+                kernels::ternary_gemv(k, [p], row_bytes, xq, act_sum, [&mut st.x[..]], [Combine::Add], [f[0]]);
+            }
+            _ => unreachable!("layer() calls bitlinear with q/k/v, gate/up or one residual projection"),
+        }
+    }
+
+    /// The rescale of one matrix whose products are in `st.acc[at..]`, one task per token.
     fn rescale(&self, st: &mut State, w: &Ternary, n: usize, out: Out, at: usize) {
         let (acc, s_x, k) = (&st.acc[at..at + w.rows * n], &st.s_x[..n], &self.kernels);
         let (dst, how) = match out {
@@ -400,11 +437,7 @@ impl Model {
                 r += part.len();
             }
         };
-        if n == 1 {
-            rescale(0, &mut dst[..w.rows]);
-        } else {
-            pool::for_each_chunk_mut(&mut dst[..n * w.rows], w.rows, &rescale);
-        }
+        pool::for_each_chunk_mut(&mut dst[..n * w.rows], w.rows, &rescale);
     }
 }
 

@@ -247,6 +247,73 @@ pub fn ternary_gemms<const N: usize>(
     });
 }
 
+/// Rows a one-token band computes at a time into a stack buffer before rescaling them.
+const GEMV_ROWS: usize = 1024;
+
+/// One token through one or more matrices with the same input (q/k/v): matrix `i`'s
+/// products `acc` become `dsts[i] ⊕= acc · f[i]` as `how[i]` says ([`crate::ops::rescale`]),
+/// each band rescaled by the thread that computed it, so no serial pass follows.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+pub fn ternary_gemv<const N: usize>(
+    k: &Kernels,
+    packed: [&[u8]; N],
+    row_bytes: usize,
+    xq: &[i8],
+    act_sum: i32,
+    dsts: [&mut [f32]; N],
+    how: [Combine; N],
+    f: [f32; N],
+) {
+    let rows = packed.map(|p| p.len() / row_bytes);
+    let bands = rows.map(|r| band_rows(row_bytes, 1, r));
+    let mut i = 0;
+    let dsts = dsts.map(|d| {
+        i += 1;
+        &mut d[..rows[i - 1]]
+    });
+    crate::pool::for_each_chunk_mut_n(dsts, bands, &|i, b, out| {
+        let mut acc = [0i32; GEMV_ROWS];
+        for (c, out) in out.chunks_mut(GEMV_ROWS).enumerate() {
+            let r0 = b * bands[i] + c * GEMV_ROWS;
+            let acc = &mut acc[..out.len()];
+            k.ternary_band(&packed[i][r0 * row_bytes..(r0 + out.len()) * row_bytes], row_bytes, xq, &[act_sum], acc);
+            k.rescale(how[i], out, acc, f[i]);
+        }
+    });
+}
+
+/// One token through a gated pair (gate, up): `dst = act(gate · f_gate) · (up · f_up)`,
+/// `act` being `GateSilu` or `GateReluSquared`; each band computes both matrices' rows
+/// and combines them, in the same operations as a store of the gate followed by `act`.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+pub fn ternary_gemv_gated(
+    k: &Kernels,
+    gate: &[u8],
+    up: &[u8],
+    row_bytes: usize,
+    xq: &[i8],
+    act_sum: i32,
+    dst: &mut [f32],
+    act: Combine,
+    f: [f32; 2],
+) {
+    let rows = gate.len() / row_bytes;
+    let band = band_rows(row_bytes, 1, rows);
+    crate::pool::for_each_chunk_mut(&mut dst[..rows], band, &|b, out| {
+        let mut acc = [0i32; GEMV_ROWS];
+        for (c, out) in out.chunks_mut(GEMV_ROWS).enumerate() {
+            let (r0, r1) = (b * band + c * GEMV_ROWS, b * band + c * GEMV_ROWS + out.len());
+            let acc = &mut acc[..out.len()];
+            k.ternary_band(&gate[r0 * row_bytes..r1 * row_bytes], row_bytes, xq, &[act_sum], acc);
+            k.rescale(Combine::Store, out, acc, f[0]);
+            k.ternary_band(&up[r0 * row_bytes..r1 * row_bytes], row_bytes, xq, &[act_sum], acc);
+            k.rescale(act, out, acc, f[1]);
+        }
+    });
+}
+
 /// Token `t`'s outputs of [`ternary_gemm`] over `rows` rows and `n_tok` tokens, in row
 /// order, as one contiguous piece per band.
 pub fn token_outputs(
