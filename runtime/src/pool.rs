@@ -345,22 +345,7 @@ pub fn for_bands(n_bands: usize, job: &(dyn Fn(usize) + Sync)) {
 /// `job(index, chunk)` for each, in parallel.
 #[track_caller]
 pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, job: &(dyn Fn(usize, &mut [T]) + Sync)) {
-    let chunk = chunk.max(1);
-    if CURRENT.with(|c| c.borrow().is_none()) {
-        use rayon::prelude::*;
-        out.par_chunks_mut(chunk).enumerate().for_each(|(b, c)| job(b, c));
-        return;
-    }
-    let len = out.len();
-    let base = SharedMut(out.as_mut_ptr());
-    for_bands(len.div_ceil(chunk), &|b| {
-        let start = b * chunk;
-        // SAFETY: chunk `b` is `out[start..start + l]`, inside `out` (start < len); chunks
-        // are disjoint and `for_bands` runs each index exactly once; `out` is borrowed
-        // mutably for the whole call, which returns only after every chunk is done.
-        let slice = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(start), chunk.min(len - start)) };
-        job(b, slice);
-    });
+    for_each_chunk_mut_n([out], [chunk], &|_, b, c| job(b, c));
 }
 
 /// Like [`for_each_chunk_mut`] over several slices in one parallel region: slice `i`
@@ -384,10 +369,10 @@ pub fn for_each_chunk_mut_n<T: Send, const N: usize>(
             i += 1;
         }
         let start = b * chunks[i];
-        // SAFETY: as in `for_each_chunk_mut`, per slice: chunk `b` of slice `i` lies
-        // inside it (start < lens[i]), chunks of one slice are disjoint and the slices are
-        // distinct `&mut` borrows, each (i, b) runs once, and every slice stays borrowed
-        // until all jobs have returned.
+        // SAFETY: chunk `b` of slice `i` lies inside it (start < lens[i]); chunks of one
+        // slice are disjoint and the slices are distinct `&mut` borrows; `for_bands` runs
+        // each band, so each (i, b), exactly once; and every slice stays mutably borrowed
+        // for the whole call, which returns only after every job is done.
         let slice =
             unsafe { std::slice::from_raw_parts_mut(bases[i].ptr().add(start), chunks[i].min(lens[i] - start)) };
         job(i, b, slice);
@@ -415,7 +400,7 @@ pub fn for_each_chunk_mut2<A: Send, B: Send>(
     }
     let (pa, pb) = (SharedMut(a.as_mut_ptr()), SharedMut(b.as_mut_ptr()));
     for_bands(n, &|i| {
-        // SAFETY: as in `for_each_chunk_mut`: chunk `i` of each slice lies inside it (both
+        // SAFETY: as in `for_each_chunk_mut_n`: chunk `i` of each slice lies inside it (both
         // hold `n` whole chunks, checked above), chunks are disjoint, each index runs
         // once, and both slices stay mutably borrowed until every job has returned.
         let (ra, rb) = unsafe {
@@ -428,7 +413,7 @@ pub fn for_each_chunk_mut2<A: Send, B: Send>(
     });
 }
 
-/// A raw pointer shared by the threads of one region (see `for_each_chunk_mut`).
+/// A raw pointer shared by the threads of one region (see `for_each_chunk_mut_n`).
 #[derive(Clone, Copy)]
 struct SharedMut<T>(*mut T);
 
@@ -439,7 +424,8 @@ impl<T> SharedMut<T> {
     }
 }
 
-// SAFETY: only used by `for_each_chunk_mut(2)`, where each thread touches disjoint chunks.
+// SAFETY: only used by `for_each_chunk_mut_n` and `for_each_chunk_mut2`, where each thread
+// touches disjoint chunks.
 unsafe impl<T: Send> Send for SharedMut<T> {}
 unsafe impl<T: Send> Sync for SharedMut<T> {}
 

@@ -200,7 +200,7 @@ impl Kernels {
     }
 }
 
-/// Rows per parallel band of a matrix of `rows` rows, an even number. Prompt chunks:
+/// Rows per parallel band of a matrix of `rows` rows. Prompt chunks:
 /// about 32 KB of packed weights, which stay in L1/L2 while every token of the chunk
 /// passes over them. One token: up to 128 KB, so a band's stream is long next to its
 /// prefetch distance, but at least 16 bands per matrix, so that the last band to finish
@@ -208,7 +208,7 @@ impl Kernels {
 /// another process takes a core.
 fn band_rows(row_bytes: usize, n_tok: usize, rows: usize) -> usize {
     let bytes = if n_tok >= 4 { 32 * 1024 } else { (rows * row_bytes / 16).clamp(32 * 1024, 128 * 1024) };
-    (bytes / row_bytes.max(1)).max(2).div_ceil(2) * 2
+    (bytes / row_bytes.max(1)).max(1)
 }
 
 /// Exact `sum_k W[r, k] * xq[t, k]` for every row `r` and token `t`, in parallel bands.
