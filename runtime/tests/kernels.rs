@@ -128,4 +128,7 @@ fn this_cpu_gets_simd_kernels() {
     let names: Vec<_> = Kernels::available().iter().map(|k| k.name()).collect();
     eprintln!("kernels: {names:?}, chosen: {}", Kernels::detect().name());
     assert_eq!(names.last(), Some(&"portable"));
+    // NEON is part of the aarch64 baseline: there the plain NEON set is always offered.
+    #[cfg(target_arch = "aarch64")]
+    assert!(names.contains(&"neon"), "{names:?}");
 }

@@ -17,77 +17,55 @@ pub fn available() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
-/// Same contract as [`super::portable::ternary_gemm`].
-///
-/// Tokens go in groups of four (outer loop, their activations staying in L1) over every
-/// row: each decoded code vector feeds four tokens. Leftover tokens go one at a time.
+/// Same contract as [`super::portable::ternary_gemm`]: tokens in groups of four over
+/// every row ([`super::gemm_by_rows`]).
 ///
 /// # Safety
 /// The CPU must support avx2 ([`available`]).
 #[target_feature(enable = "avx2")]
 pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
-    let n_tok = act_sums.len();
-    let padded = row_bytes * 4;
-    let n_rows = rows.len() / row_bytes;
-    let blocks = row_bytes / 64;
-    // Every pointer below stays inside these slices (see the AVX-512 kernel).
-    assert!(row_bytes.is_multiple_of(64) && rows.len() == n_rows * row_bytes);
-    assert!(xq.len() >= n_tok * padded && out.len() >= n_rows * n_tok);
-    let (wp, xp) = (rows.as_ptr(), xq.as_ptr());
-    let mut t = 0;
-    while t + 4 <= n_tok {
-        for r in 0..n_rows {
-            let s = row_tokens::<4>(wp.add(r * row_bytes), xp.add(t * padded), padded, blocks);
-            for j in 0..4 {
-                out[(t + j) * n_rows + r] = s[j] - act_sums[t + j];
-            }
-        }
-        t += 4;
-    }
-    while t < n_tok {
-        for r in 0..n_rows {
-            let s = row_tokens::<1>(wp.add(r * row_bytes), xp.add(t * padded), padded, blocks);
-            out[t * n_rows + r] = s[0] - act_sums[t];
-        }
-        t += 1;
-    }
+    super::gemm_by_rows::<Maddubs>(rows, row_bytes, xq, act_sums, out)
 }
 
-/// `sum((w+1)·x)` of one packed row and `T` tokens (activation rows `padded` apart).
-#[inline(always)]
-unsafe fn row_tokens<const T: usize>(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; T] {
-    let m = _mm256_set1_epi8(3);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_si256(); T];
-    for b in 0..blocks {
-        for h in 0..2 {
-            let w = _mm256_loadu_si256(row.add(b * 64 + h * 32) as *const __m256i);
-            let codes = [
-                _mm256_and_si256(w, m),
-                _mm256_and_si256(_mm256_srli_epi16::<2>(w), m),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(w), m),
-                _mm256_and_si256(_mm256_srli_epi16::<6>(w), m),
-            ];
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let xj = x.add(j * padded + b * BLOCK + h * 32);
-                let mut s16 = _mm256_setzero_si256();
-                for (i, c) in codes.iter().enumerate() {
-                    let xv = _mm256_loadu_si256(xj.add(i * 64) as *const __m256i);
-                    // Four maddubs of ≤ 512 each: ≤ 2048 in magnitude, still int16.
-                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*c, xv));
+struct Maddubs;
+
+impl super::RowTokens for Maddubs {
+    /// `sum((w+1)·x)` of one packed row and `T` tokens (activation rows `padded` apart).
+    #[inline(always)]
+    unsafe fn row_tokens<const T: usize>(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; T] {
+        let m = _mm256_set1_epi8(3);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); T];
+        for b in 0..blocks {
+            for h in 0..2 {
+                let w = _mm256_loadu_si256(row.add(b * 64 + h * 32) as *const __m256i);
+                let codes = [
+                    _mm256_and_si256(w, m),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(w), m),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(w), m),
+                    _mm256_and_si256(_mm256_srli_epi16::<6>(w), m),
+                ];
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let xj = x.add(j * padded + b * BLOCK + h * 32);
+                    let mut s16 = _mm256_setzero_si256();
+                    for (i, c) in codes.iter().enumerate() {
+                        let xv = _mm256_loadu_si256(xj.add(i * 64) as *const __m256i);
+                        // Four maddubs of ≤ 512 each: ≤ 2048 in magnitude, still int16.
+                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*c, xv));
+                    }
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(s16, ones));
                 }
-                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(s16, ones));
             }
         }
+        let mut out = [0i32; T];
+        for (o, &v) in out.iter_mut().zip(&acc) {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            *o = _mm_cvtsi128_si32(s);
+        }
+        out
     }
-    let mut out = [0i32; T];
-    for (o, &v) in out.iter_mut().zip(&acc) {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-        *o = _mm_cvtsi128_si32(s);
-    }
-    out
 }
 
 #[inline(always)]

@@ -53,14 +53,8 @@ unsafe fn load_x(x: *const i8) -> __m512i {
 /// The CPU must support avx512f, avx512bw and avx512vnni ([`available`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
-    let n_tok = act_sums.len();
-    let padded = row_bytes * 4;
-    let n_rows = rows.len() / row_bytes;
-    let blocks = row_bytes / 64;
-    // Every pointer below stays inside these slices: rows are `row_bytes` long (a multiple
-    // of 64), each token's activations `padded` = 4 × row_bytes long.
-    assert!(row_bytes.is_multiple_of(64) && rows.len() == n_rows * row_bytes);
-    assert!(xq.len() >= n_tok * padded && out.len() >= n_rows * n_tok);
+    // Every pointer below stays inside the slices (checked by `band_shape`).
+    let (n_tok, padded, n_rows, blocks) = super::band_shape(rows, row_bytes, xq, act_sums, out);
     let (wp, xp) = (rows.as_ptr(), xq.as_ptr());
     let mut t = 0;
     while t + 4 <= n_tok {

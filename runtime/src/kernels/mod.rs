@@ -4,8 +4,9 @@
 //! packed ternary weights (the `t2` layout of SPEC.md); the float kernels are the dot
 //! products of the embedding / output matrix, and the forward pass's float operations
 //! (attention, quantization, rescale: see `float_ops!`). [`Kernels::detect`] picks the best set
-//! this CPU runs (AVX-512 VNNI, then AVX2, then portable); `TERN_KERNELS=portable|avx2|avx512`
-//! overrides it (for benchmarks and comparisons). Every SIMD kernel is tested against the
+//! this CPU runs (x86_64: AVX-512 VNNI, then AVX2; aarch64: NEON with `sdot`, then plain
+//! NEON; then portable); `TERN_KERNELS=avx512|avx2|neon-dotprod|neon|portable` overrides it
+//! (for benchmarks and comparisons). Every SIMD kernel is tested against the
 //! portable one (`tests/kernels.rs`).
 
 /// The float operations of the forward pass that are written once in [`crate::ops`] as
@@ -57,9 +58,66 @@ macro_rules! float_ops {
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod portable;
 
 use crate::ops::Combine;
+
+/// The shape of one band for a SIMD ternary kernel: `(n_tok, padded, n_rows, blocks)`.
+/// Panics unless every pointer a kernel forms from these stays inside the slices: rows
+/// are `row_bytes` long (a multiple of 64), each token's activations `padded` = 4 ×
+/// row_bytes long, and `out` holds `n_rows × n_tok` values.
+#[allow(dead_code)] // not every architecture has a SIMD kernel
+fn band_shape(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &[i32]) -> (usize, usize, usize, usize) {
+    let n_tok = act_sums.len();
+    let padded = row_bytes * 4;
+    let n_rows = rows.len() / row_bytes;
+    assert!(row_bytes.is_multiple_of(64) && rows.len() == n_rows * row_bytes);
+    assert!(xq.len() >= n_tok * padded && out.len() >= n_rows * n_tok);
+    (n_tok, padded, n_rows, row_bytes / 64)
+}
+
+/// A kernel's `sum((w+1)·x)` of one packed row (`blocks` 64-byte blocks) with `T` tokens'
+/// activation rows, `padded` apart.
+#[allow(dead_code)] // not every architecture has a SIMD kernel
+trait RowTokens {
+    /// # Safety
+    /// `row` must have `blocks · 64` readable bytes, `x` `(T - 1) · padded + blocks · 256`,
+    /// and the CPU must run the implementation's instructions.
+    unsafe fn row_tokens<const T: usize>(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; T];
+}
+
+/// [`portable::ternary_gemm`] for a kernel that does one row at a time: tokens in groups of
+/// four (outer loop, their activations staying in L1) over every row of the band, so each
+/// decoded code vector feeds four tokens; leftover tokens go one at a time.
+///
+/// # Safety
+/// The CPU must run `K`'s instructions. Always inlined, so that it is compiled with the
+/// target features of the kernel that calls it.
+#[allow(dead_code)] // not every architecture has a SIMD kernel
+#[inline(always)]
+unsafe fn gemm_by_rows<K: RowTokens>(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
+    let (n_tok, padded, n_rows, blocks) = band_shape(rows, row_bytes, xq, act_sums, out);
+    let (wp, xp) = (rows.as_ptr(), xq.as_ptr());
+    let mut t = 0;
+    while t + 4 <= n_tok {
+        for r in 0..n_rows {
+            let s = K::row_tokens::<4>(wp.add(r * row_bytes), xp.add(t * padded), padded, blocks);
+            for j in 0..4 {
+                out[(t + j) * n_rows + r] = s[j] - act_sums[t + j];
+            }
+        }
+        t += 4;
+    }
+    while t < n_tok {
+        for r in 0..n_rows {
+            let s = K::row_tokens::<1>(wp.add(r * row_bytes), xp.add(t * padded), padded, blocks);
+            out[t * n_rows + r] = s[0] - act_sums[t];
+        }
+        t += 1;
+    }
+}
 
 type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
@@ -123,6 +181,13 @@ impl Kernels {
                     rescale: avx2::rescale,
                 });
             }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if neon::dotprod_available() {
+                v.push(Kernels { name: "neon-dotprod", ternary_gemm: neon::ternary_gemm_dotprod, ..Self::portable() });
+            }
+            v.push(Kernels { name: "neon", ternary_gemm: neon::ternary_gemm, ..Self::portable() });
         }
         v.push(Self::portable());
         v
