@@ -271,14 +271,14 @@ pub fn attend_head(
     let hd = q.len();
     for s0 in (0..n).step_by(SB) {
         let block = &keys[s0 * hd..(s0 + SB) * hd];
-        let mut acc = [0f32; SB];
-        for (k, &qd) in block.chunks_exact(SB).zip(q) {
-            for i in 0..SB {
-                acc[i] += qd * k[i];
-            }
-        }
-        for (sc, a) in scores[s0..s0 + SB].iter_mut().zip(acc) {
-            *sc = a * scale;
+        let sc = &mut scores[s0..s0 + SB];
+        // The last block may be partly empty: its scores (and key bytes) are read only
+        // up to the next 16 positions past the live ones.
+        match (n - s0).div_ceil(16) {
+            1 => score_block::<16>(block, q, scale, sc),
+            2 => score_block::<32>(block, q, scale, sc),
+            3 => score_block::<48>(block, q, scale, sc),
+            _ => score_block::<SB>(block, q, scale, sc),
         }
     }
     let scores = &mut scores[..n];
@@ -312,6 +312,23 @@ pub fn attend_head(
     }
     for (d, o) in out.iter_mut().enumerate().take(hd).skip(d0) {
         *o = scores.iter().enumerate().map(|(s, &a)| a * values[s * value_stride + d]).sum();
+    }
+}
+
+/// Scores of the first `L` positions of one key block of [`SCORE_BLOCK`] positions,
+/// dimension-major (`block[d * SCORE_BLOCK + i]` is dimension `d` of position `i`): lane
+/// `i` sums `q[d] · key` over `d` in order, whatever `L` is.
+#[inline(always)]
+fn score_block<const L: usize>(block: &[f32], q: &[f32], scale: f32, scores: &mut [f32]) {
+    const { assert!(L <= SCORE_BLOCK) };
+    let mut acc = [0f32; L];
+    for (k, &qd) in block.chunks_exact(SCORE_BLOCK).zip(q) {
+        for i in 0..L {
+            acc[i] += qd * k[i];
+        }
+    }
+    for (sc, a) in scores[..L].iter_mut().zip(acc) {
+        *sc = a * scale;
     }
 }
 
