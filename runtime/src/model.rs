@@ -358,6 +358,7 @@ impl Model {
     /// share that input (their products in one parallel region): the exact integer
     /// products, then per token one rescale `y = acc · scale / s_x`, which `Out` stores
     /// or combines. Matrices are rescaled in order (gate before the gated up projection).
+    #[track_caller]
     fn bitlinear<const N: usize>(&self, st: &mut State, n: usize, proj: [(&Ternary, Out); N]) {
         let (cols, row_bytes) = (proj[0].0.cols, proj[0].0.row_bytes);
         debug_assert!(proj.iter().all(|(w, _)| w.cols == cols));
@@ -383,6 +384,7 @@ impl Model {
 
     /// [`bitlinear`](Model::bitlinear) for one token: every band rescales its own rows as
     /// it computes them (the same operations, without a serial pass afterwards).
+    #[track_caller]
     fn bitlinear_one<const N: usize>(&self, st: &mut State, proj: &[(&Ternary, Out); N], packed: [&[u8]; N]) {
         let (k, row_bytes, pc) = (&self.kernels, proj[0].0.row_bytes, padded_cols(proj[0].0.cols));
         let (xq, act_sum) = (&st.xq[..pc], st.act_sum[0]);
@@ -416,6 +418,7 @@ impl Model {
     }
 
     /// The rescale of one matrix whose products are in `st.acc[at..]`, one task per token.
+    #[track_caller]
     fn rescale(&self, st: &mut State, w: &Ternary, n: usize, out: Out, at: usize) {
         let (acc, s_x, k) = (&st.acc[at..at + w.rows * n], &st.s_x[..n], &self.kernels);
         let (dst, how) = match out {

@@ -68,12 +68,48 @@ struct RegionTiming {
     site: Site,
     n_bands: usize,
     runs: u64,
+    /// The run at which the mode not chosen is timed next, and the interval after that.
+    next_probe: u64,
+    probe_every: u64,
     ns_parallel: u64,
     ns_alone: u64,
 }
 
-/// One region of each shape in `PROBE_EVERY` runs the mode not currently chosen.
+impl RegionTiming {
+    /// Alone only when clearly faster: parallel timings include waking sleeping workers,
+    /// which running alone makes more frequent, so a small edge must not tip the choice.
+    fn prefers_alone(&self) -> bool {
+        self.ns_alone != 0 && self.ns_alone * 5 < self.ns_parallel * 4
+    }
+
+    /// Adds the time of a region run alone or in parallel; after a probe (a run of the
+    /// mode not chosen), schedules the next one: later if the probe's own time confirms
+    /// the choice, soon if it does not (the averages take a few probes to follow).
+    fn record(&mut self, alone: bool, ns: u64, probe: bool) {
+        // A moving average in which one outlier (a preemption, a page fault, a slow wake-up)
+        // moves the value by at most a quarter of its double: a shape that runs alone
+        // updates its parallel timing only at probes, so one bad region
+        // must not send it there; a lasting slowdown still does within a few regions.
+        let avg = |old: u64, new: u64| if old == 0 { new } else { (old * 3 + new.min(old * 2)) / 4 };
+        let confirms = if alone { ns * 5 >= self.ns_parallel * 4 } else { self.ns_alone * 5 < ns * 4 };
+        if alone {
+            self.ns_alone = avg(self.ns_alone, ns);
+        } else {
+            self.ns_parallel = avg(self.ns_parallel, ns);
+        }
+        if probe {
+            self.probe_every = if confirms { (self.probe_every * 2).min(PROBE_EVERY_MAX) } else { PROBE_EVERY };
+            self.next_probe = self.runs + self.probe_every;
+        }
+    }
+}
+
+/// A region of each shape runs the mode not currently chosen once in `PROBE_EVERY` runs;
+/// each probe that confirms the choice doubles the interval, up to `PROBE_EVERY_MAX`
+/// (a probe costs: with a busy core, a parallel probe can wait milliseconds for a
+/// preempted worker).
 const PROBE_EVERY: u64 = 64;
+const PROBE_EVERY_MAX: u64 = 1024;
 
 const SPINS: u32 = 20_000;
 
@@ -208,8 +244,8 @@ impl Pool {
     /// Workers that have not joined by the time the caller ran out of bands are not waited
     /// for. When another process holds a core, the workers can make a region slower, not
     /// faster (a preempted worker holds its band; three threads share two cores): the pool
-    /// times each region shape in both modes (one region in 64 runs the other mode) and
-    /// runs alone while that is clearly faster.
+    /// times each region shape in both modes (one region in 64 to 1024 runs the other mode)
+    /// and runs alone while that is clearly faster.
     fn run(&self, site: Site, n_bands: usize, job: Job<'_>) {
         let s = &self.shared;
         if self.workers.is_empty() || n_bands <= 1 {
@@ -221,20 +257,26 @@ impl Pool {
             let i = match shapes.iter().position(|x| x.n_bands == n_bands && std::ptr::eq(x.site, site)) {
                 Some(i) => i,
                 None => {
-                    shapes.push(RegionTiming { site, n_bands, runs: 0, ns_parallel: 0, ns_alone: 0 });
+                    shapes.push(RegionTiming {
+                        site,
+                        n_bands,
+                        runs: 0,
+                        next_probe: 1,
+                        probe_every: PROBE_EVERY,
+                        ns_parallel: 0,
+                        ns_alone: 0,
+                    });
                     shapes.len() - 1
                 }
             };
             shapes[i].runs += 1;
             shapes[i]
         };
-        let avg = |old: u64, new: u64| if old == 0 { new } else { (old * 3 + new) / 4 };
-        // Alone only when clearly faster: parallel timings include waking sleeping workers,
-        // which running alone makes more frequent, so a small edge must not tip the choice.
-        let prefer_alone = shape.ns_alone != 0 && shape.ns_alone * 5 < shape.ns_parallel * 4;
-        // Every PROBE_EVERY-th region of a shape runs the other mode, so that both timings
-        // stay current (the first ones include page faults on the freshly mapped weights).
-        let alone = prefer_alone != (shape.runs % PROBE_EVERY == 1);
+        let prefer_alone = shape.prefers_alone();
+        // Now and then a region of a shape runs the other mode, so that both timings stay
+        // current (the first ones include page faults on the freshly mapped weights).
+        let probe = shape.runs == shape.next_probe;
+        let alone = prefer_alone != probe;
         // Workers idle quietly after a long region that runs better alone (another process
         // holds a core: the next region probably runs alone too, and a spinning worker
         // would compete with the caller). Short regions can run better alone merely
@@ -246,7 +288,7 @@ impl Pool {
         if alone {
             (0..n_bands).for_each(job);
             let ns = t0.elapsed().as_nanos() as u64;
-            self.update(site, n_bands, |x| x.ns_alone = avg(x.ns_alone, ns));
+            self.update(site, n_bands, |x| x.record(true, ns, probe));
             return;
         }
         let n = n_bands as u64;
@@ -274,7 +316,7 @@ impl Pool {
             }
         }
         let ns = t0.elapsed().as_nanos() as u64;
-        self.update(site, n_bands, |x| x.ns_parallel = avg(x.ns_parallel, ns));
+        self.update(site, n_bands, |x| x.record(false, ns, probe));
     }
 
     fn update(&self, site: Site, n_bands: usize, f: impl FnOnce(&mut RegionTiming)) {
@@ -432,6 +474,52 @@ unsafe impl<T: Send> Sync for SharedMut<T> {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probes_back_off_while_they_confirm_and_outliers_are_damped() {
+        let site = std::panic::Location::caller();
+        let mut x = RegionTiming {
+            site,
+            n_bands: 4,
+            runs: 1,
+            next_probe: 1,
+            probe_every: PROBE_EVERY,
+            ns_parallel: 0,
+            ns_alone: 0,
+        };
+        x.ns_parallel = 1000;
+        // Run 1 probes alone: slower than parallel, so the choice (parallel) holds and the
+        // interval doubles, up to the cap.
+        x.record(true, 2000, true);
+        assert_eq!((x.ns_alone, x.probe_every, x.next_probe), (2000, 2 * PROBE_EVERY, 1 + 2 * PROBE_EVERY));
+        for _ in 0..10 {
+            x.runs = x.next_probe;
+            x.record(true, 2000, true);
+        }
+        assert_eq!(x.probe_every, PROBE_EVERY_MAX);
+        // One parallel region 10× slower moves the average by a quarter of a doubling.
+        x.record(false, 10_000, false);
+        assert_eq!(x.ns_parallel, 1250);
+        assert!(!x.prefers_alone());
+        // A lasting slowdown tips the choice; the probe that sees the flip resets the interval.
+        for _ in 0..3 {
+            x.record(false, 10_000, false);
+        }
+        assert_eq!(x.ns_parallel, 2440);
+        assert!(!x.prefers_alone());
+        x.record(false, 10_000, false);
+        assert_eq!(x.ns_parallel, 3050);
+        assert!(x.prefers_alone());
+        // A probe that runs clearly faster in parallel brings the next probe forward,
+        // though the average still says alone.
+        x.runs = x.next_probe;
+        x.record(false, 1000, true);
+        assert_eq!((x.ns_parallel, x.probe_every, x.next_probe), (2537, PROBE_EVERY, x.runs + PROBE_EVERY));
+        assert!(x.prefers_alone());
+        x.runs = x.next_probe;
+        x.record(false, 1000, true);
+        assert!(!x.prefers_alone());
+    }
 
     #[test]
     fn every_band_runs_exactly_once() {
