@@ -389,10 +389,6 @@ impl Model {
         let (k, row_bytes, pc) = (&self.kernels, proj[0].0.row_bytes, padded_cols(proj[0].0.cols));
         let (xq, act_sum) = (&st.xq[..pc], st.act_sum[0]);
         let f = proj.map(|(w, _)| w.scale / st.s_x[0]);
-        let gated = match self.config.activation {
-            Activation::Silu => Combine::GateSilu,
-            Activation::ReluSquared => Combine::GateReluSquared,
-        };
         match (proj.map(|(_, out)| out).as_slice(), packed.as_slice()) {
             ([Out::Q, Out::K, Out::V], &[pq, pk, pv]) => {
                 let dsts = [&mut st.q[..], &mut st.k[..], &mut st.v[..]];
@@ -408,12 +404,21 @@ impl Model {
                 );
             }
             ([Out::Gate, Out::GatedUp], &[pg, pu]) => {
-                kernels::ternary_gemv_gated(k, pg, pu, row_bytes, xq, act_sum, &mut st.gate, gated, [f[0], f[1]]);
+                let act = self.gated();
+                kernels::ternary_gemv_gated(k, pg, pu, row_bytes, xq, act_sum, &mut st.gate, act, [f[0], f[1]]);
             }
             ([Out::Residual], &[p]) => {
                 kernels::ternary_gemv(k, [p], row_bytes, xq, act_sum, [&mut st.x[..]], [Combine::Add], [f[0]]);
             }
             _ => unreachable!("layer() calls bitlinear with q/k/v, gate/up or one residual projection"),
+        }
+    }
+
+    /// How the up projection combines with the stored gate: `act(gate) · up`.
+    fn gated(&self) -> Combine {
+        match self.config.activation {
+            Activation::Silu => Combine::GateSilu,
+            Activation::ReluSquared => Combine::GateReluSquared,
         }
     }
 
@@ -426,10 +431,7 @@ impl Model {
             Out::K => (&mut st.k, Combine::Store),
             Out::V => (&mut st.v, Combine::Store),
             Out::Gate => (&mut st.gate, Combine::Store),
-            Out::GatedUp => match self.config.activation {
-                Activation::Silu => (&mut st.gate, Combine::GateSilu),
-                Activation::ReluSquared => (&mut st.gate, Combine::GateReluSquared),
-            },
+            Out::GatedUp => (&mut st.gate, self.gated()),
             Out::Residual => (&mut st.x, Combine::Add),
         };
         let rescale = |t: usize, row: &mut [f32]| {

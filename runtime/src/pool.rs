@@ -88,8 +88,8 @@ impl RegionTiming {
     fn record(&mut self, alone: bool, ns: u64, probe: bool) {
         // A moving average in which one outlier (a preemption, a page fault, a slow wake-up)
         // moves the value by at most a quarter of its double: a shape that runs alone
-        // updates its parallel timing only at probes, so one bad region
-        // must not send it there; a lasting slowdown still does within a few regions.
+        // updates its parallel timing only at probes, so one bad region must not send it
+        // there; a lasting slowdown still does within a few regions.
         let avg = |old: u64, new: u64| if old == 0 { new } else { (old * 3 + new.min(old * 2)) / 4 };
         let confirms = if alone { ns * 5 >= self.ns_parallel * 4 } else { self.ns_alone * 5 < ns * 4 };
         if alone {
@@ -484,10 +484,9 @@ mod tests {
             runs: 1,
             next_probe: 1,
             probe_every: PROBE_EVERY,
-            ns_parallel: 0,
+            ns_parallel: 1000,
             ns_alone: 0,
         };
-        x.ns_parallel = 1000;
         // Run 1 probes alone: slower than parallel, so the choice (parallel) holds and the
         // interval doubles, up to the cap.
         x.record(true, 2000, true);

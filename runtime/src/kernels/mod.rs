@@ -68,7 +68,7 @@ use crate::ops::Combine;
 /// Panics unless every pointer a kernel forms from these stays inside the slices: rows
 /// are `row_bytes` long (a multiple of 64), each token's activations `padded` = 4 ×
 /// row_bytes long, and `out` holds `n_rows × n_tok` values.
-#[allow(dead_code)] // not every architecture has a SIMD kernel
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn band_shape(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &[i32]) -> (usize, usize, usize, usize) {
     let n_tok = act_sums.len();
     let padded = row_bytes * 4;
@@ -80,7 +80,7 @@ fn band_shape(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &
 
 /// A kernel's `sum((w+1)·x)` of one packed row (`blocks` 64-byte blocks) with `T` tokens'
 /// activation rows, `padded` apart.
-#[allow(dead_code)] // not every architecture has a SIMD kernel
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 trait RowTokens {
     /// # Safety
     /// `row` must have `blocks · 64` readable bytes, `x` `(T - 1) · padded + blocks · 256`,
@@ -95,7 +95,7 @@ trait RowTokens {
 /// # Safety
 /// The CPU must run `K`'s instructions. Always inlined, so that it is compiled with the
 /// target features of the kernel that calls it.
-#[allow(dead_code)] // not every architecture has a SIMD kernel
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 unsafe fn gemm_by_rows<K: RowTokens>(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
     let (n_tok, padded, n_rows, blocks) = band_shape(rows, row_bytes, xq, act_sums, out);
@@ -300,16 +300,18 @@ pub fn ternary_gemms<const N: usize>(
     let n_tok = act_sums.len();
     let rows = packed.map(|p| p.len() / row_bytes);
     let bands = rows.map(|r| band_rows(row_bytes, n_tok, r));
-    let mut i = 0;
-    let accs = accs.map(|acc| {
-        i += 1;
-        &mut acc[..rows[i - 1] * n_tok]
-    });
+    let accs = prefixes(accs, rows.map(|r| r * n_tok));
     crate::pool::for_each_chunk_mut_n(accs, bands.map(|b| b * n_tok), &|i, b, out| {
         let r0 = b * bands[i];
         let r1 = r0 + out.len() / n_tok;
         k.ternary_band(&packed[i][r0 * row_bytes..r1 * row_bytes], row_bytes, xq, act_sums, out);
     });
+}
+
+/// The first `lens[i]` elements of each slice `s[i]`.
+fn prefixes<T, const N: usize>(s: [&mut [T]; N], lens: [usize; N]) -> [&mut [T]; N] {
+    let mut lens = lens.into_iter();
+    s.map(|s| &mut s[..lens.next().expect("one length per slice")])
 }
 
 /// Rows a one-token band computes at a time into a stack buffer before rescaling them.
@@ -332,11 +334,7 @@ pub fn ternary_gemv<const N: usize>(
 ) {
     let rows = packed.map(|p| p.len() / row_bytes);
     let bands = rows.map(|r| band_rows(row_bytes, 1, r));
-    let mut i = 0;
-    let dsts = dsts.map(|d| {
-        i += 1;
-        &mut d[..rows[i - 1]]
-    });
+    let dsts = prefixes(dsts, rows);
     crate::pool::for_each_chunk_mut_n(dsts, bands, &|i, b, out| {
         let mut acc = [0i32; GEMV_ROWS];
         for (c, out) in out.chunks_mut(GEMV_ROWS).enumerate() {
