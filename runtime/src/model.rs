@@ -301,24 +301,10 @@ impl Model {
                 rope(head, cos, sin);
             }
         }
-        // The cache (see `attention`): per kv head, keys in blocks of positions, each
-        // dimension-major; values position-major.
-        let (ps, ms, sb) = (st.padded_seq, st.max_seq, SCORE_BLOCK);
-        let keys = &mut st.key_cache[l * ps * kvd..(l + 1) * ps * kvd];
-        let values = &mut st.value_cache[l * ms * kvd..(l + 1) * ms * kvd];
-        for (kvh, (keys, values)) in keys.chunks_exact_mut(ps * hd).zip(values.chunks_exact_mut(ms * hd)).enumerate() {
-            for t in 0..n {
-                let pos = p0 + t;
-                let block = &mut keys[pos / sb * sb * hd..(pos / sb + 1) * sb * hd];
-                for (d, &k) in st.k[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd].iter().enumerate() {
-                    block[d * sb + pos % sb] = k;
-                }
-                values[pos * hd..(pos + 1) * hd].copy_from_slice(&st.v[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd]);
-            }
-        }
-        let (kl, vl) = (ps * kvd, ms * kvd);
-        let cache = (&st.key_cache[l * kl..(l + 1) * kl], &st.value_cache[l * vl..(l + 1) * vl]);
-        attention(c, &self.kernels, &st.q[..n * qd], &cache, &mut st.att[..n * qd], p0);
+        let per_layer = st.kv_cache.len() / c.n_layers as usize;
+        let cache = &mut st.kv_cache[l * per_layer..(l + 1) * per_layer];
+        let new = (&st.k[..n * kvd], &st.v[..n * kvd]);
+        attention(c, &self.kernels, &st.q[..n * qd], new, cache, st.padded_seq, &mut st.att[..n * qd], p0);
         self.norm_quantize(st, Src::Att, n, qd, w.attn_sub_norm.as_deref());
         self.bitlinear(st, n, [(&w.wo, Out::Residual)]);
 
@@ -451,35 +437,80 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Causal softmax attention of the tokens at positions `p0..` (their keys and values are
-/// already in this layer's `cache`), one parallel task per (token, head). Grouped-query
-/// attention: query head `h` reads key/value head `h / (n_heads / n_kv_heads)`.
+/// Causal softmax attention of the `n` tokens at positions `p0..p0 + n`: first their
+/// keys and values `new` (`n` rows of `kv_dim`, RoPE applied) go into this layer's
+/// `cache`, then one parallel task per (token, head) attends. Grouped-query attention:
+/// query head `h` reads key/value head `h / (n_heads / n_kv_heads)`.
 ///
-/// The layer's cache holds, per kv head, the keys of `padded_seq` positions in blocks of
-/// [`SCORE_BLOCK`], each block dimension-major (so one head's scores stream one
-/// contiguous stretch), and the values of `max_seq` positions, `head_dim` floats each (so
-/// the weighted sum streams one contiguous stretch too).
-fn attention(c: &ModelConfig, kernels: &Kernels, q: &[f32], cache: &(&[f32], &[f32]), out: &mut [f32], p0: usize) {
+/// The layer's cache holds, per kv head, one stretch: the keys of `padded_seq` positions
+/// in blocks of [`SCORE_BLOCK`], each block dimension-major (so one head's scores stream
+/// one contiguous stretch), then the values of the remaining positions, `head_dim` floats
+/// each (so the weighted sum streams one contiguous stretch too).
+///
+/// Writing one position's key touches `head_dim` cache lines per head, which the weight
+/// streams since the last token have evicted: done serially, those misses cost ~3% of a
+/// decoded token. So when one token attends and every kv head has one query head, each
+/// head's task writes its own key and value and reads those lines straight back.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    c: &ModelConfig,
+    kernels: &Kernels,
+    q: &[f32],
+    new: (&[f32], &[f32]),
+    cache: &mut [f32],
+    padded_seq: usize,
+    out: &mut [f32],
+    p0: usize,
+) {
     let (hd, n_heads, n_kv) = (c.head_dim as usize, c.n_heads as usize, c.n_kv_heads as usize);
-    let group = n_heads / n_kv;
-    let inv_sqrt = 1.0 / (hd as f32).sqrt();
-    let (keys, values) = *cache;
-    let (per_head_keys, per_head_values) = (keys.len() / n_kv, values.len() / n_kv);
+    let (group, kvd, n) = (n_heads / n_kv, n_kv * hd, q.len() / (n_heads * hd));
+    let (per_kv, key_len) = (cache.len() / n_kv, padded_seq * hd);
+    let (k_new, v_new) = new;
+    if n == 1 && group == 1 {
+        pool::for_each_chunk_mut2(n_heads, out, hd, cache, per_kv, &|head, out, kv| {
+            let (keys, values) = kv.split_at_mut(key_len);
+            let at = head * hd..(head + 1) * hd;
+            store_kv(keys, values, &k_new[at.clone()], &v_new[at.clone()], p0);
+            attend_one(kernels, &q[at], keys, values, p0 + 1, out);
+        });
+        return;
+    }
+    for (kvh, kv) in cache.chunks_exact_mut(per_kv).enumerate() {
+        let (keys, values) = kv.split_at_mut(key_len);
+        for t in 0..n {
+            let at = t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd;
+            store_kv(keys, values, &k_new[at.clone()], &v_new[at], p0 + t);
+        }
+    }
+    let cache = &*cache;
     pool::for_each_chunk_mut(out, hd, &|i, out| {
         let (t, head) = (i / n_heads, i % n_heads);
-        let pos = p0 + t;
-        let kvh = head / group;
-        let q = &q[i * hd..(i + 1) * hd];
-        SCORES.with(|scores| {
-            let mut scores = scores.borrow_mut();
-            let padded = per_head_keys / hd;
-            if scores.len() < padded {
-                scores.resize(padded, 0.0);
-            }
-            let keys = &keys[kvh * per_head_keys..(kvh + 1) * per_head_keys];
-            let values = &values[kvh * per_head_values..(kvh + 1) * per_head_values];
-            kernels.attend(q, keys, values, hd, inv_sqrt, &mut scores, pos + 1, out);
-        });
+        let (keys, values) = cache[head / group * per_kv..(head / group + 1) * per_kv].split_at(key_len);
+        attend_one(kernels, &q[i * hd..(i + 1) * hd], keys, values, p0 + t + 1, out);
+    });
+}
+
+/// Stores one kv head's key and value of position `pos` in its cache (see [`attention`]).
+fn store_kv(keys: &mut [f32], values: &mut [f32], k: &[f32], v: &[f32], pos: usize) {
+    let (hd, sb) = (k.len(), SCORE_BLOCK);
+    let block = &mut keys[pos / sb * sb * hd..(pos / sb + 1) * sb * hd];
+    for (d, &k) in k.iter().enumerate() {
+        block[d * sb + pos % sb] = k;
+    }
+    values[pos * hd..(pos + 1) * hd].copy_from_slice(v);
+}
+
+/// One query head `q` over the first `n` positions of one kv head's `keys` and `values`.
+fn attend_one(kernels: &Kernels, q: &[f32], keys: &[f32], values: &[f32], n: usize, out: &mut [f32]) {
+    let hd = q.len();
+    let inv_sqrt = 1.0 / (hd as f32).sqrt();
+    SCORES.with(|scores| {
+        let mut scores = scores.borrow_mut();
+        let padded = keys.len() / hd;
+        if scores.len() < padded {
+            scores.resize(padded, 0.0);
+        }
+        kernels.attend(q, keys, values, hd, inv_sqrt, &mut scores, n, out);
     });
 }
 
@@ -540,8 +571,9 @@ pub struct State {
     v: Vec<f32>,
     att: Vec<f32>,
     gate: Vec<f32>,
-    key_cache: Vec<f32>,
-    value_cache: Vec<f32>,
+    /// Per layer, per kv head: keys of `padded_seq` positions, then values of `max_seq`
+    /// (see [`attention`]).
+    kv_cache: Vec<f32>,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
     logits: Vec<f32>,
@@ -576,7 +608,6 @@ impl State {
             }
         }
         let padded_seq = max_seq.div_ceil(SCORE_BLOCK) * SCORE_BLOCK;
-        let cache = c.n_layers as usize * max_seq * kvd;
         Ok(State {
             max_seq,
             padded_seq,
@@ -593,8 +624,7 @@ impl State {
             v: vec![0.0; batch * kvd],
             att: vec![0.0; batch * qd],
             gate: vec![0.0; batch * inter],
-            key_cache: vec![0.0; c.n_layers as usize * padded_seq * kvd],
-            value_cache: vec![0.0; cache],
+            kv_cache: vec![0.0; c.n_layers as usize * (padded_seq + max_seq) * kvd],
             rope_cos,
             rope_sin,
             logits: vec![0.0; batch * vocab],
@@ -607,6 +637,6 @@ impl State {
 
     /// Bytes held by the KV cache.
     pub fn kv_cache_bytes(&self) -> usize {
-        (self.key_cache.len() + self.value_cache.len()) * 4
+        self.kv_cache.len() * 4
     }
 }
