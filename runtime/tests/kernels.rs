@@ -132,3 +132,20 @@ fn this_cpu_gets_simd_kernels() {
     #[cfg(target_arch = "aarch64")]
     assert!(names.contains(&"neon"), "{names:?}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// The bandwidth probe's read loops all compute the definition (every length, so every
+    /// tail), so none of them can skip or re-read bytes.
+    #[test]
+    fn read_sums_agree(bytes in proptest::collection::vec(any::<u8>(), 0..2000), skip in 0usize..8) {
+        let b = &bytes[skip.min(bytes.len())..];
+        let words = b.chunks_exact(8);
+        let want = words.remainder().iter().fold(0u64, |a, &x| a.wrapping_add(u64::from(x)))
+            .wrapping_add(words.fold(0u64, |a, w| a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap()))));
+        for k in Kernels::available() {
+            prop_assert_eq!(k.read_sum(b), want, "kernel {}", k.name());
+        }
+    }
+}

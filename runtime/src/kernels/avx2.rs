@@ -76,6 +76,27 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// [`super::portable::read_sum`] with 256-bit loads.
+///
+/// # Safety
+/// The CPU must support avx2 ([`available`]).
+#[target_feature(enable = "avx2")]
+pub unsafe fn read_sum(bytes: &[u8]) -> u64 {
+    let p = bytes.as_ptr();
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let mut i = 0;
+    while i + 128 <= bytes.len() {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_add_epi64(*a, _mm256_loadu_si256(p.add(i + 32 * k) as *const __m256i));
+        }
+        i += 128;
+    }
+    let sum = _mm256_add_epi64(_mm256_add_epi64(acc[0], acc[1]), _mm256_add_epi64(acc[2], acc[3]));
+    let mut lanes = [0u64; 4];
+    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
+    lanes.iter().fold(super::portable::read_sum(&bytes[i..]), |a, &b| a.wrapping_add(b))
+}
+
 /// `sum(f16(row[i]) * x[i])` for a little-endian f16 row.
 ///
 /// # Safety

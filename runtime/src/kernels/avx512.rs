@@ -205,6 +205,26 @@ unsafe fn row_token(row: *const u8, x: *const i8, blocks: usize) -> i32 {
     _mm512_reduce_add_epi32(sum)
 }
 
+/// [`super::portable::read_sum`] with 512-bit loads and the kernels' software prefetch.
+///
+/// # Safety
+/// The CPU must support avx512f ([`available`]).
+#[target_feature(enable = "avx512f")]
+pub unsafe fn read_sum(bytes: &[u8]) -> u64 {
+    let p = bytes.as_ptr();
+    let mut acc = [_mm512_setzero_si512(); 4];
+    let mut i = 0;
+    while i + 256 <= bytes.len() {
+        for (k, a) in acc.iter_mut().enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + 64 * k + PREFETCH) as *const i8);
+            *a = _mm512_add_epi64(*a, _mm512_loadu_si512(p.add(i + 64 * k) as *const __m512i));
+        }
+        i += 256;
+    }
+    let sum = _mm512_add_epi64(_mm512_add_epi64(acc[0], acc[1]), _mm512_add_epi64(acc[2], acc[3]));
+    (_mm512_reduce_add_epi64(sum) as u64).wrapping_add(super::portable::read_sum(&bytes[i..]))
+}
+
 /// `sum(f16(row[i]) * x[i])` for a little-endian f16 row.
 ///
 /// # Safety

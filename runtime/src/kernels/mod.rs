@@ -125,6 +125,7 @@ type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
 type AttendFn = unsafe fn(&[f32], &[f32], &[f32], usize, f32, &mut [f32], usize, &mut [f32]);
 type QuantizeFn = unsafe fn(x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32);
 type RescaleFn = unsafe fn(how: Combine, dst: &mut [f32], acc: &[i32], f: f32);
+type ReadFn = unsafe fn(&[u8]) -> u64;
 
 /// A set of kernels this CPU can run. The fields are private and every constructor checks
 /// the CPU features its kernels need, so holding a `Kernels` proves they are safe to call.
@@ -138,6 +139,7 @@ pub struct Kernels {
     attend: AttendFn,
     quantize_normed: QuantizeFn,
     rescale: RescaleFn,
+    read_sum: ReadFn,
 }
 
 impl Kernels {
@@ -167,6 +169,7 @@ impl Kernels {
                     attend: avx512::attend,
                     quantize_normed: avx512::quantize_normed,
                     rescale: avx512::rescale,
+                    read_sum: avx512::read_sum,
                 });
             }
             if avx2::available() {
@@ -179,6 +182,7 @@ impl Kernels {
                     attend: avx2::attend,
                     quantize_normed: avx2::quantize_normed,
                     rescale: avx2::rescale,
+                    read_sum: avx2::read_sum,
                 });
             }
         }
@@ -203,6 +207,7 @@ impl Kernels {
             attend: portable::attend,
             quantize_normed: portable::quantize_normed,
             rescale: portable::rescale,
+            read_sum: portable::read_sum,
         }
     }
 
@@ -256,6 +261,12 @@ impl Kernels {
     pub fn rescale(&self, how: Combine, dst: &mut [f32], acc: &[i32], f: f32) {
         // SAFETY: as in `ternary_band`; the function indexes with checked slices.
         unsafe { (self.rescale)(how, dst, acc, f) }
+    }
+
+    /// [`portable::read_sum`]: a streaming read of `bytes` at this set's width.
+    pub fn read_sum(&self, bytes: &[u8]) -> u64 {
+        // SAFETY: as in `ternary_band`; the kernels read only inside `bytes`.
+        unsafe { (self.read_sum)(bytes) }
     }
 
     /// Dot product of an int8 row (as bytes) with `x`.

@@ -36,6 +36,19 @@ pub fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], 
     }
 }
 
+/// The wrapping sum of `bytes` read as little-endian u64 words (a trailing part shorter
+/// than a word adds its bytes one by one): a streaming read that the compiler cannot
+/// skip, for measuring memory bandwidth. Every kernel set computes the same value.
+pub fn read_sum(bytes: &[u8]) -> u64 {
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder().iter().fold(0u64, |a, &b| a.wrapping_add(u64::from(b)));
+    let mut acc = [0u64; 8];
+    for (i, w) in words.enumerate() {
+        acc[i % 8] = acc[i % 8].wrapping_add(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+    }
+    acc.iter().fold(tail, |a, &b| a.wrapping_add(b))
+}
+
 /// `sum(w(i) * x[i])` with 8 independent accumulators in a fixed order.
 #[inline(always)]
 fn dot_by(x: &[f32], w: impl Fn(usize) -> f32) -> f32 {
