@@ -5,6 +5,7 @@
 //! output, so a failed or killed conversion never leaves a file at the output path.
 #![deny(unsafe_code)]
 
+mod aligned;
 #[allow(unsafe_code)] // memory maps: see the SAFETY comments there
 mod checkpoint;
 mod hf_config;
@@ -12,11 +13,12 @@ mod hf_config;
 pub use checkpoint::Checkpoint;
 pub use hf_config::parse_config;
 
+use aligned::AlignedWriter;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::fs::File;
-use std::io::{BufWriter, Seek, Write};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tern_format::names::{self, Expected};
@@ -285,9 +287,9 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
 
     let tmp = partial_path(output);
     let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let result = write_all(BufWriter::with_capacity(1 << 20, file), &ckpt, &config, &tokenizer, &planned, opts)
+    let result = write_all(AlignedWriter::new(file), &ckpt, &config, &tokenizer, &planned, opts)
         .and_then(|(w, counts)| {
-            let file = w.into_inner().map_err(|e| e.into_error())?;
+            let file = w.into_inner()?;
             file.sync_all()?;
             let output_bytes = file.metadata()?.len();
             Ok((counts, output_bytes))
