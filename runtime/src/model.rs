@@ -444,8 +444,8 @@ thread_local! {
 ///
 /// The layer's cache holds, per kv head, one stretch: the keys of `padded_seq` positions
 /// in blocks of [`SCORE_BLOCK`], each block dimension-major (so one head's scores stream
-/// one contiguous stretch), then the values of the remaining positions, `head_dim` floats
-/// each (so the weighted sum streams one contiguous stretch too).
+/// one contiguous stretch), then the values of `max_seq` positions, `head_dim` floats each
+/// (so the weighted sum streams one contiguous stretch too).
 ///
 /// Writing one position's key touches `head_dim` cache lines per head, which the weight
 /// streams since the last token have evicted: done serially, those misses cost ~3% of a
