@@ -93,6 +93,25 @@ pub fn stream_bandwidth(kernels: &Kernels, bytes: &[u8], reps: usize) -> f64 {
     best
 }
 
+/// Bytes of the mapping that starts at `bytes` which the kernel maps with 2 MiB pages
+/// (`FilePmdMapped` in `/proc/self/smaps`), or `None` where that cannot be read.
+pub fn huge_page_bytes(bytes: &[u8]) -> Option<u64> {
+    pmd_mapped(&std::fs::read_to_string("/proc/self/smaps").ok()?, bytes.as_ptr() as usize)
+}
+
+/// `FilePmdMapped` of the mapping starting at `addr` in an smaps listing.
+fn pmd_mapped(smaps: &str, addr: usize) -> Option<u64> {
+    let start = format!("{addr:x}-");
+    // An entry's fields ("Name:   value") run until the next entry's header line.
+    let kb = smaps
+        .lines()
+        .skip_while(|l| !l.starts_with(&start))
+        .skip(1)
+        .take_while(|l| l.split_whitespace().next().is_some_and(|w| w.ends_with(':')))
+        .find_map(|l| l.strip_prefix("FilePmdMapped:"))?;
+    Some(kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024)
+}
+
 /// The decode roofline of tg`tg` at each thread count: (threads, bandwidth bytes/s, tok/s
 /// ceiling), for the weights and the KV cache a step reads.
 pub fn roofline(model: &Model, tg: usize, threads: &[usize], reps: usize) -> Result<Vec<(usize, f64, f64)>> {
@@ -141,4 +160,31 @@ pub fn bench(model: &Model, pp: usize, tg: usize, threads: &[usize], reps: usize
         crate::pool::with_threads(t, tests)??;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pmd_mapped_reads_the_entry_of_the_address_only() {
+        let smaps = "\
+7f0000000000-7f0010000000 r--s 00000000 fe:00 5366294                    /work/a.tern
+Size:             262144 kB
+Rss:              262144 kB
+FilePmdMapped:    241664 kB
+VmFlags: rd sh mr mw me ms hg
+7f0010000000-7f0010200000 r--s 00000000 fe:00 5366295                    /work/b.tern
+Size:               2048 kB
+VmFlags: rd sh mr mw me ms
+7f0020000000-7f0020200000 r--p 00000000 fe:00 5366296                    /work/c
+Size:               2048 kB
+FilePmdMapped:      2048 kB
+";
+        assert_eq!(pmd_mapped(smaps, 0x7f00_0000_0000), Some(241_664 * 1024));
+        // b.tern has no FilePmdMapped field: the search must not run on into c's.
+        assert_eq!(pmd_mapped(smaps, 0x7f00_1000_0000), None);
+        assert_eq!(pmd_mapped(smaps, 0x7f00_2000_0000), Some(2048 * 1024));
+        assert_eq!(pmd_mapped(smaps, 0x1234), None);
+    }
 }

@@ -290,6 +290,16 @@ fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool)
 fn cmd_bench(path: &Path, pp: usize, tg: usize, threads: &[usize], reps: usize, json: bool) -> Result<()> {
     let (model, _) = open_model(path, false)?;
     let results = tern::bench::bench(&model, pp, tg, threads, reps)?;
+    // Files under two huge pages cannot use them; say nothing of those.
+    let big = model.file().len() >= 4 << 20;
+    if let Some(huge) = tern::bench::huge_page_bytes(model.file().bytes()).filter(|_| big) {
+        eprintln!(
+            "huge pages: {:.1} of the file's {:.1} MB are mapped in 2 MiB pages{}",
+            huge as f64 / 1e6,
+            model.file().len() as f64 / 1e6,
+            if huge == 0 { " (decode is slower so: see README.md, Speed)" } else { "" }
+        );
+    }
     if tg > 0 {
         let (weights, kv) = (tern::bench::decode_bytes(&model) as f64, tern::bench::kv_bytes(&model, tg) as f64);
         for (t, bw, ceiling) in tern::bench::roofline(&model, tg, threads, reps)? {
