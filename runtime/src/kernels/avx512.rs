@@ -174,15 +174,22 @@ unsafe fn tile1x4(row: *const u8, x: *const i8, padded: usize, blocks: usize) ->
 }
 
 /// `sum((w+1)·x)` of four rows × one token as 16 partial sums: lanes `4i..4i+4` belong to row `i`.
+///
+/// The four rows are contiguous, `4 · blocks` lines. Each step over a block reads one line
+/// of each row and asks for the next four lines, in address order, of the stretch that
+/// starts [`PREFETCH`] bytes past the group, so over the group the prefetches cover the
+/// same number of lines in one sequential run. (Prefetching each row's own line ahead
+/// instead, four interleaved strided streams, streamed ~10% slower.)
 #[inline(always)]
 unsafe fn gemv4(w: *const u8, row_bytes: usize, x: *const i8, blocks: usize) -> __m512i {
     let mut acc = [_mm512_setzero_si512(); 16];
     for b in 0..blocks {
         for i in 0..4 {
-            let at = w.add(i * row_bytes + b * 64);
             // A prefetch is a hint that never faults, so the address may lie past the band.
-            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH) as *const i8);
-            let codes = decode(at);
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH + (4 * b + i) * 64) as *const i8);
+        }
+        for i in 0..4 {
+            let codes = decode(w.add(i * row_bytes + b * 64));
             for g in 0..4 {
                 acc[4 * i + g] = _mm512_dpbusd_epi32(acc[4 * i + g], codes[g], load_x(x.add(b * BLOCK + g * 64)));
             }
