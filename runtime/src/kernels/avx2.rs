@@ -12,6 +12,9 @@
 use core::arch::x86_64::*;
 use tern_format::ternary::BLOCK;
 
+/// How far ahead of its reads a one-token pass asks for weight bytes (as in the AVX-512 kernel).
+const PREFETCH: usize = 8192;
+
 /// Whether this CPU runs the kernels of this module.
 pub fn available() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
@@ -37,6 +40,12 @@ impl super::RowTokens for Maddubs {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_si256(); T];
         for b in 0..blocks {
+            if T == 1 {
+                // One token streams every weight once: ask for the line `PREFETCH` bytes
+                // ahead (rows come one after another, so this runs in address order). A
+                // prefetch is a hint that never faults, so the address may lie past the band.
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * 64 + PREFETCH) as *const i8);
+            }
             for h in 0..2 {
                 let w = _mm256_loadu_si256(row.add(b * 64 + h * 32) as *const __m256i);
                 let codes = [
