@@ -9,11 +9,9 @@
 //! Every function here is `unsafe` because it requires the CPU features in its
 //! `target_feature`; `Kernels` only hands them out after detecting those features.
 
+use super::PREFETCH;
 use core::arch::x86_64::*;
 use tern_format::ternary::BLOCK;
-
-/// How far ahead of its reads a one-token pass asks for weight bytes (as in the AVX-512 kernel).
-const PREFETCH: usize = 8192;
 
 /// Whether this CPU runs the kernels of this module.
 pub fn available() -> bool {
@@ -85,7 +83,7 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// [`super::portable::read_sum`] with 256-bit loads.
+/// [`super::portable::read_sum`] with 256-bit loads and the kernels' software prefetch.
 ///
 /// # Safety
 /// The CPU must support avx2 ([`available`]).
@@ -95,6 +93,9 @@ pub unsafe fn read_sum(bytes: &[u8]) -> u64 {
     let mut acc = [_mm256_setzero_si256(); 4];
     let mut i = 0;
     while i + 128 <= bytes.len() {
+        for h in 0..2 {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + 64 * h + PREFETCH) as *const i8);
+        }
         for (k, a) in acc.iter_mut().enumerate() {
             *a = _mm256_add_epi64(*a, _mm256_loadu_si256(p.add(i + 32 * k) as *const __m256i));
         }

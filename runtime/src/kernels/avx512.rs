@@ -9,6 +9,7 @@
 //! Every function here is `unsafe` because it requires the CPU features in its
 //! `target_feature`; `Kernels` only hands them out after detecting those features.
 
+use super::PREFETCH;
 use core::arch::x86_64::*;
 use tern_format::ternary::BLOCK;
 
@@ -31,11 +32,6 @@ unsafe fn decode(block: *const u8) -> [__m512i; 4] {
         _mm512_and_si512(_mm512_srli_epi16::<6>(w), m),
     ]
 }
-
-/// How far ahead of its reads a one-token pass asks for weight bytes. Decoding streams
-/// every weight once per token; without software prefetch the kernel waits on memory for
-/// much of its time (the hardware prefetchers alone lose ~30% of decode speed here).
-const PREFETCH: usize = 8192;
 
 #[inline(always)]
 unsafe fn load_x(x: *const i8) -> __m512i {
