@@ -23,7 +23,7 @@
 
 use crate::kernels::{self, Kernels};
 use crate::loader::ModelFile;
-use crate::ops::{rmsnorm, rope, Combine, FloatMatrix, SCORE_BLOCK};
+use crate::ops::{attend_scratch_len, rmsnorm, rope, Combine, FloatMatrix, HeadsAt, KEY_BLOCK};
 use crate::pool;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -433,24 +433,24 @@ impl Model {
 }
 
 thread_local! {
-    /// Attention scores of one head, per thread; grows to the longest context once.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Attention scratch (scores and accumulators), per thread; grows to the longest
+    /// context once.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Causal softmax attention of the `n` tokens at positions `p0..p0 + n`: first their
-/// keys and values `new` (`n` rows of `kv_dim`, RoPE applied) go into this layer's
-/// `cache`, then one parallel task per (token, head) attends. Grouped-query attention:
-/// query head `h` reads key/value head `h / (n_heads / n_kv_heads)`.
+/// Causal softmax attention of the `n` tokens at positions `p0..p0 + n`: their keys and
+/// values `new` (`n` rows of `kv_dim`, RoPE applied) go into this layer's `cache`, then
+/// the query heads attend. Grouped-query attention: query head `h` reads kv head
+/// `h / (n_heads / n_kv_heads)`.
 ///
-/// The layer's cache holds, per kv head, one stretch: the keys of `padded_seq` positions
-/// in blocks of [`SCORE_BLOCK`], each block dimension-major (so one head's scores stream
-/// one contiguous stretch), then the values of `max_seq` positions, `head_dim` floats each
-/// (so the weighted sum streams one contiguous stretch too).
+/// The layer's cache holds the keys of `padded_seq` positions in blocks of [`KEY_BLOCK`],
+/// then the values of `max_seq` positions (layout: [`crate::ops::attend_heads`]). So the
+/// keys and values of all heads at positions `0..p` are two contiguous stretches, which a
+/// decoded token streams front to back: per head, they would be a few kilobytes here and
+/// there, which the prefetchers do not follow (a token waited ~3x longer on them).
 ///
-/// Writing one position's key touches `head_dim` cache lines per head, which the weight
-/// streams since the last token have evicted: done serially, those misses cost ~3% of a
-/// decoded token. So when one token attends and every kv head has one query head, each
-/// head's task writes its own key and value and reads those lines straight back.
+/// One token runs one task per thread, each for a run of whole kv-head groups (one
+/// front-to-back pass per thread); a prompt chunk runs one task per (token, head).
 #[allow(clippy::too_many_arguments)]
 fn attention(
     c: &ModelConfig,
@@ -463,55 +463,49 @@ fn attention(
     p0: usize,
 ) {
     let (hd, n_heads, n_kv) = (c.head_dim as usize, c.n_heads as usize, c.n_kv_heads as usize);
-    let (group, kvd, n) = (n_heads / n_kv, n_kv * hd, q.len() / (n_heads * hd));
-    let (per_kv, key_len) = (cache.len() / n_kv, padded_seq * hd);
+    let (group, kv_dim, n) = (n_heads / n_kv, n_kv * hd, q.len() / (n_heads * hd));
+    let (keys, values) = cache.split_at_mut(padded_seq * kv_dim);
     let (k_new, v_new) = new;
-    if n == 1 && group == 1 {
-        pool::for_each_chunk_mut2(n_heads, out, hd, cache, per_kv, &|head, out, kv| {
-            let (keys, values) = kv.split_at_mut(key_len);
-            let at = head * hd..(head + 1) * hd;
-            store_kv(keys, values, &k_new[at.clone()], &v_new[at.clone()], p0);
-            attend_one(kernels, &q[at], keys, values, p0 + 1, out);
+    for t in 0..n {
+        store_kv(keys, values, &k_new[t * kv_dim..(t + 1) * kv_dim], &v_new[t * kv_dim..(t + 1) * kv_dim], p0 + t);
+    }
+    let (keys, values) = (&*keys, &*values);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let at = |first_head| HeadsAt { head_dim: hd, first_head, group, kv_dim, scale };
+    let attend = |first_head: usize, t: usize, out: &mut [f32]| {
+        let q = &q[(t * n_heads + first_head) * hd..(t * n_heads + first_head) * hd + out.len()];
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let len = attend_scratch_len(out.len() / hd, hd, padded_seq);
+            if scratch.len() < len {
+                scratch.resize(len, 0.0);
+            }
+            kernels.attend(q, at(first_head), keys, values, &mut scratch, p0 + t + 1, out);
         });
-        return;
+    };
+    if n == 1 {
+        let heads = n_kv.div_ceil(pool::threads()) * group;
+        pool::for_each_chunk_mut(out, heads * hd, &|i, out| attend(i * heads, 0, out));
+    } else {
+        pool::for_each_chunk_mut_by_column(out, hd, n, &|c, out| attend(c % n_heads, c / n_heads, out));
     }
-    for (kvh, kv) in cache.chunks_exact_mut(per_kv).enumerate() {
-        let (keys, values) = kv.split_at_mut(key_len);
-        for t in 0..n {
-            let at = t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd;
-            store_kv(keys, values, &k_new[at.clone()], &v_new[at], p0 + t);
-        }
-    }
-    let cache = &*cache;
-    pool::for_each_chunk_mut(out, hd, &|i, out| {
-        let (t, head) = (i / n_heads, i % n_heads);
-        let (keys, values) = cache[head / group * per_kv..(head / group + 1) * per_kv].split_at(key_len);
-        attend_one(kernels, &q[i * hd..(i + 1) * hd], keys, values, p0 + t + 1, out);
-    });
 }
 
-/// Stores one kv head's key and value of position `pos` in its cache (see [`attention`]).
+/// How many key rows (cache lines) ahead [`store_kv`] asks for.
+const STORE_AHEAD: usize = 64;
+
+/// Stores the keys and values of all kv heads at position `pos` (see [`attention`]).
 fn store_kv(keys: &mut [f32], values: &mut [f32], k: &[f32], v: &[f32], pos: usize) {
-    let (hd, sb) = (k.len(), SCORE_BLOCK);
-    let block = &mut keys[pos / sb * sb * hd..(pos / sb + 1) * sb * hd];
-    for (d, &k) in k.iter().enumerate() {
-        block[d * sb + pos % sb] = k;
+    let (kv_dim, kb) = (k.len(), KEY_BLOCK);
+    let block = &mut keys[pos / kb * kb * kv_dim..(pos / kb + 1) * kb * kv_dim];
+    // One float in each of `kv_dim` consecutive cache lines, which the weights streamed
+    // since the last token have evicted: ask for the lines ahead.
+    let ahead = block.as_ptr().wrapping_add(STORE_AHEAD * kb);
+    for (r, (row, &k)) in block.chunks_exact_mut(kb).zip(k).enumerate() {
+        crate::kernels::prefetch(ahead.wrapping_add(r * kb));
+        row[pos % kb] = k;
     }
-    values[pos * hd..(pos + 1) * hd].copy_from_slice(v);
-}
-
-/// One query head `q` over the first `n` positions of one kv head's `keys` and `values`.
-fn attend_one(kernels: &Kernels, q: &[f32], keys: &[f32], values: &[f32], n: usize, out: &mut [f32]) {
-    let hd = q.len();
-    let inv_sqrt = 1.0 / (hd as f32).sqrt();
-    SCORES.with(|scores| {
-        let mut scores = scores.borrow_mut();
-        let padded = keys.len() / hd;
-        if scores.len() < padded {
-            scores.resize(padded, 0.0);
-        }
-        kernels.attend(q, keys, values, hd, inv_sqrt, &mut scores, n, out);
-    });
+    values[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(v);
 }
 
 /// Receives `(position, logits)`.
@@ -555,7 +549,7 @@ enum Src {
 /// positions and prompt chunks of up to `batch` tokens.
 pub struct State {
     max_seq: usize,
-    /// Positions the key cache holds: `max_seq` rounded up to a score block.
+    /// Positions the key cache holds: `max_seq` rounded up to a key block.
     padded_seq: usize,
     batch: usize,
     x: Vec<f32>,
@@ -571,8 +565,7 @@ pub struct State {
     v: Vec<f32>,
     att: Vec<f32>,
     gate: Vec<f32>,
-    /// Per layer, per kv head: keys of `padded_seq` positions, then values of `max_seq`
-    /// (see [`attention`]).
+    /// Per layer: keys of `padded_seq` positions, then values of `max_seq` (see [`attention`]).
     kv_cache: Vec<f32>,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
@@ -607,7 +600,7 @@ impl State {
                 rope_sin[pos * half + i] = angle.sin() as f32;
             }
         }
-        let padded_seq = max_seq.div_ceil(SCORE_BLOCK) * SCORE_BLOCK;
+        let padded_seq = max_seq.next_multiple_of(KEY_BLOCK);
         Ok(State {
             max_seq,
             padded_seq,

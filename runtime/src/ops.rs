@@ -1,6 +1,6 @@
 //! The small numeric operations of the forward pass, each on one token's vector.
 
-use crate::kernels::Kernels;
+use crate::kernels::{prefetch, Kernels};
 use tern_format::Encoding;
 
 /// `out = x / sqrt(mean(x^2) + eps) * w`.
@@ -240,95 +240,215 @@ impl FloatMatrix {
     }
 }
 
-/// Positions per block of the key cache and of attention scores.
-pub const SCORE_BLOCK: usize = 64;
+/// Positions per block of the key cache: one cache line of f32 lanes.
+pub const KEY_BLOCK: usize = 16;
 
-/// Attention of one query head `q` over positions `0..n`: `out = softmax(scale · q·k) · v`.
+/// Floats of attention scratch for `heads` query heads over `n` positions (see
+/// [`attend_heads`]): their scores, then four accumulators per head.
+pub fn attend_scratch_len(heads: usize, head_dim: usize, n: usize) -> usize {
+    heads * (n.next_multiple_of(KEY_BLOCK) + 4 * head_dim)
+}
+
+/// How far ahead of its reads attention asks for key rows (of 16 floats) and value
+/// positions.
+const KEY_AHEAD: usize = 128;
+const VALUE_AHEAD: usize = 4;
+
+/// Which query heads an [`attend_heads`] call computes, and where their keys and values are.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadsAt {
+    pub head_dim: usize,
+    /// The first query head in `q`.
+    pub first_head: usize,
+    /// Query heads per kv head.
+    pub group: usize,
+    /// Floats per position of all kv heads.
+    pub kv_dim: usize,
+    /// The score scale, `1/sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+/// Causal attention of the query heads `first_head..` in `q` (`head_dim` floats each) over
+/// positions `0..n` of one layer's cache: `out = softmax(scale · q·k) · v` per head, where
+/// query head `h` reads kv head `h / group`.
 ///
-/// `keys` is this head's key cache in blocks of [`SCORE_BLOCK`] positions, each block
-/// dimension-major: dimension `d` of position `64b + i` at `keys[(b · hd + d) · 64 + i]`.
-/// So the scores of a block come from one contiguous stretch of memory, with 64 positions
-/// per load row and no horizontal sums (a block runs past `n` into unused cache; those
-/// scores are ignored). `scores` has room for `n` rounded up to a block. `values` holds
-/// this head's values position-major, `value_stride` floats per position (`q.len()` used).
+/// The layer's cache is laid out so that positions `0..n` of all kv heads are two
+/// contiguous stretches, which a call for every head reads front to back:
+/// - `keys`: blocks of [`KEY_BLOCK`] positions, `KEY_BLOCK · kv_dim` floats each; in a
+///   block, per kv head, per dimension, one row of 16 lanes (one per position), so a score
+///   needs no horizontal sum. The last block runs past `n` into unused cache; those
+///   scores are ignored.
+/// - `values`: per position, `kv_dim` floats (all kv heads).
 ///
-/// Inlined into each kernel set's `attend` (compiled there with its SIMD features): every
-/// lane sums in the same fixed order, so every kernel set gets the same bits, and several
-/// independent accumulators keep the adds from waiting on each other.
+/// `scratch` holds [`attend_scratch_len`] floats. Every lane sums in a fixed order (a score
+/// over the dimensions in order; a weighted value in four accumulators that take the
+/// positions in turn, then `(a0 + a1) + (a2 + a3)`), so the result depends neither on how
+/// heads are grouped into calls nor on the vector width: every kernel set inlines this
+/// and computes the same bits.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub fn attend_head(
+pub fn attend_heads(
     q: &[f32],
+    heads_at: HeadsAt,
     keys: &[f32],
     values: &[f32],
-    value_stride: usize,
-    scale: f32,
-    scores: &mut [f32],
+    scratch: &mut [f32],
     n: usize,
     out: &mut [f32],
 ) {
-    const SB: usize = SCORE_BLOCK;
-    let hd = q.len();
-    for s0 in (0..n).step_by(SB) {
-        let block = &keys[s0 * hd..(s0 + SB) * hd];
-        let sc = &mut scores[s0..s0 + SB];
-        // The last block may be partly empty: its scores (and key bytes) are read only
-        // up to the next 16 positions past the live ones.
-        match (n - s0).div_ceil(16) {
-            1 => score_block::<16>(block, q, scale, sc),
-            2 => score_block::<32>(block, q, scale, sc),
-            3 => score_block::<48>(block, q, scale, sc),
-            _ => score_block::<SB>(block, q, scale, sc),
-        }
+    const KB: usize = KEY_BLOCK;
+    let HeadsAt { head_dim: hd, first_head, group, kv_dim, scale } = heads_at;
+    let heads = q.len() / hd;
+    let padded = n.next_multiple_of(KB);
+    let (scores, acc) = scratch[..attend_scratch_len(heads, hd, n)].split_at_mut(heads * padded);
+    let at = Rows { q, hd, heads, first_head, group, keys, kv_dim };
+
+    // Scores block by block, each block's heads in turn (the keys front to back), four
+    // (block, head) rows at a time as independent sums.
+    let rows = heads * (padded / KB);
+    let mut j = 0;
+    while j < rows {
+        j += match rows - j {
+            1 => at.scores::<1>(j, scale, scores, padded),
+            2 => at.scores::<2>(j, scale, scores, padded),
+            3 => at.scores::<3>(j, scale, scores, padded),
+            _ => at.scores::<4>(j, scale, scores, padded),
+        };
     }
-    let scores = &mut scores[..n];
-    softmax(scores);
-    // Weighted values: 32 dimensions at a time, four positions interleaved.
-    const VB: usize = 32;
-    let mut d0 = 0;
-    while d0 + VB <= hd {
-        let mut acc = [[0f32; VB]; 4];
-        let mut s = 0;
-        while s + 4 <= n {
-            for (u, acc) in acc.iter_mut().enumerate() {
-                let (a, at) = (scores[s + u], (s + u) * value_stride + d0);
-                let v = &values[at..at + VB];
-                for i in 0..VB {
-                    acc[i] += a * v[i];
+    for sc in scores.chunks_exact_mut(padded) {
+        softmax(&mut sc[..n]);
+    }
+
+    // Weighted values: accumulator `u` of a head takes positions 4i + u; a tail of fewer
+    // than four positions goes to accumulator 0.
+    if heads == 1 {
+        // One head (a prompt's task): 32 dimensions at a time, in registers.
+        let (v0, scores) = (at.kv_at(0), &scores[..n]);
+        const VB: usize = 32;
+        let mut d0 = 0;
+        while d0 + VB <= hd {
+            let mut acc = [[0f32; VB]; 4];
+            let mut s = 0;
+            while s < n {
+                let step = if s + 4 <= n { 4 } else { 1 };
+                for (u, acc) in acc.iter_mut().enumerate().take(step) {
+                    let (a, start) = (scores[s + u], (s + u) * kv_dim + v0 + d0);
+                    let v = &values[start..start + VB];
+                    for i in 0..VB {
+                        acc[i] += a * v[i];
+                    }
                 }
+                s += step;
             }
-            s += 4;
-        }
-        for (s, &a) in scores.iter().enumerate().skip(s) {
-            let v = &values[s * value_stride + d0..s * value_stride + d0 + VB];
             for i in 0..VB {
-                acc[0][i] += a * v[i];
+                out[d0 + i] = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
+            }
+            d0 += VB;
+        }
+        if d0 == hd {
+            return;
+        }
+        // A width that is not a multiple of 32 (small test models) goes on below, which
+        // computes every dimension again, in the same order.
+    }
+    // Every head (a decoded token's task), position by position, so the values are read
+    // front to back; the accumulators stay in L1.
+    acc.fill(0.0);
+    let mut s = 0;
+    while s < n {
+        let step = if s + 4 <= n { 4 } else { 1 };
+        for u in 0..step {
+            let row = &values[(s + u) * kv_dim..(s + u + 1) * kv_dim];
+            let ahead = values.as_ptr().wrapping_add((s + u + VALUE_AHEAD) * kv_dim);
+            for h in 0..heads {
+                let (a, v0) = (scores[h * padded + s + u], at.kv_at(h));
+                for l in (0..hd).step_by(KB) {
+                    prefetch(ahead.wrapping_add(v0 + l));
+                }
+                axpy(&mut acc[(4 * h + u) * hd..(4 * h + u + 1) * hd], a, &row[v0..v0 + hd]);
             }
         }
-        for i in 0..VB {
-            out[d0 + i] = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
-        }
-        d0 += VB;
+        s += step;
     }
-    for (d, o) in out.iter_mut().enumerate().take(hd).skip(d0) {
-        *o = scores.iter().enumerate().map(|(s, &a)| a * values[s * value_stride + d]).sum();
+    for (o, a) in out.chunks_exact_mut(hd).zip(acc.chunks_exact(4 * hd)) {
+        let (a01, a23) = a.split_at(2 * hd);
+        let (a0, a1) = a01.split_at(hd);
+        let (a2, a3) = a23.split_at(hd);
+        for i in 0..hd {
+            o[i] = (a0[i] + a1[i]) + (a2[i] + a3[i]);
+        }
     }
 }
 
-/// Scores of the first `L` positions of one key block of [`SCORE_BLOCK`] positions,
-/// dimension-major (`block[d * SCORE_BLOCK + i]` is dimension `d` of position `i`): lane
-/// `i` sums `q[d] · key` over `d` in order, whatever `L` is.
+/// `acc += a · v`, 16 lanes at a time (so a width like 96 takes whole vectors).
 #[inline(always)]
-fn score_block<const L: usize>(block: &[f32], q: &[f32], scale: f32, scores: &mut [f32]) {
-    const { assert!(L <= SCORE_BLOCK) };
-    let mut acc = [0f32; L];
-    for (k, &qd) in block.chunks_exact(SCORE_BLOCK).zip(q) {
-        for i in 0..L {
-            acc[i] += qd * k[i];
+fn axpy(acc: &mut [f32], a: f32, v: &[f32]) {
+    let mut acc16 = acc.chunks_exact_mut(16);
+    let mut v16 = v.chunks_exact(16);
+    for (x, v) in (&mut acc16).zip(&mut v16) {
+        for i in 0..16 {
+            x[i] += a * v[i];
         }
     }
-    for (sc, a) in scores[..L].iter_mut().zip(acc) {
-        *sc = a * scale;
+    for (x, &v) in acc16.into_remainder().iter_mut().zip(v16.remainder()) {
+        *x += a * v;
+    }
+}
+
+/// The key rows and queries of [`attend_heads`]: row `j` is block `j / heads`, head `j % heads`.
+struct Rows<'a> {
+    q: &'a [f32],
+    hd: usize,
+    heads: usize,
+    first_head: usize,
+    group: usize,
+    keys: &'a [f32],
+    kv_dim: usize,
+}
+
+impl Rows<'_> {
+    /// Where the kv head of query head `first_head + h` starts in a key block's or a
+    /// position's values.
+    #[inline(always)]
+    fn kv_at(&self, h: usize) -> usize {
+        (self.first_head + h) / self.group * self.hd
+    }
+
+    /// Scores of rows `j..j + G` into `scores` (`padded` per head); returns `G`. Lane `i`
+    /// of a row sums `q[d] · key` over `d` in order.
+    #[inline(always)]
+    fn scores<const G: usize>(&self, j: usize, scale: f32, scores: &mut [f32], padded: usize) -> usize {
+        const KB: usize = KEY_BLOCK;
+        let (hd, heads) = (self.hd, self.heads);
+        let block_head = |u: usize| ((j + u) / heads, (j + u) % heads);
+        let rows: [&[f32]; G] = std::array::from_fn(|u| {
+            let (b, h) = block_head(u);
+            let start = b * KB * self.kv_dim + self.kv_at(h) * KB;
+            &self.keys[start..start + hd * KB]
+        });
+        let qs: [&[f32]; G] = std::array::from_fn(|u| &self.q[block_head(u).1 * hd..(block_head(u).1 + 1) * hd]);
+        let mut acc = [[0f32; KB]; G];
+        for d in 0..hd {
+            // The rows ahead in address order (a block's heads are adjacent, and blocks
+            // follow each other): the hardware prefetchers alone leave these reads waiting.
+            if self.heads > 1 {
+                for u in 0..G {
+                    prefetch(rows[0].as_ptr().wrapping_add((KEY_AHEAD + G * d + u) * KB));
+                }
+            }
+            for u in 0..G {
+                let (qd, k) = (qs[u][d], &rows[u][d * KB..(d + 1) * KB]);
+                for i in 0..KB {
+                    acc[u][i] += qd * k[i];
+                }
+            }
+        }
+        for (u, acc) in acc.iter().enumerate() {
+            let (b, h) = block_head(u);
+            for (sc, a) in scores[h * padded + b * KB..h * padded + (b + 1) * KB].iter_mut().zip(acc) {
+                *sc = a * scale;
+            }
+        }
+        G
     }
 }
 
@@ -361,6 +481,52 @@ pub fn exp(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Random attention inputs in the cache layout of `attend_heads`.
+    fn attention_case(hd: usize, n_heads: usize, group: usize, n: usize, seed: u32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let mut s = seed;
+        let mut rnd = move || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1 << 24) as f32 * 2.0 - 1.0
+        };
+        let kv_dim = n_heads / group * hd;
+        let q = (0..n_heads * hd).map(|_| rnd() * 3.0).collect();
+        let keys = (0..n.next_multiple_of(KEY_BLOCK) * kv_dim).map(|_| rnd()).collect();
+        let values = (0..n * kv_dim).map(|_| rnd()).collect();
+        (q, keys, values)
+    }
+
+    #[test]
+    fn attention_matches_the_definition_however_heads_are_grouped() {
+        for (hd, n_heads, group, n) in [(96, 4, 1, 37), (24, 6, 2, 1), (16, 4, 4, 16), (40, 2, 1, 70), (32, 3, 3, 5)] {
+            let (q, keys, values) = attention_case(hd, n_heads, group, n, (hd * n) as u32);
+            let kv_dim = n_heads / group * hd;
+            let scale = 1.0 / (hd as f32).sqrt();
+            let at = |first_head| HeadsAt { head_dim: hd, first_head, group, kv_dim, scale };
+            let mut scratch = vec![0.0; attend_scratch_len(n_heads, hd, n)];
+            let mut all = vec![0.0; n_heads * hd];
+            attend_heads(&q, at(0), &keys, &values, &mut scratch, n, &mut all);
+            for h in 0..n_heads {
+                // One head alone: the same bits.
+                let mut one = vec![0.0; hd];
+                attend_heads(&q[h * hd..(h + 1) * hd], at(h), &keys, &values, &mut scratch, n, &mut one);
+                assert_eq!(one, all[h * hd..(h + 1) * hd], "hd {hd} head {h}");
+                // The definition in f64, from the layout's description.
+                let kvh = h / group;
+                let key = |p: usize, d: usize| f64::from(keys[p / 16 * 16 * kv_dim + (kvh * hd + d) * 16 + p % 16]);
+                let sc: Vec<f64> = (0..n)
+                    .map(|p| (0..hd).map(|d| f64::from(q[h * hd + d]) * key(p, d)).sum::<f64>() * f64::from(scale))
+                    .collect();
+                let max = sc.iter().cloned().fold(f64::MIN, f64::max);
+                let w: Vec<f64> = sc.iter().map(|x| (x - max).exp()).collect();
+                let total: f64 = w.iter().sum();
+                for d in 0..hd {
+                    let want: f64 = (0..n).map(|p| w[p] / total * f64::from(values[p * kv_dim + kvh * hd + d])).sum();
+                    assert!((f64::from(all[h * hd + d]) - want).abs() < 1e-5, "hd {hd} head {h} dim {d}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn fast_rounding_equals_round_ties_even() {

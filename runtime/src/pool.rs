@@ -359,6 +359,11 @@ pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Re
     }
 }
 
+/// The number of threads that run parallel regions started on this thread.
+pub fn threads() -> usize {
+    CURRENT.with(|c| c.borrow().as_ref().map(|p| p.shared.segments.len())).unwrap_or_else(rayon::current_num_threads)
+}
+
 /// The name of the work distribution in use on this thread.
 pub fn current_name() -> &'static str {
     if CURRENT.with(|c| c.borrow().is_some()) {
@@ -418,6 +423,34 @@ pub fn for_each_chunk_mut_n<T: Send, const N: usize>(
         let slice =
             unsafe { std::slice::from_raw_parts_mut(bases[i].ptr().add(start), chunks[i].min(lens[i] - start)) };
         job(i, b, slice);
+    });
+}
+
+/// Like [`for_each_chunk_mut`] for `out` of `rows × cols` chunks (of `chunk` elements,
+/// row-major), taken in column-major order: a thread's run of bands goes down columns,
+/// so consecutive jobs share a column (attention: one head's keys and values over the
+/// tokens of a prompt chunk). `job(c, chunk)` gets chunk index `c = row · cols + col`.
+#[track_caller]
+pub fn for_each_chunk_mut_by_column<T: Send>(
+    out: &mut [T],
+    chunk: usize,
+    rows: usize,
+    job: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let cols = out.len() / (rows * chunk).max(1);
+    assert!(
+        out.len() == rows * cols * chunk,
+        "for_each_chunk_mut_by_column: {} is not {rows} rows of whole chunks",
+        out.len()
+    );
+    let base = SharedMut(out.as_mut_ptr());
+    for_bands(rows * cols, &|b| {
+        let c = (b % rows) * cols + b / rows;
+        // SAFETY: `b -> c` is a bijection of `0..rows·cols` (a transpose), so as in
+        // `for_each_chunk_mut_n` each chunk, inside `out` and disjoint from the others,
+        // is handed out exactly once, and `out` stays borrowed until every job returned.
+        let slice = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(c * chunk), chunk) };
+        job(c, slice);
     });
 }
 

@@ -15,23 +15,21 @@
 /// operations does not depend on the width, so every kernel set computes the same bits.
 macro_rules! float_ops {
     ($($feature:literal)?) => {
-        /// [`crate::ops::attend_head`] for this kernel set.
+        /// [`crate::ops::attend_heads`] for this kernel set.
         ///
         /// # Safety
         /// The CPU must support this module's features ([`available`]).
         $(#[target_feature(enable = $feature)])?
-        #[allow(clippy::too_many_arguments)]
         pub unsafe fn attend(
             q: &[f32],
+            at: crate::ops::HeadsAt,
             keys: &[f32],
             values: &[f32],
-            value_stride: usize,
-            scale: f32,
-            scores: &mut [f32],
+            scratch: &mut [f32],
             n: usize,
             out: &mut [f32],
         ) {
-            crate::ops::attend_head(q, keys, values, value_stride, scale, scores, n, out)
+            crate::ops::attend_heads(q, at, keys, values, scratch, n, out)
         }
 
         /// [`crate::ops::quantize_normed`] for this kernel set.
@@ -62,7 +60,7 @@ pub mod avx512;
 pub mod neon;
 pub mod portable;
 
-use crate::ops::Combine;
+use crate::ops::{Combine, HeadsAt};
 
 /// How far ahead of its reads a one-token x86 kernel asks for weight bytes (in address
 /// order). Decoding streams every weight once per token; without software prefetch the
@@ -70,6 +68,21 @@ use crate::ops::Combine;
 /// of decode speed here).
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 8192;
+
+/// Asks for the cache line holding `p` ahead of its use; does nothing where there is no
+/// prefetch instruction. Any address is fine: `p` is never read here.
+#[inline(always)]
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetch` is part of SSE, which every x86_64 CPU has; it is a hint that
+    // never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
 
 /// The shape of one band for a SIMD ternary kernel: `(n_tok, padded, n_rows, blocks)`.
 /// Panics unless every pointer a kernel forms from these stays inside the slices: rows
@@ -128,8 +141,8 @@ unsafe fn gemm_by_rows<K: RowTokens>(rows: &[u8], row_bytes: usize, xq: &[i8], a
 
 type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
-/// `(q, keys, values, value_stride, scale, scores, n, out)`: see [`crate::ops::attend_head`].
-type AttendFn = unsafe fn(&[f32], &[f32], &[f32], usize, f32, &mut [f32], usize, &mut [f32]);
+/// `(q, at, keys, values, scratch, n, out)`: see [`crate::ops::attend_heads`].
+type AttendFn = unsafe fn(&[f32], HeadsAt, &[f32], &[f32], &mut [f32], usize, &mut [f32]);
 type QuantizeFn = unsafe fn(x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32);
 type RescaleFn = unsafe fn(how: Combine, dst: &mut [f32], acc: &[i32], f: f32);
 type ReadFn = unsafe fn(&[u8]) -> u64;
@@ -241,21 +254,20 @@ impl Kernels {
         unsafe { (self.dot_f32)(row, x) }
     }
 
-    /// One attention head: see [`crate::ops::attend_head`].
+    /// Attention of one or more query heads: see [`crate::ops::attend_heads`].
     #[allow(clippy::too_many_arguments)]
     pub fn attend(
         &self,
         q: &[f32],
+        at: HeadsAt,
         keys: &[f32],
         values: &[f32],
-        value_stride: usize,
-        scale: f32,
-        scores: &mut [f32],
+        scratch: &mut [f32],
         n: usize,
         out: &mut [f32],
     ) {
-        // SAFETY: as in `ternary_band`; `attend_head` indexes with checked slices.
-        unsafe { (self.attend)(q, keys, values, value_stride, scale, scores, n, out) }
+        // SAFETY: as in `ternary_band`; `attend_heads` indexes with checked slices.
+        unsafe { (self.attend)(q, at, keys, values, scratch, n, out) }
     }
 
     /// See [`crate::ops::quantize_normed`].
