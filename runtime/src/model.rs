@@ -449,8 +449,10 @@ thread_local! {
 /// decoded token streams front to back: per head, they would be a few kilobytes here and
 /// there, which the prefetchers do not follow (a token waited ~3x longer on them).
 ///
-/// One token runs one task per thread, each for a run of whole kv-head groups (one
-/// front-to-back pass per thread); a prompt chunk runs one task per (token, head).
+/// One token runs two tasks per thread, each for a run of whole kv-head groups (a thread
+/// makes one front-to-back pass over its heads' stretch; two tasks rather than one leave
+/// work to take over from a thread that shares its core with another process). A prompt
+/// chunk runs one task per (token, head), taken head by head.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     c: &ModelConfig,
@@ -484,7 +486,7 @@ fn attention(
         });
     };
     if n == 1 {
-        let heads = n_kv.div_ceil(pool::threads()) * group;
+        let heads = n_kv.div_ceil(2 * pool::threads()) * group;
         pool::for_each_chunk_mut(out, heads * hd, &|i, out| attend(i * heads, 0, out));
     } else {
         pool::for_each_chunk_mut_by_column(out, hd, n, &|c, out| attend(c % n_heads, c / n_heads, out));
