@@ -182,7 +182,7 @@ unsafe fn gemv4(w: *const u8, row_bytes: usize, x: *const i8, blocks: usize) -> 
     for b in 0..blocks {
         for i in 0..4 {
             // A prefetch is a hint that never faults, so the address may lie past the band.
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH + (4 * b + i) * 64) as *const i8);
+            _mm_prefetch::<_MM_HINT_NTA>(w.wrapping_add(PREFETCH + (4 * b + i) * 64) as *const i8);
         }
         for i in 0..4 {
             let codes = decode(w.add(i * row_bytes + b * 64));
@@ -219,7 +219,7 @@ pub unsafe fn read_sum(bytes: &[u8]) -> u64 {
     let mut i = 0;
     while i + 256 <= bytes.len() {
         for (k, a) in acc.iter_mut().enumerate() {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + 64 * k + PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_NTA>(p.wrapping_add(i + 64 * k + PREFETCH) as *const i8);
             *a = _mm512_add_epi64(*a, _mm512_loadu_si512(p.add(i + 64 * k) as *const __m512i));
         }
         i += 256;
@@ -240,7 +240,7 @@ pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
     let mut acc = [_mm512_setzero_ps(); 2];
     let mut i = 0;
     while i + 32 <= n {
-        _mm_prefetch::<_MM_HINT_T0>(rp.wrapping_add(2 * i + PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_NTA>(rp.wrapping_add(2 * i + PREFETCH) as *const i8);
         for (k, a) in acc.iter_mut().enumerate() {
             let h = _mm256_loadu_si256(rp.add(2 * (i + 16 * k)) as *const __m256i);
             *a = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_loadu_ps(xp.add(i + 16 * k)), *a);
@@ -266,8 +266,8 @@ pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
     let mut acc = [_mm512_setzero_ps(); 2];
     let mut i = 0;
     while i + 32 <= n {
-        _mm_prefetch::<_MM_HINT_T0>(rp.wrapping_add(4 * i + PREFETCH) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(rp.wrapping_add(4 * i + 64 + PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_NTA>(rp.wrapping_add(4 * i + PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_NTA>(rp.wrapping_add(4 * i + 64 + PREFETCH) as *const i8);
         for (k, a) in acc.iter_mut().enumerate() {
             let w = _mm512_loadu_ps(rp.add(4 * (i + 16 * k)) as *const f32);
             *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.add(i + 16 * k)), *a);
@@ -294,7 +294,7 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     let mut i = 0;
     while i + 32 <= n {
         if i % 64 == 0 {
-            _mm_prefetch::<_MM_HINT_T0>(rp.wrapping_add(i + PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_NTA>(rp.wrapping_add(i + PREFETCH) as *const i8);
         }
         for (k, a) in acc.iter_mut().enumerate() {
             let q = _mm_loadu_si128(rp.add(i + 16 * k) as *const __m128i);
