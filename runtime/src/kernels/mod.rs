@@ -379,6 +379,9 @@ pub fn ternary_gemv<const N: usize>(
     });
 }
 
+/// Bytes of a band's up rows asked for before its gate rows run.
+const UP_AHEAD: usize = 8192;
+
 /// One token through a gated pair (gate, up): `dst = act(gate · f_gate) · (up · f_up)`,
 /// `act` being `GateSilu` or `GateReluSquared`; each band computes both matrices' rows
 /// and combines them, in the same operations as a store of the gate followed by `act`.
@@ -398,6 +401,12 @@ pub fn ternary_gemv_gated(
     let rows = gate.len() / row_bytes;
     let band = band_rows(row_bytes, 1, rows);
     crate::pool::for_each_chunk_mut(&mut dst[..rows], band, &|b, out| {
+        // The up rows follow the gate rows; the kernel's prefetch runs ahead of the gate
+        // rows only, so ask for the first lines of the up rows now.
+        let up_rows = &up[b * band * row_bytes..(b * band + out.len()) * row_bytes];
+        for line in up_rows.chunks(64).take(UP_AHEAD / 64) {
+            prefetch(line.as_ptr());
+        }
         let mut acc = [0i32; GEMV_ROWS];
         for (c, out) in out.chunks_mut(GEMV_ROWS).enumerate() {
             let (r0, r1) = (b * band + c * GEMV_ROWS, b * band + c * GEMV_ROWS + out.len());
