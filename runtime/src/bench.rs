@@ -1,8 +1,9 @@
 //! `tern bench`: prompt processing (pp) and token generation (tg) speed, llama-bench style.
 //!
-//! pp N: one forward pass over N tokens from position 0. tg N: N single-token decode steps
-//! from an empty context (greedy, so the work is the real decode loop). Each test runs
-//! once untimed (to fault in the mapped weights), then `reps` timed repetitions.
+//! pp N: one forward pass over N tokens. tg N: N single-token decode steps (greedy, so the
+//! work is the real decode loop). Both start at position 0, or with `-d D` (llama-bench's
+//! depth) after a D-token context filled once, untimed, at each thread count. Each test
+//! runs once untimed (to fault in the mapped weights), then `reps` timed repetitions.
 
 use crate::kernels::Kernels;
 use crate::model::{Model, State, DEFAULT_BATCH};
@@ -18,6 +19,13 @@ pub struct BenchResult {
     pub tokens_per_s: f64,
     pub sd: f64,
     pub model_bytes: u64,
+    /// Context positions filled before the test (only in JSON when not 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub depth: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
@@ -39,16 +47,16 @@ fn prompt(n: usize, vocab: u32) -> Vec<u32> {
         .collect()
 }
 
-fn run_pp(model: &Model, st: &mut State, tokens: &[u32]) -> Result<f64> {
+fn run_pp(model: &Model, st: &mut State, tokens: &[u32], depth: usize) -> Result<f64> {
     let t0 = Instant::now();
-    model.forward(st, tokens, 0)?;
+    model.forward(st, tokens, depth)?;
     Ok(tokens.len() as f64 / t0.elapsed().as_secs_f64())
 }
 
-fn run_tg(model: &Model, st: &mut State, n: usize, first: u32) -> Result<f64> {
+fn run_tg(model: &Model, st: &mut State, n: usize, first: u32, depth: usize) -> Result<f64> {
     let t0 = Instant::now();
     let mut tok = first;
-    for pos in 0..n {
+    for pos in depth..depth + n {
         tok = argmax(model.forward(st, &[tok], pos)?);
     }
     Ok(n as f64 / t0.elapsed().as_secs_f64())
@@ -67,12 +75,14 @@ pub fn decode_bytes(model: &Model) -> u64 {
         .sum()
 }
 
-/// KV-cache bytes a decode step reads on average over `tg` steps from position 0: the
-/// step at position `p` reads the f32 keys and values of positions `0..=p` in every layer.
-pub fn kv_bytes(model: &Model, tg: usize) -> u64 {
+/// KV-cache bytes a decode step reads on average over `tg` steps from position `depth`:
+/// the step at position `p` reads the f32 keys and values of positions `0..=p` in every
+/// layer.
+pub fn kv_bytes(model: &Model, depth: usize, tg: usize) -> u64 {
     let c = model.config();
-    // mean over p of 2 · layers · (p + 1) · kv_dim · 4 = layers · kv_dim · 4 · (tg + 1)
-    u64::from(c.n_layers) * c.kv_dim() as u64 * 4 * (tg as u64 + 1)
+    // mean over p in depth..depth + tg of 2 · layers · (p + 1) · kv_dim · 4
+    //   = layers · kv_dim · 4 · (2 · depth + tg + 1)
+    u64::from(c.n_layers) * c.kv_dim() as u64 * 4 * (2 * depth as u64 + tg as u64 + 1)
 }
 
 /// Streaming read bandwidth over `bytes` (bytes/s), in the current pool: the best of
@@ -112,10 +122,10 @@ fn pmd_mapped(smaps: &str, addr: usize) -> Option<u64> {
     Some(kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024)
 }
 
-/// The decode roofline of tg`tg` at each thread count: (threads, bandwidth bytes/s, tok/s
-/// ceiling), for the weights and the KV cache a step reads.
-pub fn roofline(model: &Model, tg: usize, threads: &[usize], reps: usize) -> Result<Vec<(usize, f64, f64)>> {
-    let per_token = (decode_bytes(model) + kv_bytes(model, tg)) as f64;
+/// The decode roofline of tg`tg` from position `depth` at each thread count: (threads,
+/// bandwidth bytes/s, tok/s ceiling), for the weights and the KV cache a step reads.
+pub fn roofline(model: &Model, depth: usize, tg: usize, threads: &[usize], reps: usize) -> Result<Vec<(usize, f64, f64)>> {
+    let per_token = (decode_bytes(model) + kv_bytes(model, depth, tg)) as f64;
     let bytes = model.file().bytes();
     let mut out = Vec::new();
     for &t in threads {
@@ -126,15 +136,26 @@ pub fn roofline(model: &Model, tg: usize, threads: &[usize], reps: usize) -> Res
     Ok(out)
 }
 
-/// Runs pp`pp` and tg`tg` at each thread count (0 skips a test).
-pub fn bench(model: &Model, pp: usize, tg: usize, threads: &[usize], reps: usize) -> Result<Vec<BenchResult>> {
+/// The name of a test, llama-bench style: `tg64`, or `tg64 @ d512` after a context.
+fn test_name(test: &str, n: usize, depth: usize) -> String {
+    if depth == 0 {
+        format!("{test}{n}")
+    } else {
+        format!("{test}{n} @ d{depth}")
+    }
+}
+
+/// Runs pp`pp` and tg`tg` at each thread count (0 skips a test), after `depth` positions
+/// of context.
+pub fn bench(model: &Model, pp: usize, tg: usize, depth: usize, threads: &[usize], reps: usize) -> Result<Vec<BenchResult>> {
     let c = model.config();
-    let ctx = pp.max(tg);
-    if ctx == 0 || ctx > c.max_positions as usize || reps == 0 {
-        bail!("-p and -n must fit the model's context of {} and -r must be ≥ 1", c.max_positions);
+    let ctx = depth + pp.max(tg);
+    if pp.max(tg) == 0 || ctx > c.max_positions as usize || reps == 0 {
+        bail!("-d plus the larger of -p and -n must fit the model's context of {} and -r must be ≥ 1", c.max_positions);
     }
     let mut st = State::new(c, ctx, DEFAULT_BATCH)?;
-    let tokens = prompt(pp, c.vocab_size.max(4));
+    let tokens = prompt(depth + pp, c.vocab_size.max(4));
+    let (context, tokens) = tokens.split_at(depth);
     let first = c.bos_id.unwrap_or(0);
     let mut out = Vec::new();
     for &t in threads {
@@ -145,15 +166,19 @@ pub fn bench(model: &Model, pp: usize, tg: usize, threads: &[usize], reps: usize
             runs()?; // warm-up
             let v = (0..reps).map(|_| runs()).collect::<Result<Vec<_>>>()?;
             let (m, sd) = mean_sd(&v);
-            out.push(BenchResult { test, threads: t, tokens_per_s: m, sd, model_bytes: model.file().len() });
+            out.push(BenchResult { test, threads: t, tokens_per_s: m, sd, model_bytes: model.file().len(), depth });
             Ok(())
         };
         let tests = || -> Result<()> {
+            // The context, once: the tests write only the positions after it.
+            if depth > 0 {
+                model.forward(&mut st, context, 0)?;
+            }
             if pp > 0 {
-                record(format!("pp{pp}"), &mut || run_pp(model, &mut st, &tokens))?;
+                record(test_name("pp", pp, depth), &mut || run_pp(model, &mut st, tokens, depth))?;
             }
             if tg > 0 {
-                record(format!("tg{tg}"), &mut || run_tg(model, &mut st, tg, first))?;
+                record(test_name("tg", tg, depth), &mut || run_tg(model, &mut st, tg, first, depth))?;
             }
             Ok(())
         };

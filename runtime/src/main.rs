@@ -62,6 +62,9 @@ enum Command {
         /// Generated tokens for the tg test (0 = skip)
         #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
         tg: usize,
+        /// Context positions filled (untimed) before each test, as llama-bench's -d
+        #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+        depth: usize,
         /// Thread counts, comma-separated
         #[arg(short = 't', long = "threads", value_delimiter = ',', default_value = "1,2")]
         threads: Vec<usize>,
@@ -125,7 +128,9 @@ fn main() -> ExitCode {
         Command::Perplexity { model, text_file, ctx, json, threads } => {
             with_threads(threads, |_| cmd_perplexity(&model, &text_file, ctx, json))
         }
-        Command::Bench { model, pp, tg, threads, reps, json } => cmd_bench(&model, pp, tg, &threads, reps, json),
+        Command::Bench { model, pp, tg, depth, threads, reps, json } => {
+            cmd_bench(&model, [pp, tg, depth], &threads, reps, json)
+        }
         Command::Verify { file } => cmd_verify(&file),
         Command::Inspect { file } => cmd_inspect(&file),
     };
@@ -287,9 +292,11 @@ fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool)
     Ok(())
 }
 
-fn cmd_bench(path: &Path, pp: usize, tg: usize, threads: &[usize], reps: usize, json: bool) -> Result<()> {
+/// `sizes`: the -p, -n and -d values.
+fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, json: bool) -> Result<()> {
+    let [pp, tg, depth] = sizes;
     let (model, _) = open_model(path, false)?;
-    let results = tern::bench::bench(&model, pp, tg, threads, reps)?;
+    let results = tern::bench::bench(&model, pp, tg, depth, threads, reps)?;
     // Files under two huge pages cannot use them; say nothing of those.
     let big = model.file().len() >= 4 << 20;
     if let Some(huge) = tern::bench::huge_page_bytes(model.file().bytes()).filter(|_| big) {
@@ -301,13 +308,14 @@ fn cmd_bench(path: &Path, pp: usize, tg: usize, threads: &[usize], reps: usize, 
         );
     }
     if tg > 0 {
-        let (weights, kv) = (tern::bench::decode_bytes(&model) as f64, tern::bench::kv_bytes(&model, tg) as f64);
-        for (t, bw, ceiling) in tern::bench::roofline(&model, tg, threads, reps)? {
+        let (weights, kv) = (tern::bench::decode_bytes(&model) as f64, tern::bench::kv_bytes(&model, depth, tg) as f64);
+        let test = results.iter().find(|r| r.test.starts_with("tg")).map_or(String::new(), |r| r.test.clone());
+        for (t, bw, ceiling) in tern::bench::roofline(&model, depth, tg, threads, reps)? {
             let got =
                 results.iter().find(|r| r.threads == t && r.test.starts_with("tg")).map_or(0.0, |r| r.tokens_per_s);
             eprintln!(
                 "roofline, {t} thread(s): a decode step reads {:.1} MB of weights + {:.1} MB of KV cache (mean over \
-                 tg{tg}); streaming the model read {:.2} GB/s -> ceiling {ceiling:.1} tok/s; tg{tg} reached {got:.1} \
+                 {test}); streaming the model read {:.2} GB/s -> ceiling {ceiling:.1} tok/s; {test} reached {got:.1} \
                  tok/s ({:.0}% of it)",
                 weights / 1e6,
                 kv / 1e6,

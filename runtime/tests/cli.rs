@@ -202,8 +202,21 @@ fn bench_json_shape() {
     for r in rows {
         assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0 && r["sd"].as_f64().unwrap() >= 0.0);
         assert_eq!(r["model_bytes"].as_u64().unwrap(), size);
+        // The issue's keys, and no others.
+        let mut keys: Vec<&str> = r.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys, ["model_bytes", "sd", "test", "threads", "tokens_per_s"]);
     }
     assert_error(&tern(&["bench", model.to_str().unwrap(), "-p", "1000"]), "context");
+    // After a context (llama-bench's -d): named as llama-bench does, with the depth.
+    let o = tern(&["bench", model.to_str().unwrap(), "-d", "20", "-p", "4", "-n", "4", "-t", "1", "-r", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let tests: Vec<(&str, u64)> =
+        v.as_array().unwrap().iter().map(|r| (r["test"].as_str().unwrap(), r["depth"].as_u64().unwrap())).collect();
+    assert_eq!(tests, [("pp4 @ d20", 20), ("tg4 @ d20", 20)]);
+    // The context counts against the model's: tiny-tied has 128 positions.
+    assert_error(&tern(&["bench", model.to_str().unwrap(), "-d", "100", "-p", "40"]), "context");
 }
 
 #[test]
