@@ -249,9 +249,7 @@ pub fn attend_scratch_len(heads: usize, head_dim: usize, n: usize) -> usize {
     heads * (n.next_multiple_of(KEY_BLOCK) + 4 * head_dim)
 }
 
-/// How far ahead of its reads attention asks for key rows (of 16 floats) and value
-/// positions.
-const KEY_AHEAD: usize = 128;
+/// How many positions ahead of its reads attention asks for values.
 const VALUE_AHEAD: usize = 4;
 
 /// Which query heads an [`attend_heads`] call computes, and where their keys and values are.
@@ -426,13 +424,18 @@ impl Rows<'_> {
             &self.keys[start..start + hd * KB]
         });
         let qs: [&[f32]; G] = std::array::from_fn(|u| &self.q[block_head(u).1 * hd..(block_head(u).1 + 1) * hd]);
+        // The same heads' rows in the next block, which this call's task reads after the
+        // rest of its heads in this block: the hardware prefetchers alone leave these reads
+        // waiting, and a task's heads are only part of each block.
+        let ahead: [*const f32; G] = std::array::from_fn(|u| {
+            let (b, h) = block_head(u);
+            self.keys.as_ptr().wrapping_add((b + 1) * KB * self.kv_dim + self.kv_at(h) * KB)
+        });
         let mut acc = [[0f32; KB]; G];
         for d in 0..hd {
-            // The rows ahead in address order (a block's heads are adjacent, and blocks
-            // follow each other): the hardware prefetchers alone leave these reads waiting.
-            if self.heads > 1 {
-                for u in 0..G {
-                    prefetch(rows[0].as_ptr().wrapping_add((KEY_AHEAD + G * d + u) * KB));
+            if heads > 1 {
+                for p in ahead {
+                    prefetch(p.wrapping_add(d * KB));
                 }
             }
             for u in 0..G {
