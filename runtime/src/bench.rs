@@ -124,7 +124,13 @@ fn pmd_mapped(smaps: &str, addr: usize) -> Option<u64> {
 
 /// The decode roofline of tg`tg` from position `depth` at each thread count: (threads,
 /// bandwidth bytes/s, tok/s ceiling), for the weights and the KV cache a step reads.
-pub fn roofline(model: &Model, depth: usize, tg: usize, threads: &[usize], reps: usize) -> Result<Vec<(usize, f64, f64)>> {
+pub fn roofline(
+    model: &Model,
+    depth: usize,
+    tg: usize,
+    threads: &[usize],
+    reps: usize,
+) -> Result<Vec<(usize, f64, f64)>> {
     let per_token = (decode_bytes(model) + kv_bytes(model, depth, tg)) as f64;
     let bytes = model.file().bytes();
     let mut out = Vec::new();
@@ -147,7 +153,14 @@ fn test_name(test: &str, n: usize, depth: usize) -> String {
 
 /// Runs pp`pp` and tg`tg` at each thread count (0 skips a test), after `depth` positions
 /// of context.
-pub fn bench(model: &Model, pp: usize, tg: usize, depth: usize, threads: &[usize], reps: usize) -> Result<Vec<BenchResult>> {
+pub fn bench(
+    model: &Model,
+    pp: usize,
+    tg: usize,
+    depth: usize,
+    threads: &[usize],
+    reps: usize,
+) -> Result<Vec<BenchResult>> {
     let c = model.config();
     let ctx = depth + pp.max(tg);
     if pp.max(tg) == 0 || ctx > c.max_positions as usize || reps == 0 {

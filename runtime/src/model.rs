@@ -30,6 +30,7 @@ use std::path::Path;
 use tern_format::names::{self, BlockTensor};
 use tern_format::ternary::{padded_cols, row_bytes};
 use tern_format::{find_tensor, Activation, Encoding, ModelConfig, Shape, TensorInfo};
+use zerocopy::FromBytes;
 
 // ---------------------------------------------------------------------------------------
 // Weights
@@ -301,8 +302,9 @@ impl Model {
                 rope(head, cos, sin);
             }
         }
-        let per_layer = st.kv_cache.len() / c.n_layers as usize;
-        let cache = &mut st.kv_cache[l * per_layer..(l + 1) * per_layer];
+        let kv_cache = floats(&mut st.kv_cache);
+        let per_layer = kv_cache.len() / c.n_layers as usize;
+        let cache = &mut kv_cache[l * per_layer..(l + 1) * per_layer];
         let new = (&st.k[..n * kvd], &st.v[..n * kvd]);
         attention(c, &self.kernels, &st.q[..n * qd], new, cache, st.padded_seq, &mut st.att[..n * qd], p0);
         self.norm_quantize(st, Src::Att, n, qd, w.attn_sub_norm.as_deref());
@@ -568,10 +570,29 @@ pub struct State {
     att: Vec<f32>,
     gate: Vec<f32>,
     /// Per layer: keys of `padded_seq` positions, then values of `max_seq` (see [`attention`]).
-    kv_cache: Vec<f32>,
+    /// Anonymous memory with huge pages advised: decoding at depth streams the whole
+    /// cache once per token (through 4 KiB pages, a TLB miss every 4 KiB).
+    kv_cache: memmap2::MmapMut,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
     logits: Vec<f32>,
+}
+
+/// Zeroed memory for a KV cache of `floats` f32 values, with huge pages advised (which
+/// may be refused: the cache works either way).
+fn kv_cache(floats: usize) -> Result<memmap2::MmapMut> {
+    let bytes = (floats * 4).max(4);
+    let map = memmap2::MmapMut::map_anon(bytes)
+        .with_context(|| format!("allocating a KV cache of {:.1} MB", bytes as f64 / 1e6))?;
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    Ok(map)
+}
+
+/// The f32 values of a KV cache.
+fn floats(map: &mut memmap2::MmapMut) -> &mut [f32] {
+    // An anonymous map is page-aligned and holds whole floats (see `kv_cache`).
+    <[f32]>::mut_from_bytes(&mut map[..]).expect("KV cache: page-aligned whole floats")
 }
 
 /// Default prompt chunk size.
@@ -619,7 +640,7 @@ impl State {
             v: vec![0.0; batch * kvd],
             att: vec![0.0; batch * qd],
             gate: vec![0.0; batch * inter],
-            kv_cache: vec![0.0; c.n_layers as usize * (padded_seq + max_seq) * kvd],
+            kv_cache: kv_cache(c.n_layers as usize * (padded_seq + max_seq) * kvd)?,
             rope_cos,
             rope_sin,
             logits: vec![0.0; batch * vocab],
@@ -632,6 +653,6 @@ impl State {
 
     /// Bytes held by the KV cache.
     pub fn kv_cache_bytes(&self) -> usize {
-        self.kv_cache.len() * 4
+        self.kv_cache.len()
     }
 }
