@@ -11,13 +11,16 @@
 # speed); convert with llama.cpp's convert_hf_to_gguf.py to f16 and quantize to TQ2_0
 # twice: default (Q6_K output matrix) and with an f16 output matrix (like for like with
 # tern's default); then run `llama-bench` and `tern bench` with the same -p/-n/-t/-r,
-# interleaving passes, and print one table.
+# and tg again after a DEPTH-token context (-d, default 512), interleaving passes, and
+# print one table.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/tern-bench}
 mkdir -p "$work"
 cd "$work"
 P=${P:-128} N=${N:-64} R=${R:-3} T=${T:-1,2} PASSES=${PASSES:-2}
+# Also tg N after a context of DEPTH tokens (llama-bench -d; 0 skips it).
+DEPTH=${DEPTH:-512}
 
 pip install --quiet numpy safetensors tokenizers sentencepiece torch transformers cmake scikit-build-core ninja >/dev/null
 
@@ -68,36 +71,43 @@ done
 : > results.jsonl
 : > roofline.txt
 for pass in $(seq "$PASSES"); do
-  for f in large-tq2_0-f16out.gguf large-tq2_0.gguf; do
-    llama/build/bin/llama-bench -m "$f" -p "$P" -n "$N" -t "$T" -r "$R" -o jsonl |
-      python3 -c "
+  # (prompt, generated, depth) of each run: pp and tg from an empty context, then tg at depth.
+  runs=("$P $N 0")
+  [ "$DEPTH" -gt 0 ] && runs+=("0 $N $DEPTH")
+  for run in "${runs[@]}"; do
+    read -r p n d <<< "$run"
+    for f in large-tq2_0-f16out.gguf large-tq2_0.gguf; do
+      llama/build/bin/llama-bench -m "$f" -p "$p" -n "$n" -d "$d" -t "$T" -r "$R" -o jsonl |
+        python3 -c "
 import json, sys, os
 for line in sys.stdin:
     r = json.loads(line)
     test = f\"pp{r['n_prompt']}\" if r['n_prompt'] else f\"tg{r['n_gen']}\"
+    if r.get('n_depth'):
+        test += f\" @ d{r['n_depth']}\"
     print(json.dumps({'engine': 'llama.cpp $f', 'test': test, 'threads': r['n_threads'],
                       'tps': r['avg_ts'], 'sd': r['stddev_ts'], 'bytes': os.path.getsize('$f')}))" >> results.jsonl
-  done
-  for f in large.tern large-q8.tern; do
-    "$here/target/release/tern" bench "$f" -p "$P" -n "$N" -t "$T" -r "$R" --json 2>> roofline.txt |
-      python3 -c "
+    done
+    for f in large.tern large-q8.tern; do
+      "$here/target/release/tern" bench "$f" -p "$p" -n "$n" -d "$d" -t "$T" -r "$R" --json 2>> roofline.txt |
+        python3 -c "
 import json, sys
 for r in json.load(sys.stdin):
     print(json.dumps({'engine': 'tern $f', 'test': r['test'], 'threads': r['threads'],
                       'tps': r['tokens_per_s'], 'sd': r['sd'], 'bytes': r['model_bytes']}))" >> results.jsonl
+    done
   done
 done
-
 python3 - results.jsonl <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 keys = sorted({(r["engine"], r["test"], r["threads"]) for r in rows}, key=lambda k: (k[1], k[2], k[0]))
-print(f"| {'engine / file':36} | {'MiB':>5} | {'test':>6} | {'threads':>7} | {'tok/s (median of passes)':>24} |")
+print(f"| {'engine / file':36} | {'MiB':>5} | {'test':>12} | {'threads':>7} | {'tok/s (median of passes)':>24} |")
 print("|---|---:|---:|---:|---:|")
 for k in keys:
     v = [r for r in rows if (r["engine"], r["test"], r["threads"]) == k]
     med = statistics.median(r["tps"] for r in v)
-    print(f"| {k[0]:36} | {v[0]['bytes'] / 2**20:5.0f} | {k[1]:>6} | {k[2]:>7} | {med:24.2f} |")
+    print(f"| {k[0]:36} | {v[0]['bytes'] / 2**20:5.0f} | {k[1]:>12} | {k[2]:>7} | {med:24.2f} |")
 print()
 for test in sorted({r["test"] for r in rows}):
     for t in sorted({r["threads"] for r in rows}):
