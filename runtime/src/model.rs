@@ -495,18 +495,11 @@ fn attention(
     }
 }
 
-/// How many key rows (cache lines) ahead [`store_kv`] asks for.
-const STORE_AHEAD: usize = 64;
-
 /// Stores the keys and values of all kv heads at position `pos` (see [`attention`]).
 fn store_kv(keys: &mut [f32], values: &mut [f32], k: &[f32], v: &[f32], pos: usize) {
     let (kv_dim, kb) = (k.len(), KEY_BLOCK);
     let block = &mut keys[pos / kb * kb * kv_dim..(pos / kb + 1) * kb * kv_dim];
-    // One float in each of `kv_dim` consecutive cache lines, which the weights streamed
-    // since the last token have evicted: ask for the lines ahead.
-    let ahead = block.as_ptr().wrapping_add(STORE_AHEAD * kb);
-    for (r, (row, &k)) in block.chunks_exact_mut(kb).zip(k).enumerate() {
-        crate::kernels::prefetch(ahead.wrapping_add(r * kb));
+    for (row, &k) in block.chunks_exact_mut(kb).zip(k) {
         row[pos % kb] = k;
     }
     values[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(v);
