@@ -143,7 +143,7 @@ pub fn roofline(
 }
 
 /// The name of a test, llama-bench style: `tg64`, or `tg64 @ d512` after a context.
-fn test_name(test: &str, n: usize, depth: usize) -> String {
+pub fn test_name(test: &str, n: usize, depth: usize) -> String {
     if depth == 0 {
         format!("{test}{n}")
     } else {

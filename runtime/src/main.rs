@@ -309,10 +309,9 @@ fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, jso
     }
     if tg > 0 {
         let (weights, kv) = (tern::bench::decode_bytes(&model) as f64, tern::bench::kv_bytes(&model, depth, tg) as f64);
-        let test = results.iter().find(|r| r.test.starts_with("tg")).map_or(String::new(), |r| r.test.clone());
+        let test = tern::bench::test_name("tg", tg, depth);
         for (t, bw, ceiling) in tern::bench::roofline(&model, depth, tg, threads, reps)? {
-            let got =
-                results.iter().find(|r| r.threads == t && r.test.starts_with("tg")).map_or(0.0, |r| r.tokens_per_s);
+            let got = results.iter().find(|r| r.threads == t && r.test == test).map_or(0.0, |r| r.tokens_per_s);
             eprintln!(
                 "roofline, {t} thread(s): a decode step reads {:.1} MB of weights + {:.1} MB of KV cache (mean over \
                  {test}); streaming the model read {:.2} GB/s -> ceiling {ceiling:.1} tok/s; {test} reached {got:.1} \

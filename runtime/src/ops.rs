@@ -318,12 +318,11 @@ pub fn attend_heads(
 
     // Weighted values: accumulator `u` of a head takes positions 4i + u; a tail of fewer
     // than four positions goes to accumulator 0.
-    if heads == 1 {
+    const VB: usize = 32;
+    if heads == 1 && hd % VB == 0 {
         // One head (a prompt's task): 32 dimensions at a time, in registers.
         let (v0, scores) = (at.kv_at(0), &scores[..n]);
-        const VB: usize = 32;
-        let mut d0 = 0;
-        while d0 + VB <= hd {
+        for d0 in (0..hd).step_by(VB) {
             let mut acc = [[0f32; VB]; 4];
             let mut s = 0;
             while s < n {
@@ -340,16 +339,12 @@ pub fn attend_heads(
             for i in 0..VB {
                 out[d0 + i] = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
             }
-            d0 += VB;
         }
-        if d0 == hd {
-            return;
-        }
-        // A width that is not a multiple of 32 (small test models) goes on below, which
-        // computes every dimension again, in the same order.
+        return;
     }
-    // Every head (a decoded token's task), position by position, so the values are read
-    // front to back; the accumulators stay in L1.
+    // Every head (a decoded token's task; also one head of a width that is not a multiple
+    // of 32), position by position, so the values are read front to back; the
+    // accumulators stay in L1.
     acc.fill(0.0);
     let mut s = 0;
     while s < n {
