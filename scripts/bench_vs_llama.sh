@@ -12,7 +12,8 @@
 # twice: default (Q6_K output matrix) and with an f16 output matrix (like for like with
 # tern's default); then run `llama-bench` and `tern bench` with the same -p/-n/-t/-r,
 # and tg again after a DEPTH-token context (-d, default 512), interleaving passes, and
-# print one table.
+# print one table. At depth tern runs twice: with its default f32 KV cache, and with an
+# f16 one (`--cache-type f16`), like for like with llama.cpp's default f16 cache.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/tern-bench}
@@ -88,13 +89,18 @@ for line in sys.stdin:
     print(json.dumps({'engine': 'llama.cpp $f', 'test': test, 'threads': r['n_threads'],
                       'tps': r['avg_ts'], 'sd': r['stddev_ts'], 'bytes': os.path.getsize('$f')}))" >> results.jsonl
     done
-    for f in large.tern large-q8.tern; do
-      "$here/target/release/tern" bench "$f" -p "$p" -n "$n" -d "$d" -t "$T" -r "$R" --json 2>> roofline.txt |
-        python3 -c "
+    kvs=(f32)
+    [ "$d" -gt 0 ] && kvs+=(f16)
+    for kv in "${kvs[@]}"; do
+      for f in large.tern large-q8.tern; do
+        "$here/target/release/tern" bench "$f" -p "$p" -n "$n" -d "$d" -t "$T" -r "$R" --json --cache-type "$kv" \
+          2>> roofline.txt | python3 -c "
 import json, sys
 for r in json.load(sys.stdin):
-    print(json.dumps({'engine': 'tern $f', 'test': r['test'], 'threads': r['threads'],
+    kv = ' (' + r['kv_cache'] + ' KV)' if 'kv_cache' in r else ''
+    print(json.dumps({'engine': 'tern $f' + kv, 'test': r['test'], 'threads': r['threads'],
                       'tps': r['tokens_per_s'], 'sd': r['sd'], 'bytes': r['model_bytes']}))" >> results.jsonl
+      done
     done
   done
 done
@@ -113,11 +119,13 @@ for test in sorted({r["test"] for r in rows}):
     for t in sorted({r["threads"] for r in rows}):
         def med(e):
             return statistics.median(r["tps"] for r in rows if r["engine"] == e and r["test"] == test and r["threads"] == t)
-        try:
-            print(f"{test}, {t} thread(s): tern f16-output / TQ2_0 f16-output = "
-                  f"{med('tern large.tern') / med('llama.cpp large-tq2_0-f16out.gguf'):.2f}x; "
-                  f"tern q8-output / TQ2_0 default = {med('tern large-q8.tern') / med('llama.cpp large-tq2_0.gguf'):.2f}x")
-        except statistics.StatisticsError:
-            pass
+        for kv in ["", " (f16 KV)"]:
+            try:
+                print(f"{test}, {t} thread(s){kv or ''}: tern f16-output / TQ2_0 f16-output = "
+                      f"{med('tern large.tern' + kv) / med('llama.cpp large-tq2_0-f16out.gguf'):.2f}x; "
+                      f"tern q8-output / TQ2_0 default = "
+                      f"{med('tern large-q8.tern' + kv) / med('llama.cpp large-tq2_0.gguf'):.2f}x")
+            except statistics.StatisticsError:
+                pass
 PY
 grep roofline roofline.txt || true

@@ -6,7 +6,7 @@
 //! runs once untimed (to fault in the mapped weights), then `reps` timed repetitions.
 
 use crate::kernels::Kernels;
-use crate::model::{Model, State, DEFAULT_BATCH};
+use crate::model::{KvType, Model, State, DEFAULT_BATCH};
 use crate::sampler::argmax;
 use anyhow::{bail, Result};
 use std::time::Instant;
@@ -22,6 +22,17 @@ pub struct BenchResult {
     /// Context positions filled before the test (only in JSON when not 0).
     #[serde(skip_serializing_if = "is_zero")]
     pub depth: usize,
+    /// The KV cache's type (only in JSON when not the default f32).
+    #[serde(skip_serializing_if = "is_default", serialize_with = "kv_name")]
+    pub kv_cache: KvType,
+}
+
+fn is_default(kv: &KvType) -> bool {
+    *kv == KvType::default()
+}
+
+fn kv_name<S: serde::Serializer>(kv: &KvType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(kv.name())
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -76,13 +87,13 @@ pub fn decode_bytes(model: &Model) -> u64 {
 }
 
 /// KV-cache bytes a decode step reads on average over `tg` steps from position `depth`:
-/// the step at position `p` reads the f32 keys and values of positions `0..=p` in every
-/// layer.
-pub fn kv_bytes(model: &Model, depth: usize, tg: usize) -> u64 {
+/// the step at position `p` reads the keys and values of positions `0..=p` in every
+/// layer, of `kv.bytes()` each.
+pub fn kv_bytes(model: &Model, depth: usize, tg: usize, kv: KvType) -> u64 {
     let c = model.config();
-    // mean over p in depth..depth + tg of 2 · layers · (p + 1) · kv_dim · 4
-    //   = layers · kv_dim · 4 · (2 · depth + tg + 1)
-    u64::from(c.n_layers) * c.kv_dim() as u64 * 4 * (2 * depth as u64 + tg as u64 + 1)
+    // mean over p in depth..depth + tg of 2 · layers · (p + 1) · kv_dim · bytes
+    //   = layers · kv_dim · bytes · (2 · depth + tg + 1) / 2 · 2
+    u64::from(c.n_layers) * c.kv_dim() as u64 * kv.bytes() as u64 * (2 * depth as u64 + tg as u64 + 1)
 }
 
 /// Streaming read bandwidth over `bytes` (bytes/s), in the current pool: the best of
@@ -130,8 +141,9 @@ pub fn roofline(
     tg: usize,
     threads: &[usize],
     reps: usize,
+    kv: KvType,
 ) -> Result<Vec<(usize, f64, f64)>> {
-    let per_token = (decode_bytes(model) + kv_bytes(model, depth, tg)) as f64;
+    let per_token = (decode_bytes(model) + kv_bytes(model, depth, tg, kv)) as f64;
     let bytes = model.file().bytes();
     let mut out = Vec::new();
     for &t in threads {
@@ -152,7 +164,7 @@ pub fn test_name(test: &str, n: usize, depth: usize) -> String {
 }
 
 /// Runs pp`pp` and tg`tg` at each thread count (0 skips a test), after `depth` positions
-/// of context.
+/// of context, with a KV cache of `kv`.
 pub fn bench(
     model: &Model,
     pp: usize,
@@ -160,13 +172,14 @@ pub fn bench(
     depth: usize,
     threads: &[usize],
     reps: usize,
+    kv: KvType,
 ) -> Result<Vec<BenchResult>> {
     let c = model.config();
     let ctx = depth + pp.max(tg);
     if pp.max(tg) == 0 || ctx > c.max_positions as usize || reps == 0 {
         bail!("-d plus the larger of -p and -n must fit the model's context of {} and -r must be ≥ 1", c.max_positions);
     }
-    let mut st = State::new(c, ctx, DEFAULT_BATCH)?;
+    let mut st = State::with_kv(c, ctx, DEFAULT_BATCH, kv)?;
     let tokens = prompt(depth + pp, c.vocab_size.max(4));
     let (context, tokens) = tokens.split_at(depth);
     let first = c.bos_id.unwrap_or(0);
@@ -179,7 +192,15 @@ pub fn bench(
             runs()?; // warm-up
             let v = (0..reps).map(|_| runs()).collect::<Result<Vec<_>>>()?;
             let (m, sd) = mean_sd(&v);
-            out.push(BenchResult { test, threads: t, tokens_per_s: m, sd, model_bytes: model.file().len(), depth });
+            out.push(BenchResult {
+                test,
+                threads: t,
+                tokens_per_s: m,
+                sd,
+                model_bytes: model.file().len(),
+                depth,
+                kv_cache: kv,
+            });
             Ok(())
         };
         let tests = || -> Result<()> {

@@ -1,6 +1,6 @@
 //! Text generation: prompt processing, then sample / decode / stream one token at a time.
 
-use crate::model::{Model, State, DEFAULT_BATCH};
+use crate::model::{KvType, Model, State, DEFAULT_BATCH};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::{Detokenizer, TextTokenizer};
 use anyhow::{bail, Result};
@@ -14,6 +14,7 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Generation stops when the text contains one of these (which is not printed).
     pub stop: Vec<String>,
+    pub kv_type: KvType,
 }
 
 /// Timing of one generation.
@@ -91,7 +92,7 @@ pub fn generate(
     }
     let c = model.config();
     let need = check_context(model, prompt.len(), opts.max_new)?;
-    let mut st = State::new(c, need, DEFAULT_BATCH)?;
+    let mut st = State::with_kv(c, need, DEFAULT_BATCH, opts.kv_type)?;
     let mut stats = GenStats { prompt_tokens: prompt.len(), kv_cache_bytes: st.kv_cache_bytes(), ..Default::default() };
     if opts.max_new == 0 {
         return Ok(stats);

@@ -19,4 +19,4 @@ pub mod sampler;
 pub mod tokenizer;
 
 pub use loader::ModelFile;
-pub use model::{Model, Stage, State};
+pub use model::{KvType, Model, Stage, State};

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tern::generate::{generate, GenerateOptions};
 use tern::sampler::SamplerConfig;
 use tern::tokenizer::TextTokenizer;
-use tern::{Model, ModelFile, State};
+use tern::{KvType, Model, ModelFile, State};
 
 /// Run BitNet b1.58 models from a packed .tern file.
 #[derive(Parser)]
@@ -52,6 +52,9 @@ enum Command {
         /// Worker threads (default: all cores)
         #[arg(long)]
         threads: Option<usize>,
+        /// KV cache type: f32 (exact, as the reference), or f16 (half the memory and the bytes read per token)
+        #[arg(long = "cache-type", value_enum, default_value_t = KvType::F32)]
+        kv: KvType,
     },
     /// Measure prompt processing and generation speed (llama-bench style)
     Bench {
@@ -74,6 +77,9 @@ enum Command {
         /// Print a JSON array instead of a table
         #[arg(long)]
         json: bool,
+        /// KV cache type: f32 (exact, as the reference), or f16 (half the memory and the bytes read per token)
+        #[arg(long = "cache-type", value_enum, default_value_t = KvType::F32)]
+        kv: KvType,
     },
     /// Check the structure and every checksum of a .tern file
     Verify { file: PathBuf },
@@ -117,6 +123,9 @@ struct GenerateArgs {
     /// Check every tensor checksum before running
     #[arg(long)]
     verify: bool,
+    /// KV cache type: f32 (exact, as the reference), or f16 (half the memory and the bytes read per token)
+    #[arg(long = "cache-type", value_enum, default_value_t = KvType::F32)]
+    kv: KvType,
 }
 
 fn main() -> ExitCode {
@@ -125,11 +134,11 @@ fn main() -> ExitCode {
         Command::Generate(args) => with_threads(args.threads, |n| cmd_generate(args, n)),
         Command::Logits { model, tokens, all, threads } => with_threads(threads, |_| cmd_logits(&model, &tokens, all)),
         Command::Tokenize { model, text } => cmd_tokenize(&model, &text),
-        Command::Perplexity { model, text_file, ctx, json, threads } => {
-            with_threads(threads, |_| cmd_perplexity(&model, &text_file, ctx, json))
+        Command::Perplexity { model, text_file, ctx, json, threads, kv } => {
+            with_threads(threads, |_| cmd_perplexity(&model, &text_file, ctx, json, kv))
         }
-        Command::Bench { model, pp, tg, depth, threads, reps, json } => {
-            cmd_bench(&model, [pp, tg, depth], &threads, reps, json)
+        Command::Bench { model, pp, tg, depth, threads, reps, json, kv } => {
+            cmd_bench(&model, [pp, tg, depth], &threads, reps, json, kv)
         }
         Command::Verify { file } => cmd_verify(&file),
         Command::Inspect { file } => cmd_inspect(&file),
@@ -219,7 +228,7 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     if ids.is_empty() {
         ids.extend(c.bos_id);
     }
-    let opts = GenerateOptions { max_new: args.n, sampler, seed, stop: args.stop.clone() };
+    let opts = GenerateOptions { max_new: args.n, sampler, seed, stop: args.stop.clone(), kv_type: args.kv };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     out.write_all(prompt.as_bytes())?;
@@ -257,7 +266,7 @@ fn cmd_logits(path: &Path, tokens: &[u32], all: bool) -> Result<()> {
     Ok(())
 }
 
-fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool) -> Result<()> {
+fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool, kv: KvType) -> Result<()> {
     let bytes = std::fs::read(text_file).with_context(|| format!("reading {}", text_file.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
@@ -272,7 +281,7 @@ fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool)
     let bar = if std::io::stderr().is_terminal() { ProgressBar::new(ids.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tokens {elapsed} eta {eta}").expect("template"));
     let t0 = Instant::now();
-    let p = tern::perplexity::perplexity(&model, &ids, ctx, &mut |n| bar.set_position(n as u64))?;
+    let p = tern::perplexity::perplexity(&model, &ids, ctx, kv, &mut |n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let out = &mut std::io::stdout().lock();
@@ -293,10 +302,10 @@ fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool)
 }
 
 /// `sizes`: the -p, -n and -d values.
-fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, json: bool) -> Result<()> {
+fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, json: bool, kv: KvType) -> Result<()> {
     let [pp, tg, depth] = sizes;
     let (model, _) = open_model(path, false)?;
-    let results = tern::bench::bench(&model, pp, tg, depth, threads, reps)?;
+    let results = tern::bench::bench(&model, pp, tg, depth, threads, reps, kv)?;
     // Files under two huge pages cannot use them; say nothing of those.
     let big = model.file().len() >= 4 << 20;
     if let Some(huge) = tern::bench::huge_page_bytes(model.file().bytes()).filter(|_| big) {
@@ -308,16 +317,18 @@ fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, jso
         );
     }
     if tg > 0 {
-        let (weights, kv) = (tern::bench::decode_bytes(&model) as f64, tern::bench::kv_bytes(&model, depth, tg) as f64);
+        let weights = tern::bench::decode_bytes(&model) as f64;
+        let kv_read = tern::bench::kv_bytes(&model, depth, tg, kv) as f64;
         let test = tern::bench::test_name("tg", tg, depth);
-        for (t, bw, ceiling) in tern::bench::roofline(&model, depth, tg, threads, reps)? {
+        for (t, bw, ceiling) in tern::bench::roofline(&model, depth, tg, threads, reps, kv)? {
             let got = results.iter().find(|r| r.threads == t && r.test == test).map_or(0.0, |r| r.tokens_per_s);
             eprintln!(
-                "roofline, {t} thread(s): a decode step reads {:.1} MB of weights + {:.1} MB of KV cache (mean over \
+                "roofline, {t} thread(s): a decode step reads {:.1} MB of weights + {:.1} MB of {} KV cache (mean over \
                  {test}); streaming the model read {:.2} GB/s -> ceiling {ceiling:.1} tok/s; {test} reached {got:.1} \
                  tok/s ({:.0}% of it)",
                 weights / 1e6,
-                kv / 1e6,
+                kv_read / 1e6,
+                kv.name(),
                 bw / 1e9,
                 100.0 * got / ceiling
             );
@@ -328,6 +339,11 @@ fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, jso
         writeln!(out, "{}", serde_json::to_string(&results)?)?;
         return Ok(());
     }
+    // The cache type, when not the default, goes with the kernels (the columns stay llama-bench's).
+    let kernels = match kv {
+        KvType::F32 => model.kernels().name().to_string(),
+        _ => format!("{}, {} KV", model.kernels().name(), kv.name()),
+    };
     writeln!(out, "| model | size | kernels | threads | test | t/s |")?;
     writeln!(out, "|---|---|---|---|---|---|")?;
     for r in &results {
@@ -336,7 +352,7 @@ fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, jso
             "| {} | {:.1} MiB | {} | {} | {} | {:.2} ± {:.2} |",
             path.file_name().unwrap_or_default().to_string_lossy(),
             r.model_bytes as f64 / (1 << 20) as f64,
-            model.kernels().name(),
+            kernels,
             r.threads,
             r.test,
             r.tokens_per_s,

@@ -21,16 +21,17 @@
 //! to [`State`]'s batch size, layer by layer, so each weight row is used for every token
 //! of the chunk; a single token is a chunk of one and takes the very same code path.
 
-use crate::kernels::{self, Kernels};
+use crate::kernels::{self, CacheElem, Kernels};
 use crate::loader::ModelFile;
 use crate::ops::{attend_scratch_len, rmsnorm, rope, Combine, FloatMatrix, HeadsAt, KEY_BLOCK};
 use crate::pool;
 use anyhow::{bail, Context, Result};
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use std::path::Path;
 use tern_format::names::{self, BlockTensor};
 use tern_format::ternary::{padded_cols, row_bytes};
 use tern_format::{find_tensor, Activation, Encoding, ModelConfig, Shape, TensorInfo};
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 // ---------------------------------------------------------------------------------------
 // Weights
@@ -302,11 +303,22 @@ impl Model {
                 rope(head, cos, sin);
             }
         }
-        let kv_cache = floats(&mut st.kv_cache);
-        let per_layer = kv_cache.len() / c.n_layers as usize;
-        let cache = &mut kv_cache[l * per_layer..(l + 1) * per_layer];
-        let new = (&st.k[..n * kvd], &st.v[..n * kvd]);
-        attention(c, &self.kernels, &st.q[..n * qd], new, cache, st.padded_seq, &mut st.att[..n * qd], p0);
+        let (q, new, out) = (&st.q[..n * qd], (&st.k[..n * kvd], &st.v[..n * kvd]), &mut st.att[..n * qd]);
+        let k = &self.kernels;
+        match st.kv_type {
+            KvType::F32 => {
+                let cache = layer_cache::<f32>(&mut st.kv_cache, l, c.n_layers);
+                attention(c, k, q, new, cache, st.padded_seq, out, p0);
+            }
+            KvType::F16 => {
+                // The new keys and values rounded to f16 (to nearest, ties to even) first.
+                let new16 = (&mut st.k16[..n * kvd], &mut st.v16[..n * kvd]);
+                new16.0.reinterpret_cast_mut::<half::f16>().convert_from_f32_slice(new.0);
+                new16.1.reinterpret_cast_mut::<half::f16>().convert_from_f32_slice(new.1);
+                let cache = layer_cache::<u16>(&mut st.kv_cache, l, c.n_layers);
+                attention(c, k, q, (&*new16.0, &*new16.1), cache, st.padded_seq, out, p0);
+            }
+        }
         self.norm_quantize(st, Src::Att, n, qd, w.attn_sub_norm.as_deref());
         self.bitlinear(st, n, [(&w.wo, Out::Residual)]);
 
@@ -456,12 +468,12 @@ thread_local! {
 /// work to take over from a thread that shares its core with another process). A prompt
 /// chunk runs one task per (token, head), taken head by head.
 #[allow(clippy::too_many_arguments)]
-fn attention(
+fn attention<E: CacheElem>(
     c: &ModelConfig,
     kernels: &Kernels,
     q: &[f32],
-    new: (&[f32], &[f32]),
-    cache: &mut [f32],
+    new: (&[E], &[E]),
+    cache: &mut [E],
     padded_seq: usize,
     out: &mut [f32],
     p0: usize,
@@ -496,7 +508,7 @@ fn attention(
 }
 
 /// Stores the keys and values of all kv heads at position `pos` (see [`attention`]).
-fn store_kv(keys: &mut [f32], values: &mut [f32], k: &[f32], v: &[f32], pos: usize) {
+fn store_kv<E: Copy>(keys: &mut [E], values: &mut [E], k: &[E], v: &[E], pos: usize) {
     let (kv_dim, kb) = (k.len(), KEY_BLOCK);
     let block = &mut keys[pos / kb * kb * kv_dim..(pos / kb + 1) * kb * kv_dim];
     for (row, &k) in block.chunks_exact_mut(kb).zip(k) {
@@ -562,19 +574,51 @@ pub struct State {
     v: Vec<f32>,
     att: Vec<f32>,
     gate: Vec<f32>,
-    /// Per layer: keys of `padded_seq` positions, then values of `max_seq` (see [`attention`]).
-    /// Anonymous memory with huge pages advised: decoding at depth streams the whole
-    /// cache once per token (through 4 KiB pages, a TLB miss every 4 KiB).
+    /// Per layer: keys of `padded_seq` positions, then values of `max_seq` (see [`attention`]),
+    /// as `kv_type` says. Anonymous memory with huge pages advised: decoding at depth
+    /// streams the whole cache once per token (through 4 KiB pages, a TLB miss every 4 KiB).
     kv_cache: memmap2::MmapMut,
+    kv_type: KvType,
+    /// The new keys and values as f16 bits, for an f16 cache.
+    k16: Vec<u16>,
+    v16: Vec<u16>,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
     logits: Vec<f32>,
 }
 
-/// Zeroed memory for a KV cache of `floats` f32 values, with huge pages advised (which
-/// may be refused: the cache works either way).
-fn kv_cache(floats: usize) -> Result<memmap2::MmapMut> {
-    let bytes = (floats * 4).max(4);
+/// The element type of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum KvType {
+    /// f32: attention exactly as the reference computes it.
+    #[default]
+    F32,
+    /// f16 (rounded to nearest, ties to even): half the memory and half the bytes a
+    /// decoded token reads from the cache, as llama.cpp's default cache.
+    F16,
+}
+
+impl KvType {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
+
+    /// Bytes per cached value.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+}
+
+/// Zeroed memory for a KV cache of `bytes`, with huge pages advised (which may be refused:
+/// the cache works either way).
+fn kv_cache(bytes: usize) -> Result<memmap2::MmapMut> {
+    let bytes = bytes.max(4);
     let map = memmap2::MmapMut::map_anon(bytes)
         .with_context(|| format!("allocating a KV cache of {:.1} MB", bytes as f64 / 1e6))?;
     #[cfg(target_os = "linux")]
@@ -582,18 +626,26 @@ fn kv_cache(floats: usize) -> Result<memmap2::MmapMut> {
     Ok(map)
 }
 
-/// The f32 values of a KV cache.
-fn floats(map: &mut memmap2::MmapMut) -> &mut [f32] {
-    // An anonymous map is page-aligned and holds whole floats (see `kv_cache`).
-    <[f32]>::mut_from_bytes(&mut map[..]).expect("KV cache: page-aligned whole floats")
+/// Layer `l`'s part of a KV cache of `E` values.
+fn layer_cache<E: CacheElem + FromBytes + IntoBytes>(map: &mut memmap2::MmapMut, l: usize, n_layers: u32) -> &mut [E] {
+    // An anonymous map is page-aligned and holds whole values of its type (see `State::new`).
+    let all = <[E]>::mut_from_bytes(&mut map[..]).expect("KV cache: page-aligned whole values");
+    let per_layer = all.len() / n_layers as usize;
+    &mut all[l * per_layer..(l + 1) * per_layer]
 }
 
 /// Default prompt chunk size.
 pub const DEFAULT_BATCH: usize = 32;
 
 impl State {
-    /// A run state for up to `max_seq` positions (at most the model's `max_positions`).
+    /// A run state for up to `max_seq` positions (at most the model's `max_positions`),
+    /// with an f32 KV cache.
     pub fn new(config: &ModelConfig, max_seq: usize, batch: usize) -> Result<Self> {
+        Self::with_kv(config, max_seq, batch, KvType::F32)
+    }
+
+    /// [`State::new`] with a KV cache of `kv_type`.
+    pub fn with_kv(config: &ModelConfig, max_seq: usize, batch: usize, kv_type: KvType) -> Result<Self> {
         if max_seq == 0 || max_seq > config.max_positions as usize {
             bail!("context of {max_seq} positions is outside 1..={} (the model's maximum)", config.max_positions);
         }
@@ -633,7 +685,10 @@ impl State {
             v: vec![0.0; batch * kvd],
             att: vec![0.0; batch * qd],
             gate: vec![0.0; batch * inter],
-            kv_cache: kv_cache(c.n_layers as usize * (padded_seq + max_seq) * kvd)?,
+            kv_cache: kv_cache(c.n_layers as usize * (padded_seq + max_seq) * kvd * kv_type.bytes())?,
+            kv_type,
+            k16: if kv_type == KvType::F16 { vec![0; batch * kvd] } else { Vec::new() },
+            v16: if kv_type == KvType::F16 { vec![0; batch * kvd] } else { Vec::new() },
             rope_cos,
             rope_sin,
             logits: vec![0.0; batch * vocab],
@@ -642,6 +697,10 @@ impl State {
 
     pub fn max_seq(&self) -> usize {
         self.max_seq
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// Bytes held by the KV cache.

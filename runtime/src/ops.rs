@@ -243,6 +243,73 @@ impl FloatMatrix {
 /// Positions per block of the key cache: one cache line of f32 lanes.
 pub const KEY_BLOCK: usize = 16;
 
+/// How attention reads the cached keys and values: the cache's element type, and its
+/// widening to f32 ([`KEY_BLOCK`] lanes at a time, or one value). Widening is exact (f16
+/// and f32 values are f32 values), so how a kernel set widens never changes a result.
+pub trait KvRead {
+    type Elem: KvElem;
+    /// The first [`KEY_BLOCK`] elements of `src` as f32.
+    fn lanes(src: &[Self::Elem]) -> [f32; KEY_BLOCK];
+}
+
+/// A value of the KV cache: f32, or f16 as its bits.
+pub trait KvElem: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl KvElem for u16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16_to_f32(self)
+    }
+}
+
+/// An f32 cache: read as it is.
+pub struct F32Kv;
+
+impl KvRead for F32Kv {
+    type Elem = f32;
+    #[inline(always)]
+    fn lanes(src: &[f32]) -> [f32; KEY_BLOCK] {
+        let mut out = [0.0; KEY_BLOCK];
+        out.copy_from_slice(&src[..KEY_BLOCK]);
+        out
+    }
+}
+
+/// An f16 cache (IEEE binary16 bits), widened by [`f16_to_f32`] (plain integer and float
+/// operations, which vectorise at any width).
+pub struct F16Kv;
+
+impl KvRead for F16Kv {
+    type Elem = u16;
+    #[inline(always)]
+    fn lanes(src: &[u16]) -> [f32; KEY_BLOCK] {
+        let src: &[u16; KEY_BLOCK] = src[..KEY_BLOCK].try_into().expect("16 lanes");
+        std::array::from_fn(|i| f16_to_f32(src[i]))
+    }
+}
+
+/// The f32 value of IEEE binary16 bits `h`, exactly: its exponent and mantissa moved to
+/// f32 positions form a float 2^-112 times the value (a subnormal one for f16 subnormals),
+/// so one multiplication by 2^112 (exact) gives it; infinities and NaNs get the f32 maximum
+/// exponent instead; then the sign.
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let magnitude = (h & 0x7FFF) << 13;
+    let finite = (f32::from_bits(magnitude) * f32::from_bits(0x7780_0000)).to_bits();
+    let bits = if h & 0x7C00 == 0x7C00 { magnitude | 0x7F80_0000 } else { finite };
+    f32::from_bits(bits | (h & 0x8000) << 16)
+}
+
 /// Floats of attention scratch for `heads` query heads over `n` positions (see
 /// [`attend_heads`]): their scores, then four accumulators per head.
 pub fn attend_scratch_len(heads: usize, head_dim: usize, n: usize) -> usize {
@@ -284,11 +351,11 @@ pub struct HeadsAt {
 /// heads are grouped into calls nor on the vector width: every kernel set inlines this
 /// and computes the same bits.
 #[inline(always)]
-pub fn attend_heads(
+pub fn attend_heads<K: KvRead>(
     q: &[f32],
     heads_at: HeadsAt,
-    keys: &[f32],
-    values: &[f32],
+    keys: &[K::Elem],
+    values: &[K::Elem],
     scratch: &mut [f32],
     n: usize,
     out: &mut [f32],
@@ -298,7 +365,7 @@ pub fn attend_heads(
     let heads = q.len() / hd;
     let padded = n.next_multiple_of(KB);
     let (scores, acc) = scratch[..attend_scratch_len(heads, hd, n)].split_at_mut(heads * padded);
-    let at = Rows { q, hd, heads, first_head, group, keys, kv_dim };
+    let at = Rows::<K> { q, hd, heads, first_head, group, keys, kv_dim };
 
     // Scores block by block, each block's heads in turn (the keys front to back), four
     // (block, head) rows at a time as independent sums.
@@ -330,8 +397,11 @@ pub fn attend_heads(
                 for (u, acc) in acc.iter_mut().enumerate().take(step) {
                     let (a, start) = (scores[s + u], (s + u) * kv_dim + v0 + d0);
                     let v = &values[start..start + VB];
-                    for i in 0..VB {
-                        acc[i] += a * v[i];
+                    for (half, v) in v.chunks_exact(KB).enumerate() {
+                        let v = K::lanes(v);
+                        for i in 0..KB {
+                            acc[half * KB + i] += a * v[i];
+                        }
                     }
                 }
                 s += step;
@@ -354,10 +424,10 @@ pub fn attend_heads(
             let ahead = values.as_ptr().wrapping_add((s + u + VALUE_AHEAD) * kv_dim);
             for h in 0..heads {
                 let (a, v0) = (scores[h * padded + s + u], at.kv_at(h));
-                for l in (0..hd).step_by(KB) {
+                for l in (0..hd).step_by(64 / std::mem::size_of::<K::Elem>()) {
                     prefetch(ahead.wrapping_add(v0 + l));
                 }
-                axpy(&mut acc[(4 * h + u) * hd..(4 * h + u + 1) * hd], a, &row[v0..v0 + hd]);
+                axpy::<K>(&mut acc[(4 * h + u) * hd..(4 * h + u + 1) * hd], a, &row[v0..v0 + hd]);
             }
         }
         s += step;
@@ -374,31 +444,32 @@ pub fn attend_heads(
 
 /// `acc += a · v`, 16 lanes at a time (so a width like 96 takes whole vectors).
 #[inline(always)]
-fn axpy(acc: &mut [f32], a: f32, v: &[f32]) {
-    let mut acc16 = acc.chunks_exact_mut(16);
-    let mut v16 = v.chunks_exact(16);
+fn axpy<K: KvRead>(acc: &mut [f32], a: f32, v: &[K::Elem]) {
+    let mut acc16 = acc.chunks_exact_mut(KEY_BLOCK);
+    let mut v16 = v.chunks_exact(KEY_BLOCK);
     for (x, v) in (&mut acc16).zip(&mut v16) {
-        for i in 0..16 {
+        let v = K::lanes(v);
+        for i in 0..KEY_BLOCK {
             x[i] += a * v[i];
         }
     }
     for (x, &v) in acc16.into_remainder().iter_mut().zip(v16.remainder()) {
-        *x += a * v;
+        *x += a * v.to_f32();
     }
 }
 
 /// The key rows and queries of [`attend_heads`]: row `j` is block `j / heads`, head `j % heads`.
-struct Rows<'a> {
+struct Rows<'a, K: KvRead> {
     q: &'a [f32],
     hd: usize,
     heads: usize,
     first_head: usize,
     group: usize,
-    keys: &'a [f32],
+    keys: &'a [K::Elem],
     kv_dim: usize,
 }
 
-impl Rows<'_> {
+impl<K: KvRead> Rows<'_, K> {
     /// Where the kv head of query head `first_head + h` starts in a key block's or a
     /// position's values.
     #[inline(always)]
@@ -413,7 +484,7 @@ impl Rows<'_> {
         const KB: usize = KEY_BLOCK;
         let (hd, heads) = (self.hd, self.heads);
         let block_head = |u: usize| ((j + u) / heads, (j + u) % heads);
-        let rows: [&[f32]; G] = std::array::from_fn(|u| {
+        let rows: [&[K::Elem]; G] = std::array::from_fn(|u| {
             let (b, h) = block_head(u);
             let start = b * KB * self.kv_dim + self.kv_at(h) * KB;
             &self.keys[start..start + hd * KB]
@@ -422,19 +493,21 @@ impl Rows<'_> {
         // The same heads' rows in the next block, which this call's task reads after the
         // rest of its heads in this block: the hardware prefetchers alone leave these reads
         // waiting, and a task's heads are only part of each block.
-        let ahead: [*const f32; G] = std::array::from_fn(|u| {
+        let ahead: [*const K::Elem; G] = std::array::from_fn(|u| {
             let (b, h) = block_head(u);
             self.keys.as_ptr().wrapping_add((b + 1) * KB * self.kv_dim + self.kv_at(h) * KB)
         });
+        // Prefetch a line per dimension of f32 keys; of f16 keys, every other dimension.
+        let line = 64 / (KB * std::mem::size_of::<K::Elem>());
         let mut acc = [[0f32; KB]; G];
         for d in 0..hd {
-            if heads > 1 {
+            if heads > 1 && d % line.max(1) == 0 {
                 for p in ahead {
                     prefetch(p.wrapping_add(d * KB));
                 }
             }
             for u in 0..G {
-                let (qd, k) = (qs[u][d], &rows[u][d * KB..(d + 1) * KB]);
+                let (qd, k) = (qs[u][d], K::lanes(&rows[u][d * KB..(d + 1) * KB]));
                 for i in 0..KB {
                     acc[u][i] += qd * k[i];
                 }
@@ -494,24 +567,28 @@ mod tests {
         (q, keys, values)
     }
 
-    #[test]
-    fn attention_matches_the_definition_however_heads_are_grouped() {
+    /// `attend_heads` over a cache of `K`, against the f64 definition over the values the
+    /// cache holds, and head by head against all heads at once (the same bits).
+    fn check_attention<K: KvRead>(narrow: impl Fn(f32) -> K::Elem) {
         for (hd, n_heads, group, n) in [(96, 4, 1, 37), (24, 6, 2, 1), (16, 4, 4, 16), (40, 2, 1, 70), (32, 3, 3, 5)] {
             let (q, keys, values) = attention_case(hd, n_heads, group, n, (hd * n) as u32);
+            let (keys, values): (Vec<K::Elem>, Vec<K::Elem>) =
+                (keys.into_iter().map(&narrow).collect(), values.into_iter().map(&narrow).collect());
             let kv_dim = n_heads / group * hd;
             let scale = 1.0 / (hd as f32).sqrt();
             let at = |first_head| HeadsAt { head_dim: hd, first_head, group, kv_dim, scale };
             let mut scratch = vec![0.0; attend_scratch_len(n_heads, hd, n)];
             let mut all = vec![0.0; n_heads * hd];
-            attend_heads(&q, at(0), &keys, &values, &mut scratch, n, &mut all);
+            attend_heads::<K>(&q, at(0), &keys, &values, &mut scratch, n, &mut all);
             for h in 0..n_heads {
                 // One head alone: the same bits.
                 let mut one = vec![0.0; hd];
-                attend_heads(&q[h * hd..(h + 1) * hd], at(h), &keys, &values, &mut scratch, n, &mut one);
+                attend_heads::<K>(&q[h * hd..(h + 1) * hd], at(h), &keys, &values, &mut scratch, n, &mut one);
                 assert_eq!(one, all[h * hd..(h + 1) * hd], "hd {hd} head {h}");
                 // The definition in f64, from the layout's description.
                 let kvh = h / group;
-                let key = |p: usize, d: usize| f64::from(keys[p / 16 * 16 * kv_dim + (kvh * hd + d) * 16 + p % 16]);
+                let key =
+                    |p: usize, d: usize| f64::from(keys[p / 16 * 16 * kv_dim + (kvh * hd + d) * 16 + p % 16].to_f32());
                 let sc: Vec<f64> = (0..n)
                     .map(|p| (0..hd).map(|d| f64::from(q[h * hd + d]) * key(p, d)).sum::<f64>() * f64::from(scale))
                     .collect();
@@ -519,11 +596,33 @@ mod tests {
                 let w: Vec<f64> = sc.iter().map(|x| (x - max).exp()).collect();
                 let total: f64 = w.iter().sum();
                 for d in 0..hd {
-                    let want: f64 = (0..n).map(|p| w[p] / total * f64::from(values[p * kv_dim + kvh * hd + d])).sum();
+                    let value = |p: usize| f64::from(values[p * kv_dim + kvh * hd + d].to_f32());
+                    let want: f64 = (0..n).map(|p| w[p] / total * value(p)).sum();
                     assert!((f64::from(all[h * hd + d]) - want).abs() < 1e-5, "hd {hd} head {h} dim {d}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn attention_matches_the_definition_however_heads_are_grouped() {
+        check_attention::<F32Kv>(|x| x);
+        check_attention::<F16Kv>(|x| half::f16::from_f32(x).to_bits());
+    }
+
+    #[test]
+    fn f16_widening_is_exact_for_every_value() {
+        for h in 0..=u16::MAX {
+            let (got, want) = (f16_to_f32(h), half::f16::from_bits(h).to_f32());
+            if want.is_nan() {
+                assert!(got.is_nan() && got.to_bits() >> 31 == want.to_bits() >> 31, "{h:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
+            }
+        }
+        let lanes: Vec<u16> = (0..16).map(|i| 0x3C00 + 0x0401 * i).collect();
+        let want: Vec<f32> = lanes.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
+        assert_eq!(F16Kv::lanes(&lanes), want[..]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! is run after a BOS token, so that every token of the text is scored exactly once, from
 //! the tokens before it in its chunk.
 
-use crate::model::{Model, State, DEFAULT_BATCH};
+use crate::model::{KvType, Model, State, DEFAULT_BATCH};
 use anyhow::{bail, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,9 +22,15 @@ fn nll(logits: &[f32], target: u32) -> f64 {
     f64::from(max) + sum.ln() - f64::from(logits[target as usize])
 }
 
-/// Scores `ids` (the text's tokens, no BOS) in windows of `ctx` positions;
-/// `progress(tokens_scored)` is called after each window.
-pub fn perplexity(model: &Model, ids: &[u32], ctx: usize, progress: &mut dyn FnMut(usize)) -> Result<Perplexity> {
+/// Scores `ids` (the text's tokens, no BOS) in windows of `ctx` positions, with a KV cache
+/// of `kv`; `progress(tokens_scored)` is called after each window.
+pub fn perplexity(
+    model: &Model,
+    ids: &[u32],
+    ctx: usize,
+    kv: KvType,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Perplexity> {
     let c = model.config();
     let Some(bos) = c.bos_id else { bail!("the model has no BOS token, which this windowing starts each window with") };
     if ctx < 2 || ctx > c.max_positions as usize {
@@ -33,7 +39,7 @@ pub fn perplexity(model: &Model, ids: &[u32], ctx: usize, progress: &mut dyn FnM
     if ids.is_empty() {
         bail!("the text has no tokens to score");
     }
-    let mut st = State::new(c, ctx, DEFAULT_BATCH)?;
+    let mut st = State::with_kv(c, ctx, DEFAULT_BATCH, kv)?;
     let mut input = Vec::with_capacity(ctx);
     let (mut total, mut scored) = (0.0f64, 0usize);
     for chunk in ids.chunks(ctx - 1) {

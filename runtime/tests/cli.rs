@@ -215,6 +215,27 @@ fn bench_json_shape() {
     let tests: Vec<(&str, u64)> =
         v.as_array().unwrap().iter().map(|r| (r["test"].as_str().unwrap(), r["depth"].as_u64().unwrap())).collect();
     assert_eq!(tests, [("pp4 @ d20", 20), ("tg4 @ d20", 20)]);
+    // With an f16 KV cache, each row says so; an unknown type is refused.
+    let o = tern(&[
+        "bench",
+        model.to_str().unwrap(),
+        "-p",
+        "4",
+        "-n",
+        "4",
+        "-t",
+        "1",
+        "-r",
+        "1",
+        "--json",
+        "--cache-type",
+        "f16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v.as_array().unwrap().iter().all(|r| r["kv_cache"] == "f16"), "{v}");
+    let o = tern(&["bench", model.to_str().unwrap(), "--cache-type", "q4"]);
+    assert!(o.status.code() == Some(2) && stderr(&o).contains("[possible values: f32, f16]"), "{}", stderr(&o));
     // The context counts against the model's: tiny-tied has 128 positions.
     assert_error(&tern(&["bench", model.to_str().unwrap(), "-d", "100", "-p", "40"]), "context");
 }

@@ -149,3 +149,48 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(60))]
+
+    /// Attention over an f32 or an f16 cache gives the same bits on every kernel set (each
+    /// widens f16 its own way: with `vcvtph2ps`, or in plain code), for any shape: head
+    /// widths that are and are not multiples of 16 and 32, grouped heads, every tail of
+    /// positions, every run of heads.
+    #[test]
+    fn attention_is_the_same_on_every_kernel_set(
+        (hd, kv_heads, group, n, first, count, seed) in (
+            prop_oneof![Just(16usize), Just(24), Just(32), Just(40), Just(64), Just(96)],
+            1usize..4, 1usize..4, 1usize..70,
+        ).prop_flat_map(|(hd, kv, g, n)| (
+            Just(hd), Just(kv), Just(g), Just(n), 0..kv * g, 1usize..=kv * g, any::<u32>(),
+        ))
+    ) {
+        use tern::ops::{attend_scratch_len, HeadsAt, KEY_BLOCK};
+        let count = count.min(kv_heads * group - first);
+        let kv_dim = kv_heads * hd;
+        let mut s = seed;
+        let mut rnd = move || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
+        };
+        let q: Vec<f32> = (0..count * hd).map(|_| rnd()).collect();
+        let keys: Vec<f32> = (0..n.next_multiple_of(KEY_BLOCK) * kv_dim).map(|_| rnd()).collect();
+        let values: Vec<f32> = (0..n * kv_dim).map(|_| rnd()).collect();
+        let bits = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect::<Vec<u16>>();
+        let (k16, v16) = (bits(&keys), bits(&values));
+        let at = HeadsAt { head_dim: hd, first_head: first, group, kv_dim, scale: 1.0 / (hd as f32).sqrt() };
+        let mut scratch = vec![0.0; attend_scratch_len(count, hd, n)];
+        let run = |k: &Kernels, scratch: &mut [f32]| {
+            let (mut a, mut b) = (vec![0.0; count * hd], vec![0.0; count * hd]);
+            k.attend(&q, at, &keys, &values, scratch, n, &mut a);
+            k.attend(&q, at, &k16, &v16, scratch, n, &mut b);
+            (a, b)
+        };
+        let want = run(&Kernels::portable(), &mut scratch);
+        prop_assert!(want.0 != want.1, "the f16 cache changes the result");
+        for k in Kernels::available() {
+            prop_assert_eq!(&run(&k, &mut scratch), &want, "kernel {}", k.name());
+        }
+    }
+}

@@ -8,7 +8,7 @@ use tern::kernels::{self, Kernels};
 use tern::ops::quantize_activations;
 use tern::sampler::argmax;
 use tern::tokenizer::{Detokenizer, TextTokenizer};
-use tern::{Model, State};
+use tern::{KvType, Model, State};
 use tern_format::ternary::{padded_cols, row_bytes};
 use tern_format::{Encoding, Shape};
 
@@ -169,15 +169,32 @@ fn layers_match_reference_teacher_forced() {
 /// quantized reference than to the same model without activation quantization.
 #[test]
 fn logits_match_reference_end_to_end() {
+    end_to_end(KvType::F32, 0.95);
+}
+
+/// An f16 KV cache (the reference keeps f32) is lossy: its rounding moves these random
+/// models' logits about as much as activation quantization does (median 1.4e-2 relative),
+/// and argmax agrees at 92–97% of positions. The 95% bar above fails on tiny-tied (0.921,
+/// as the f16 embedding does there), which is why the f16 cache is an option, judged on the
+/// trained model's perplexity (tests/demo_model.rs). What holds here: the logits stay
+/// closer to BitLinear's than to the unquantized model's, and argmax agrees at ≥ 90%
+/// (the f16 embedding's bar).
+#[test]
+fn f16_kv_cache_stays_close_to_the_reference() {
+    end_to_end(KvType::F16, 0.9);
+}
+
+/// The end-to-end checks with a KV cache of `kv`: argmax agreement of at least `min_agree`.
+fn end_to_end(kv: KvType, min_agree: f64) {
     for (name, kernels) in FIXTURES.iter().flat_map(|n| Kernels::available().into_iter().map(move |k| (*n, k))) {
         let mut f = load(name, Encoding::F32);
         f.model.set_kernels(kernels);
-        let name = format!("{name} ({} kernels)", kernels.name());
+        let name = format!("{name} ({} kernels, {} KV cache)", kernels.name(), kv.name());
         let tokens = ids(&f.golden["tokens"]);
         let want = matrix(&f.golden["logits"]);
         let noq = matrix(&f.golden["logits_no_act_quant"]);
         assert!(tokens.len() >= 16 && want.len() == tokens.len());
-        let mut st = State::new(f.model.config(), tokens.len(), 8).unwrap();
+        let mut st = State::with_kv(f.model.config(), tokens.len(), 8, kv).unwrap();
         let mut got = Vec::new();
         f.model.forward_all(&mut st, &tokens, 0, &mut |_, l| got.push(l.to_vec())).unwrap();
         let agree = got.iter().zip(&want).filter(|(g, w)| {
@@ -190,7 +207,7 @@ fn logits_match_reference_end_to_end() {
         eprintln!(
             "{name}: argmax agreement {agree:.3}, median error vs reference {e_q:.2e}, vs no-act-quant {e_noq:.2e}"
         );
-        assert!(agree >= 0.95, "{name}: argmax agreement {agree}");
+        assert!(agree >= min_agree, "{name}: argmax agreement {agree}");
         assert!(e_q < e_noq, "{name}: closer to the unquantized model ({e_noq:e}) than to BitLinear ({e_q:e})");
     }
 }
@@ -215,20 +232,20 @@ fn greedy_continuation_matches_reference() {
 }
 
 /// Prompt processing in chunks and token-by-token decoding run the same arithmetic in the
-/// same order: their logits are bitwise equal.
+/// same order: their logits are bitwise equal (with either KV cache).
 #[test]
 fn batched_prompt_equals_one_token_at_a_time() {
-    for name in FIXTURES {
+    for (name, kv) in FIXTURES.iter().flat_map(|n| [(*n, KvType::F32), (*n, KvType::F16)]) {
         let f = load(name, Encoding::F16);
         let tokens = ids(&f.golden["tokens"]);
         let c = f.model.config();
         let mut batched = Vec::new();
-        let mut st = State::new(c, tokens.len(), 16).unwrap();
+        let mut st = State::with_kv(c, tokens.len(), 16, kv).unwrap();
         f.model.forward_all(&mut st, &tokens, 0, &mut |_, l| batched.push(l.to_vec())).unwrap();
-        let mut st = State::new(c, tokens.len(), 1).unwrap();
+        let mut st = State::with_kv(c, tokens.len(), 1, kv).unwrap();
         for (p, &t) in tokens.iter().enumerate() {
             let one = f.model.forward(&mut st, &[t], p).unwrap();
-            assert!(one == batched[p].as_slice(), "{name}: position {p} differs");
+            assert!(one == batched[p].as_slice(), "{name} ({kv:?} KV cache): position {p} differs");
         }
     }
 }

@@ -14,8 +14,8 @@
 /// set's target features so the compiler vectorises them at its width. The order of
 /// operations does not depend on the width, so every kernel set computes the same bits.
 macro_rules! float_ops {
-    ($($feature:literal)?) => {
-        /// [`crate::ops::attend_heads`] for this kernel set.
+    ($f16:ty $(, $feature:literal)?) => {
+        /// [`crate::ops::attend_heads`] for this kernel set, over an f32 KV cache.
         ///
         /// # Safety
         /// The CPU must support this module's features ([`available`]).
@@ -29,7 +29,24 @@ macro_rules! float_ops {
             n: usize,
             out: &mut [f32],
         ) {
-            crate::ops::attend_heads(q, at, keys, values, scratch, n, out)
+            crate::ops::attend_heads::<crate::ops::F32Kv>(q, at, keys, values, scratch, n, out)
+        }
+
+        /// [`crate::ops::attend_heads`] for this kernel set, over an f16 KV cache (bits).
+        ///
+        /// # Safety
+        /// The CPU must support this module's features ([`available`]).
+        $(#[target_feature(enable = $feature)])?
+        pub unsafe fn attend_f16(
+            q: &[f32],
+            at: crate::ops::HeadsAt,
+            keys: &[u16],
+            values: &[u16],
+            scratch: &mut [f32],
+            n: usize,
+            out: &mut [f32],
+        ) {
+            crate::ops::attend_heads::<$f16>(q, at, keys, values, scratch, n, out)
         }
 
         /// [`crate::ops::quantize_normed`] for this kernel set.
@@ -145,10 +162,34 @@ unsafe fn gemm_by_rows<K: RowTokens>(rows: &[u8], row_bytes: usize, xq: &[i8], a
 type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
 /// `(q, at, keys, values, scratch, n, out)`: see [`crate::ops::attend_heads`].
-type AttendFn = unsafe fn(&[f32], HeadsAt, &[f32], &[f32], &mut [f32], usize, &mut [f32]);
+type AttendFn<E> = unsafe fn(&[f32], HeadsAt, &[E], &[E], &mut [f32], usize, &mut [f32]);
 type QuantizeFn = unsafe fn(x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32);
 type RescaleFn = unsafe fn(how: Combine, dst: &mut [f32], acc: &[i32], f: f32);
 type ReadFn = unsafe fn(&[u8]) -> u64;
+
+/// An element type of the KV cache: f32, or f16 as its bits (`u16`).
+pub trait CacheElem: crate::ops::KvElem + private::Sealed {
+    /// The attention kernel of `k` for a cache of this type.
+    fn attend_fn(k: &Kernels) -> AttendFn<Self>;
+}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for u16 {}
+}
+
+impl CacheElem for f32 {
+    fn attend_fn(k: &Kernels) -> AttendFn<f32> {
+        k.attend
+    }
+}
+
+impl CacheElem for u16 {
+    fn attend_fn(k: &Kernels) -> AttendFn<u16> {
+        k.attend_f16
+    }
+}
 
 /// A set of kernels this CPU can run. The fields are private and every constructor checks
 /// the CPU features its kernels need, so holding a `Kernels` proves they are safe to call.
@@ -159,7 +200,8 @@ pub struct Kernels {
     dot_f16: DotFn,
     dot_f32: DotFn,
     dot_i8: DotFn,
-    attend: AttendFn,
+    attend: AttendFn<f32>,
+    attend_f16: AttendFn<u16>,
     quantize_normed: QuantizeFn,
     rescale: RescaleFn,
     read_sum: ReadFn,
@@ -190,6 +232,7 @@ impl Kernels {
                     dot_f32: avx512::dot_f32,
                     dot_i8: avx512::dot_i8,
                     attend: avx512::attend,
+                    attend_f16: avx512::attend_f16,
                     quantize_normed: avx512::quantize_normed,
                     rescale: avx512::rescale,
                     read_sum: avx512::read_sum,
@@ -203,6 +246,7 @@ impl Kernels {
                     dot_f32: avx2::dot_f32,
                     dot_i8: avx2::dot_i8,
                     attend: avx2::attend,
+                    attend_f16: avx2::attend_f16,
                     quantize_normed: avx2::quantize_normed,
                     rescale: avx2::rescale,
                     read_sum: avx2::read_sum,
@@ -228,6 +272,7 @@ impl Kernels {
             dot_f32: portable::dot_f32,
             dot_i8: portable::dot_i8,
             attend: portable::attend,
+            attend_f16: portable::attend_f16,
             quantize_normed: portable::quantize_normed,
             rescale: portable::rescale,
             read_sum: portable::read_sum,
@@ -257,20 +302,21 @@ impl Kernels {
         unsafe { (self.dot_f32)(row, x) }
     }
 
-    /// Attention of one or more query heads: see [`crate::ops::attend_heads`].
+    /// Attention of one or more query heads over a KV cache of f32 or f16 (bits): see
+    /// [`crate::ops::attend_heads`].
     #[allow(clippy::too_many_arguments)]
-    pub fn attend(
+    pub fn attend<E: CacheElem>(
         &self,
         q: &[f32],
         at: HeadsAt,
-        keys: &[f32],
-        values: &[f32],
+        keys: &[E],
+        values: &[E],
         scratch: &mut [f32],
         n: usize,
         out: &mut [f32],
     ) {
         // SAFETY: as in `ternary_band`; `attend_heads` indexes with checked slices.
-        unsafe { (self.attend)(q, at, keys, values, scratch, n, out) }
+        unsafe { E::attend_fn(self)(q, at, keys, values, scratch, n, out) }
     }
 
     /// See [`crate::ops::quantize_normed`].
