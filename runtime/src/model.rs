@@ -23,7 +23,10 @@
 
 use crate::kernels::{self, CacheElem, Kernels};
 use crate::loader::ModelFile;
-use crate::ops::{attend_scratch_len, rmsnorm, rope, Combine, FloatMatrix, HeadsAt, KEY_BLOCK};
+use crate::ops::{
+    attend_scratch_len, attend_tokens_scratch_len, rmsnorm, rope, Combine, FloatMatrix, HeadsAt, ATTEND_TOKENS,
+    KEY_BLOCK,
+};
 use crate::pool;
 use anyhow::{bail, Context, Result};
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
@@ -503,7 +506,28 @@ fn attention<E: CacheElem>(
         let heads = n_kv.div_ceil(2 * pool::threads()) * group;
         pool::for_each_chunk_mut(out, heads * hd, &|i, out| attend(i * heads, 0, out));
     } else {
-        pool::for_each_chunk_mut_by_column(out, hd, n, &|c, out| attend(c % n_heads, c / n_heads, out));
+        // A prompt chunk: per head, runs of ATTEND_TOKENS tokens, each run reading the cache once.
+        const T: usize = ATTEND_TOKENS;
+        pool::for_each_column_mut(out, hd, n, T, &|h, tokens, column| {
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let len = 2 * T * hd + attend_tokens_scratch_len(hd, padded_seq);
+                if scratch.len() < len {
+                    scratch.resize(len, 0.0);
+                }
+                let (qs, rest) = scratch.split_at_mut(T * hd);
+                let (outs, scratch) = rest.split_at_mut(T * hd);
+                qs.fill(0.0);
+                for (i, t) in tokens.clone().enumerate() {
+                    qs[i * hd..(i + 1) * hd].copy_from_slice(&q[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd]);
+                }
+                let (n0, count) = (p0 + tokens.start + 1, tokens.len());
+                kernels.attend_tokens(qs, at(h), keys, values, scratch, n0, count, outs);
+                for (i, t) in tokens.enumerate() {
+                    column.row(t).copy_from_slice(&outs[i * hd..(i + 1) * hd]);
+                }
+            });
+        });
     }
 }
 

@@ -426,31 +426,59 @@ pub fn for_each_chunk_mut_n<T: Send, const N: usize>(
     });
 }
 
-/// Like [`for_each_chunk_mut`] for `out` of `rows × cols` chunks (of `chunk` elements,
-/// row-major), taken in column-major order: a thread's run of bands goes down columns,
-/// so consecutive jobs share a column (attention: one head's keys and values over the
-/// tokens of a prompt chunk). `job(c, chunk)` gets chunk index `c = row · cols + col`.
-#[track_caller]
-pub fn for_each_chunk_mut_by_column<T: Send>(
-    out: &mut [T],
+/// The chunks of one column, over a run of rows, of a grid of chunks (see
+/// [`for_each_column_mut`]): one row at a time.
+pub struct ColumnMut<'a, T> {
+    base: SharedMut<T>,
     chunk: usize,
-    rows: usize,
-    job: &(dyn Fn(usize, &mut [T]) + Sync),
-) {
+    cols: usize,
+    col: usize,
+    rows: std::ops::Range<usize>,
+    _out: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<T> ColumnMut<'_, T> {
+    /// The chunk of row `r` (which must be in this job's run of rows) in this column.
+    pub fn row(&mut self, r: usize) -> &mut [T] {
+        assert!(self.rows.contains(&r), "row {r} is not in this job's rows {:?}", self.rows);
+        // SAFETY: the chunk (r, col) lies inside `out` (r < rows, col < cols, checked in
+        // `for_each_column_mut`); only this job holds (r, col) (its column and run of rows
+        // are its own); and the slice borrows `self` mutably, so no two live at once.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.base.ptr().add((r * self.cols + self.col) * self.chunk), self.chunk)
+        }
+    }
+}
+
+/// A job over one column's run of rows: `(col, rows, column)`.
+pub type ColumnJob<'a, T> = dyn Fn(usize, std::ops::Range<usize>, &mut ColumnMut<'_, T>) + Sync + 'a;
+
+/// For `out` of `rows × cols` chunks (of `chunk` elements, row-major), runs
+/// `job(col, row_range, column)` for every column and every run of up to `run` rows, in
+/// parallel, column by column: each job writes its rows of its column (attention: one
+/// head's outputs for a run of a prompt's tokens) through `column`.
+#[track_caller]
+pub fn for_each_column_mut<T: Send>(out: &mut [T], chunk: usize, rows: usize, run: usize, job: &ColumnJob<'_, T>) {
     let cols = out.len() / (rows * chunk).max(1);
     assert!(
-        out.len() == rows * cols * chunk,
-        "for_each_chunk_mut_by_column: {} is not {rows} rows of whole chunks",
+        out.len() == rows * cols * chunk && run > 0,
+        "for_each_column_mut: {} is not {rows} rows of whole chunks",
         out.len()
     );
+    let runs = rows.div_ceil(run);
     let base = SharedMut(out.as_mut_ptr());
-    for_bands(rows * cols, &|b| {
-        let c = (b % rows) * cols + b / rows;
-        // SAFETY: `b -> c` is a bijection of `0..rows·cols` (a transpose), so as in
-        // `for_each_chunk_mut_n` each chunk, inside `out` and disjoint from the others,
-        // is handed out exactly once, and `out` stays borrowed until every job returned.
-        let slice = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(c * chunk), chunk) };
-        job(c, slice);
+    for_bands(cols * runs, &|b| {
+        let (col, r0) = (b / runs, b % runs * run);
+        let rows = r0..(r0 + run).min(rows);
+        let mut column = ColumnMut {
+            base: SharedMut(base.ptr()),
+            chunk,
+            cols,
+            col,
+            rows: rows.clone(),
+            _out: std::marker::PhantomData,
+        };
+        job(col, rows, &mut column);
     });
 }
 
@@ -499,8 +527,8 @@ impl<T> SharedMut<T> {
     }
 }
 
-// SAFETY: only used by `for_each_chunk_mut_n` and `for_each_chunk_mut2`, where each thread
-// touches disjoint chunks.
+// SAFETY: only used by `for_each_chunk_mut_n`, `for_each_chunk_mut2` and `ColumnMut`, where
+// each thread touches disjoint chunks.
 unsafe impl<T: Send> Send for SharedMut<T> {}
 unsafe impl<T: Send> Sync for SharedMut<T> {}
 
@@ -629,6 +657,41 @@ mod tests {
                 assert!(b[n * 2..].iter().all(|&v| v == 0), "n {n}");
             }
         }
+    }
+
+    #[test]
+    fn columns_cover_the_grid_once_in_runs_of_rows() {
+        for pool in [Some(Pool::new(2)), None] {
+            for (rows, cols, chunk, run) in
+                [(32usize, 16usize, 4usize, 32usize), (7, 3, 2, 3), (1, 5, 1, 8), (9, 1, 3, 1)]
+            {
+                let mut out = vec![0usize; rows * cols * chunk];
+                let fill = |out: &mut [usize]| {
+                    for_each_column_mut(out, chunk, rows, run, &|col, range, column| {
+                        assert!(range.len() <= run && range.start % run == 0);
+                        for r in range {
+                            for (i, o) in column.row(r).iter_mut().enumerate() {
+                                *o += (r * cols + col) * chunk + i + 1;
+                            }
+                        }
+                    })
+                };
+                match &pool {
+                    Some(p) => p.install(|| fill(&mut out)),
+                    None => fill(&mut out),
+                }
+                assert!(out.iter().enumerate().all(|(i, &v)| v == i + 1), "{rows}x{cols} run {run}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not in this job's rows")]
+    fn a_column_hands_out_only_its_own_rows() {
+        let mut out = vec![0u8; 8];
+        for_each_column_mut(&mut out, 1, 4, 2, &|_, range, column| {
+            column.row((range.start + 2) % 4);
+        });
     }
 
     #[test]

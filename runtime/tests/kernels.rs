@@ -153,7 +153,8 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(60))]
 
-    /// Attention over an f32 or an f16 cache gives the same bits on every kernel set (each
+    /// Attention (decode and prompt kernels) over an f32 or an f16 cache gives the same bits
+    /// on every kernel set (each
     /// widens f16 its own way: with `vcvtph2ps`, or in plain code), for any shape: head
     /// widths that are and are not multiples of 16 and 32, grouped heads, every tail of
     /// positions, every run of heads.
@@ -166,7 +167,7 @@ proptest! {
             Just(hd), Just(kv), Just(g), Just(n), 0..kv * g, 1usize..=kv * g, any::<u32>(),
         ))
     ) {
-        use tern::ops::{attend_scratch_len, HeadsAt, KEY_BLOCK};
+        use tern::ops::{attend_scratch_len, attend_tokens_scratch_len, HeadsAt, ATTEND_TOKENS, KEY_BLOCK};
         let count = count.min(kv_heads * group - first);
         let kv_dim = kv_heads * hd;
         let mut s = seed;
@@ -181,16 +182,27 @@ proptest! {
         let (k16, v16) = (bits(&keys), bits(&values));
         let at = HeadsAt { head_dim: hd, first_head: first, group, kv_dim, scale: 1.0 / (hd as f32).sqrt() };
         let mut scratch = vec![0.0; attend_scratch_len(count, hd, n)];
-        let run = |k: &Kernels, scratch: &mut [f32]| {
+        // Also the prompt kernel: `count` tokens of head `first` from length n - count + 1.
+        let mut qt = q.clone();
+        qt.resize(ATTEND_TOKENS * hd, 0.0);
+        let n0 = (n + 1).saturating_sub(count).max(1);
+        let mut scratch_t = vec![0.0; attend_tokens_scratch_len(hd, n0 + count)];
+        let keys_t: Vec<f32> = (0..(n0 + count).next_multiple_of(KEY_BLOCK) * kv_dim).map(|i| keys[i % keys.len()]).collect();
+        let values_t: Vec<f32> = (0..(n0 + count) * kv_dim).map(|i| values[i % values.len()]).collect();
+        let (k16t, v16t) = (bits(&keys_t), bits(&values_t));
+        let run = |k: &Kernels, scratch: &mut [f32], scratch_t: &mut [f32]| {
             let (mut a, mut b) = (vec![0.0; count * hd], vec![0.0; count * hd]);
             k.attend(&q, at, &keys, &values, scratch, n, &mut a);
             k.attend(&q, at, &k16, &v16, scratch, n, &mut b);
-            (a, b)
+            let (mut c, mut d) = (vec![0.0; ATTEND_TOKENS * hd], vec![0.0; ATTEND_TOKENS * hd]);
+            k.attend_tokens(&qt, at, &keys_t, &values_t, scratch_t, n0, count, &mut c);
+            k.attend_tokens(&qt, at, &k16t, &v16t, scratch_t, n0, count, &mut d);
+            (a, b, c, d)
         };
-        let want = run(&Kernels::portable(), &mut scratch);
-        prop_assert!(want.0 != want.1, "the f16 cache changes the result");
+        let want = run(&Kernels::portable(), &mut scratch, &mut scratch_t);
+        prop_assert!(want.0 != want.1 && want.2 != want.3, "the f16 cache changes the result");
         for k in Kernels::available() {
-            prop_assert_eq!(&run(&k, &mut scratch), &want, "kernel {}", k.name());
+            prop_assert_eq!(&run(&k, &mut scratch, &mut scratch_t), &want, "kernel {}", k.name());
         }
     }
 }

@@ -183,17 +183,19 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     s
 }
 
-/// f16 keys and values widened by `vcvtph2ps`, in [`attend_f16`] only.
-struct F16Lanes;
+/// f16 keys and values widened by `vcvtph2ps`: only for this module's `attend` and
+/// `attend_tokens`, in the kernel sets [`super::Kernels`] builds after checking
+/// [`available`].
+pub(super) struct F16Lanes;
 
 impl crate::ops::KvRead for F16Lanes {
     type Elem = u16;
     #[inline(always)]
     fn lanes(src: &[u16]) -> [f32; 16] {
         let src = &src[..16];
-        // SAFETY: the loads read the 32 bytes of `src`. The conversion needs f16c: this
-        // private type is used only by `attend_f16` (below), whose callers guarantee the
-        // module's features, which include f16c ([`available`]).
+        // SAFETY: the loads read the 32 bytes of `src`. The conversion needs f16c: this type is used only
+        // in this module's kernels, which run only where `available()` (the module's
+        // features) holds.
         unsafe {
             let lo = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().cast()));
             let hi = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(8).cast()));
@@ -202,4 +204,4 @@ impl crate::ops::KvRead for F16Lanes {
     }
 }
 
-float_ops!(F16Lanes, "avx2,fma,f16c");
+float_ops!("avx2,fma,f16c");

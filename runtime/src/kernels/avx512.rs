@@ -310,19 +310,21 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     s
 }
 
-/// f16 keys and values widened by `vcvtph2ps`, in [`attend_f16`] only.
-struct F16Lanes;
+/// f16 keys and values widened by `vcvtph2ps`: only for this module's `attend` and
+/// `attend_tokens`, in the kernel sets [`super::Kernels`] builds after checking
+/// [`available`].
+pub(super) struct F16Lanes;
 
 impl crate::ops::KvRead for F16Lanes {
     type Elem = u16;
     #[inline(always)]
     fn lanes(src: &[u16]) -> [f32; 16] {
         let src = &src[..16];
-        // SAFETY: the load reads the 32 bytes of `src`. The conversion needs avx512f: this
-        // private type is used only by `attend_f16` (below), whose callers guarantee the
-        // module's features ([`available`]).
+        // SAFETY: the load reads the 32 bytes of `src`. The conversion needs avx512f: this type is used only
+        // in this module's kernels, which run only where `available()` (the module's
+        // features) holds.
         unsafe { std::mem::transmute::<__m512, [f32; 16]>(_mm512_cvtph_ps(_mm256_loadu_si256(src.as_ptr().cast()))) }
     }
 }
 
-float_ops!(F16Lanes, "avx512f,avx512bw");
+float_ops!("avx512f,avx512bw");

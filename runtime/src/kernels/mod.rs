@@ -14,39 +14,41 @@
 /// set's target features so the compiler vectorises them at its width. The order of
 /// operations does not depend on the width, so every kernel set computes the same bits.
 macro_rules! float_ops {
-    ($f16:ty $(, $feature:literal)?) => {
-        /// [`crate::ops::attend_heads`] for this kernel set, over an f32 KV cache.
+    ($($feature:literal)?) => {
+        /// [`crate::ops::attend_heads`] for this kernel set, over a KV cache read by `K`.
         ///
         /// # Safety
         /// The CPU must support this module's features ([`available`]).
         $(#[target_feature(enable = $feature)])?
-        pub unsafe fn attend(
+        pub unsafe fn attend<K: crate::ops::KvRead>(
             q: &[f32],
             at: crate::ops::HeadsAt,
-            keys: &[f32],
-            values: &[f32],
+            keys: &[K::Elem],
+            values: &[K::Elem],
             scratch: &mut [f32],
             n: usize,
             out: &mut [f32],
         ) {
-            crate::ops::attend_heads::<crate::ops::F32Kv>(q, at, keys, values, scratch, n, out)
+            crate::ops::attend_heads::<K>(q, at, keys, values, scratch, n, out)
         }
 
-        /// [`crate::ops::attend_heads`] for this kernel set, over an f16 KV cache (bits).
+        /// [`crate::ops::attend_tokens`] for this kernel set, over a KV cache read by `K`.
         ///
         /// # Safety
         /// The CPU must support this module's features ([`available`]).
         $(#[target_feature(enable = $feature)])?
-        pub unsafe fn attend_f16(
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn attend_tokens<K: crate::ops::KvRead>(
             q: &[f32],
             at: crate::ops::HeadsAt,
-            keys: &[u16],
-            values: &[u16],
+            keys: &[K::Elem],
+            values: &[K::Elem],
             scratch: &mut [f32],
-            n: usize,
+            n0: usize,
+            tokens: usize,
             out: &mut [f32],
         ) {
-            crate::ops::attend_heads::<$f16>(q, at, keys, values, scratch, n, out)
+            crate::ops::attend_tokens::<K>(q, at, keys, values, scratch, n0, tokens, out)
         }
 
         /// [`crate::ops::quantize_normed`] for this kernel set.
@@ -77,7 +79,7 @@ pub mod avx512;
 pub mod neon;
 pub mod portable;
 
-use crate::ops::{Combine, HeadsAt};
+use crate::ops::{Combine, F16Kv, F32Kv, HeadsAt};
 
 /// How far ahead of its reads a one-token x86 kernel asks for weight bytes (in address
 /// order). Decoding streams every weight once per token; without software prefetch the
@@ -163,14 +165,17 @@ type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sum
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
 /// `(q, at, keys, values, scratch, n, out)`: see [`crate::ops::attend_heads`].
 type AttendFn<E> = unsafe fn(&[f32], HeadsAt, &[E], &[E], &mut [f32], usize, &mut [f32]);
+/// `(q, at, keys, values, scratch, n0, tokens, out)`: see [`crate::ops::attend_tokens`].
+type AttendTokensFn<E> = unsafe fn(&[f32], HeadsAt, &[E], &[E], &mut [f32], usize, usize, &mut [f32]);
 type QuantizeFn = unsafe fn(x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32);
 type RescaleFn = unsafe fn(how: Combine, dst: &mut [f32], acc: &[i32], f: f32);
 type ReadFn = unsafe fn(&[u8]) -> u64;
 
 /// An element type of the KV cache: f32, or f16 as its bits (`u16`).
 pub trait CacheElem: crate::ops::KvElem + private::Sealed {
-    /// The attention kernel of `k` for a cache of this type.
+    /// The attention kernels of `k` for a cache of this type.
     fn attend_fn(k: &Kernels) -> AttendFn<Self>;
+    fn attend_tokens_fn(k: &Kernels) -> AttendTokensFn<Self>;
 }
 
 mod private {
@@ -183,11 +188,17 @@ impl CacheElem for f32 {
     fn attend_fn(k: &Kernels) -> AttendFn<f32> {
         k.attend
     }
+    fn attend_tokens_fn(k: &Kernels) -> AttendTokensFn<f32> {
+        k.attend_tokens
+    }
 }
 
 impl CacheElem for u16 {
     fn attend_fn(k: &Kernels) -> AttendFn<u16> {
         k.attend_f16
+    }
+    fn attend_tokens_fn(k: &Kernels) -> AttendTokensFn<u16> {
+        k.attend_tokens_f16
     }
 }
 
@@ -202,6 +213,8 @@ pub struct Kernels {
     dot_i8: DotFn,
     attend: AttendFn<f32>,
     attend_f16: AttendFn<u16>,
+    attend_tokens: AttendTokensFn<f32>,
+    attend_tokens_f16: AttendTokensFn<u16>,
     quantize_normed: QuantizeFn,
     rescale: RescaleFn,
     read_sum: ReadFn,
@@ -231,8 +244,10 @@ impl Kernels {
                     dot_f16: avx512::dot_f16,
                     dot_f32: avx512::dot_f32,
                     dot_i8: avx512::dot_i8,
-                    attend: avx512::attend,
-                    attend_f16: avx512::attend_f16,
+                    attend: avx512::attend::<F32Kv>,
+                    attend_f16: avx512::attend::<avx512::F16Lanes>,
+                    attend_tokens: avx512::attend_tokens::<F32Kv>,
+                    attend_tokens_f16: avx512::attend_tokens::<avx512::F16Lanes>,
                     quantize_normed: avx512::quantize_normed,
                     rescale: avx512::rescale,
                     read_sum: avx512::read_sum,
@@ -245,8 +260,10 @@ impl Kernels {
                     dot_f16: avx2::dot_f16,
                     dot_f32: avx2::dot_f32,
                     dot_i8: avx2::dot_i8,
-                    attend: avx2::attend,
-                    attend_f16: avx2::attend_f16,
+                    attend: avx2::attend::<F32Kv>,
+                    attend_f16: avx2::attend::<avx2::F16Lanes>,
+                    attend_tokens: avx2::attend_tokens::<F32Kv>,
+                    attend_tokens_f16: avx2::attend_tokens::<avx2::F16Lanes>,
                     quantize_normed: avx2::quantize_normed,
                     rescale: avx2::rescale,
                     read_sum: avx2::read_sum,
@@ -271,8 +288,10 @@ impl Kernels {
             dot_f16: portable::dot_f16,
             dot_f32: portable::dot_f32,
             dot_i8: portable::dot_i8,
-            attend: portable::attend,
-            attend_f16: portable::attend_f16,
+            attend: portable::attend::<F32Kv>,
+            attend_f16: portable::attend::<F16Kv>,
+            attend_tokens: portable::attend_tokens::<F32Kv>,
+            attend_tokens_f16: portable::attend_tokens::<F16Kv>,
             quantize_normed: portable::quantize_normed,
             rescale: portable::rescale,
             read_sum: portable::read_sum,
@@ -317,6 +336,24 @@ impl Kernels {
     ) {
         // SAFETY: as in `ternary_band`; `attend_heads` indexes with checked slices.
         unsafe { E::attend_fn(self)(q, at, keys, values, scratch, n, out) }
+    }
+
+    /// Attention of one query head for consecutive prompt tokens: see
+    /// [`crate::ops::attend_tokens`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_tokens<E: CacheElem>(
+        &self,
+        q: &[f32],
+        at: HeadsAt,
+        keys: &[E],
+        values: &[E],
+        scratch: &mut [f32],
+        n0: usize,
+        tokens: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: as in `ternary_band`; `attend_tokens` indexes with checked slices.
+        unsafe { E::attend_tokens_fn(self)(q, at, keys, values, scratch, n0, tokens, out) }
     }
 
     /// See [`crate::ops::quantize_normed`].
