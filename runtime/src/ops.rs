@@ -116,10 +116,11 @@ pub fn rescale(how: Combine, dst: &mut [f32], acc: &[i32], f: f32) {
     }
 }
 
-/// In-place softmax (with [`exp`] and [`LANES`] running maxima and sums, so that it
-/// vectorises).
+/// Softmax weights of one span of scores, unnormalised: replaces each score `x` by
+/// `e^(x - m)` and returns `(m, l)`, `m` the span's maximum and `l` the sum of the
+/// weights (with [`exp`] and [`LANES`] running maxima and sums, so that it vectorises).
 #[inline(always)]
-pub fn softmax(x: &mut [f32]) {
+pub fn span_weights(x: &mut [f32]) -> (f32, f32) {
     let mut m = [f32::NEG_INFINITY; LANES];
     let c = x.chunks_exact(LANES);
     for &v in c.remainder() {
@@ -143,9 +144,43 @@ pub fn softmax(x: &mut [f32]) {
         *v = exp(*v - max);
         sums[0] += *v;
     }
-    let inv = 1.0 / sums.iter().sum::<f32>();
-    for v in x.iter_mut() {
-        *v *= inv;
+    (max, sums.iter().sum::<f32>())
+}
+
+/// Positions per span of attention: a query's positions are taken in spans of this many
+/// (the last one shorter), each giving a partial result ([`partial_len`] floats: the
+/// span's maximum score `m`, its weight sum `l`, its weighted values `o`), which
+/// [`combine_spans`] joins. Spans let one decoded token's attention split by positions
+/// (each task streams a stretch of the cache) and still compute the same bits as a
+/// prompt, whatever the split: the spans are fixed, not the tasks.
+pub const SPAN: usize = 256;
+
+/// Floats of one span's partial result for one head: `m`, `l`, then `head_dim` values.
+pub fn partial_len(head_dim: usize) -> usize {
+    head_dim + 2
+}
+
+/// `out = Σ_j e^(m_j - M) · o_j / Σ_j e^(m_j - M) · l_j` over the `spans` partial results
+/// at `parts[j · stride..]` (`M` the largest `m_j`), in span order: softmax attention
+/// over all the spans' positions.
+#[inline(always)]
+pub fn combine_spans(parts: &[f32], stride: usize, spans: usize, out: &mut [f32]) {
+    let hd = out.len();
+    let part = |j: usize| &parts[j * stride..j * stride + hd + 2];
+    let max = (0..spans).fold(f32::NEG_INFINITY, |a, j| a.max(part(j)[0]));
+    out.fill(0.0);
+    let mut l = 0.0f32;
+    for j in 0..spans {
+        let p = part(j);
+        let w = exp(p[0] - max);
+        l += w * p[1];
+        for (o, &v) in out.iter_mut().zip(&p[2..]) {
+            *o += w * v;
+        }
+    }
+    let inv = 1.0 / l;
+    for o in out.iter_mut() {
+        *o *= inv;
     }
 }
 
@@ -334,38 +369,47 @@ pub struct HeadsAt {
 }
 
 /// Causal attention of the query heads `first_head..` in `q` (`head_dim` floats each) over
-/// positions `0..n` of one layer's cache: `out = softmax(scale · q·k) · v` per head, where
-/// query head `h` reads kv head `h / group`.
+/// one span of positions `start..end` of one layer's cache (`start` a multiple of [`SPAN`],
+/// `end - start` at most `SPAN`): per head, its partial result ([`partial_len`] floats in
+/// `parts`: see [`SPAN`]; [`combine_spans`] of all the spans up to a query's position gives
+/// `softmax(scale · q·k) · v`). Query head `h` reads kv head `h / group`.
 ///
 /// The layer's cache is laid out so that positions `0..n` of all kv heads are two
 /// contiguous stretches, which a call for every head reads front to back:
 /// - `keys`: blocks of [`KEY_BLOCK`] positions, `KEY_BLOCK · kv_dim` floats each; in a
 ///   block, per kv head, per dimension, one row of 16 lanes (one per position), so a score
-///   needs no horizontal sum. The last block runs past `n` into unused cache; those
+///   needs no horizontal sum. The last block runs past `end` into unused cache; those
 ///   scores are ignored.
 /// - `values`: per position, `kv_dim` floats (all kv heads).
 ///
 /// `scratch` holds [`attend_scratch_len`] floats. Every lane sums in a fixed order (a score
-/// over the dimensions in order; a weighted value in four accumulators that take the
+/// over the dimensions in order; a span's weighted value in four accumulators that take its
 /// positions in turn, then `(a0 + a1) + (a2 + a3)`), so the result depends neither on how
 /// heads are grouped into calls nor on the vector width: every kernel set inlines this
-/// and computes the same bits.
+/// and computes the same bits, and [`attend_tokens`] the same again.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn attend_heads<K: KvRead>(
     q: &[f32],
     heads_at: HeadsAt,
     keys: &[K::Elem],
     values: &[K::Elem],
     scratch: &mut [f32],
-    n: usize,
-    out: &mut [f32],
+    start: usize,
+    end: usize,
+    parts: &mut [f32],
 ) {
     const KB: usize = KEY_BLOCK;
     let HeadsAt { head_dim: hd, first_head, group, kv_dim, scale } = heads_at;
+    assert!(start.is_multiple_of(SPAN) && start < end && end - start <= SPAN, "attend_heads: span {start}..{end}");
     let heads = q.len() / hd;
+    let (n, pl) = (end - start, partial_len(hd));
+    let parts = &mut parts[..heads * pl];
     let padded = n.next_multiple_of(KB);
     let (scores, acc) = scratch[..attend_scratch_len(heads, hd, n)].split_at_mut(heads * padded);
-    let at = Rows::<K> { q, hd, heads, first_head, group, keys, kv_dim };
+    let at = Rows::<K> { q, hd, heads, first_head, group, keys, kv_dim, first_block: start / KB };
+    // The span's values.
+    let values = &values[start * kv_dim..end * kv_dim];
 
     // Scores block by block, each block's heads in turn (the keys front to back), four
     // (block, head) rows at a time as independent sums.
@@ -379,16 +423,18 @@ pub fn attend_heads<K: KvRead>(
             _ => at.scores::<4>(j, scale, scores, padded),
         };
     }
-    for sc in scores.chunks_exact_mut(padded) {
-        softmax(&mut sc[..n]);
+    for (sc, part) in scores.chunks_exact_mut(padded).zip(parts.chunks_exact_mut(pl)) {
+        let (m, l) = span_weights(&mut sc[..n]);
+        part[0] = m;
+        part[1] = l;
     }
 
-    // Weighted values: accumulator `u` of a head takes positions 4i + u; a tail of fewer
-    // than four positions goes to accumulator 0.
+    // Weighted values: accumulator `u` of a head takes the span's positions 4i + u; a tail
+    // of fewer than four positions goes to accumulator 0.
     const VB: usize = 32;
     if heads == 1 && hd % VB == 0 {
-        // One head (a prompt's task): 32 dimensions at a time, in registers.
-        let (v0, scores) = (at.kv_at(0), &scores[..n]);
+        // One head: 32 dimensions at a time, in registers.
+        let (v0, scores, out) = (at.kv_at(0), &scores[..n], &mut parts[2..]);
         for d0 in (0..hd).step_by(VB) {
             let mut acc = [[0f32; VB]; 4];
             let mut s = 0;
@@ -432,13 +478,20 @@ pub fn attend_heads<K: KvRead>(
         }
         s += step;
     }
-    for (o, a) in out.chunks_exact_mut(hd).zip(acc.chunks_exact(4 * hd)) {
-        let (a01, a23) = a.split_at(2 * hd);
-        let (a0, a1) = a01.split_at(hd);
-        let (a2, a3) = a23.split_at(hd);
-        for i in 0..hd {
-            o[i] = (a0[i] + a1[i]) + (a2[i] + a3[i]);
-        }
+    for (part, a) in parts.chunks_exact_mut(pl).zip(acc.chunks_exact(4 * hd)) {
+        finish(a, &mut part[2..]);
+    }
+}
+
+/// `o = (a0 + a1) + (a2 + a3)` of four accumulators `a` of `o.len()` values each.
+#[inline(always)]
+fn finish(a: &[f32], o: &mut [f32]) {
+    let hd = o.len();
+    let (a01, a23) = a[..4 * hd].split_at(2 * hd);
+    let (a0, a1) = a01.split_at(hd);
+    let (a2, a3) = a23.split_at(hd);
+    for i in 0..hd {
+        o[i] = (a0[i] + a1[i]) + (a2[i] + a3[i]);
     }
 }
 
@@ -446,10 +499,10 @@ pub fn attend_heads<K: KvRead>(
 pub const ATTEND_TOKENS: usize = 32;
 
 /// Floats of scratch for [`attend_tokens`] over causal lengths up to `n`: the scores of
-/// [`ATTEND_TOKENS`] tokens, four accumulators per token, and a block of 16 positions'
-/// values.
+/// [`ATTEND_TOKENS`] tokens over one span, four accumulators per token, a block of 16
+/// positions' values, and every token's partial results.
 pub fn attend_tokens_scratch_len(head_dim: usize, n: usize) -> usize {
-    ATTEND_TOKENS * (n.next_multiple_of(KEY_BLOCK) + 4 * head_dim) + KEY_BLOCK * head_dim
+    ATTEND_TOKENS * (SPAN + 4 * head_dim + n.div_ceil(SPAN) * partial_len(head_dim)) + KEY_BLOCK * head_dim
 }
 
 /// Causal attention of one query head (`at.first_head`) for `tokens` ≤ [`ATTEND_TOKENS`]
@@ -457,10 +510,11 @@ pub fn attend_tokens_scratch_len(head_dim: usize, n: usize) -> usize {
 /// `out[t · head_dim..]`) attends to positions `0..n0 + t`. `q` holds [`ATTEND_TOKENS`]
 /// rows (those past `tokens` are read but ignored: zeros, say).
 ///
-/// The same arithmetic in the same order as [`attend_heads`] for each token alone, so the
-/// same bits (a prompt equals its tokens decoded one at a time), but each key row and
-/// each value is read once for all the tokens instead of once per token: a prompt after a
-/// long context reads its cache [`ATTEND_TOKENS`] times less.
+/// Per span, the same arithmetic in the same order as [`attend_heads`] for each token
+/// alone, and the same [`combine_spans`], so the same bits (a prompt equals its tokens
+/// decoded one at a time), but each key row and each value is read once for all the
+/// tokens instead of once per token: a prompt after a long context reads its cache
+/// [`ATTEND_TOKENS`] times less.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn attend_tokens<K: KvRead>(
@@ -478,132 +532,147 @@ pub fn attend_tokens<K: KvRead>(
     let HeadsAt { head_dim: hd, first_head, group, kv_dim, scale } = at;
     assert!((1..=T).contains(&tokens) && n0 >= 1, "attend_tokens: {tokens} tokens from length {n0}");
     let n_max = n0 + tokens - 1;
-    let padded = n_max.next_multiple_of(KB);
-    let (scores, rest) = scratch[..attend_tokens_scratch_len(hd, n_max)].split_at_mut(T * padded);
-    let (acc, block) = rest.split_at_mut(T * 4 * hd);
+    let (spans, pl) = (n_max.div_ceil(SPAN), partial_len(hd));
+    let (scores, rest) = scratch[..attend_tokens_scratch_len(hd, n_max)].split_at_mut(T * SPAN);
+    let (acc, rest) = rest.split_at_mut(T * 4 * hd);
+    let (block, parts) = rest.split_at_mut(KB * hd);
     let kv0 = first_head / group * hd;
     let q: &[f32] = &q[..T * hd];
-
-    // Scores, block by block (each block's key rows come from memory once, then from L1),
-    // eight tokens at a time in registers; lane `i` of a token sums `q[d] · key` over `d`
-    // in order, as `attend_heads`.
-    const G: usize = 8;
     // Elements per cache line.
     let line = 64 / std::mem::size_of::<K::Elem>();
-    for b in 0..padded / KB {
-        let rows = &keys[b * KB * kv_dim + kv0 * KB..b * KB * kv_dim + (kv0 + hd) * KB];
-        // This head's rows of the next block: a few kilobytes further on than the
-        // prefetchers look.
-        let next = keys.as_ptr().wrapping_add((b + 1) * KB * kv_dim + kv0 * KB);
-        for l in (0..hd * KB).step_by(line) {
-            prefetch(next.wrapping_add(l));
-        }
-        for t0 in (0..tokens).step_by(G) {
-            let q = &q[t0 * hd..(t0 + G) * hd];
-            let mut sum = [[0f32; KB]; G];
-            for d in 0..hd {
-                let k = K::lanes(&rows[d * KB..(d + 1) * KB]);
-                for (t, sum) in sum.iter_mut().enumerate() {
-                    let qd = q[t * hd + d];
-                    for i in 0..KB {
-                        sum[i] += qd * k[i];
+    // Token `t`'s positions in a span that ends at `end`: up to `n0 + t`.
+    let length = |t: usize, end: usize| (n0 + t).min(end);
+
+    for j in 0..spans {
+        let (start, end) = (j * SPAN, ((j + 1) * SPAN).min(n_max));
+        // Scores, block by block (each block's key rows come from memory once, then from
+        // L1), eight tokens at a time in registers; lane `i` of a token sums `q[d] · key`
+        // over `d` in order, as `attend_heads`.
+        const G: usize = 8;
+        for b in 0..(end - start).div_ceil(KB) {
+            let first = (start / KB + b) * KB * kv_dim + kv0 * KB;
+            let rows = &keys[first..first + hd * KB];
+            // This head's rows of the next block: a few kilobytes further on than the
+            // prefetchers look.
+            let next = keys.as_ptr().wrapping_add(first + KB * kv_dim);
+            for l in (0..hd * KB).step_by(line) {
+                prefetch(next.wrapping_add(l));
+            }
+            for t0 in (0..tokens).step_by(G) {
+                let q = &q[t0 * hd..(t0 + G) * hd];
+                let mut sum = [[0f32; KB]; G];
+                for d in 0..hd {
+                    let k = K::lanes(&rows[d * KB..(d + 1) * KB]);
+                    for (t, sum) in sum.iter_mut().enumerate() {
+                        let qd = q[t * hd + d];
+                        for i in 0..KB {
+                            sum[i] += qd * k[i];
+                        }
+                    }
+                }
+                for (t, sum) in sum.iter().enumerate().take(tokens - t0) {
+                    let at = (t0 + t) * SPAN + b * KB;
+                    for (sc, a) in scores[at..at + KB].iter_mut().zip(sum) {
+                        *sc = a * scale;
                     }
                 }
             }
-            for (t, sum) in sum.iter().enumerate().take(tokens - t0) {
-                let at = (t0 + t) * padded + b * KB;
-                for (sc, a) in scores[at..at + KB].iter_mut().zip(sum) {
-                    *sc = a * scale;
+        }
+        for t in 0..tokens {
+            let n = length(t, end);
+            if start < n {
+                let (m, l) = span_weights(&mut scores[t * SPAN..t * SPAN + n - start]);
+                parts[(t * spans + j) * pl] = m;
+                parts[(t * spans + j) * pl + 1] = l;
+            }
+        }
+
+        // Weighted values: as in `attend_heads`, accumulator `u` of a token whose span
+        // holds `start..n` takes positions `start + 4i + u` below `4 · (n / 4)`,
+        // accumulator 0 the rest, each in position order.
+        let acc = &mut acc[..tokens * 4 * hd];
+        acc.fill(0.0);
+        const VB: usize = 32;
+        if hd % VB == 0 {
+            // Blocks of 16 positions: their values widened once into `block` (per 32
+            // dimensions, the 16 positions' rows in turn), then per token 32 dimensions at
+            // a time with the four accumulators in registers.
+            const PB: usize = 16;
+            let block = &mut block[..PB * hd];
+            for s0 in (start..end).step_by(PB) {
+                let m = (s0 + PB).min(end) - s0;
+                for j in 0..m {
+                    let row = &values[(s0 + j) * kv_dim + kv0..(s0 + j) * kv_dim + kv0 + hd];
+                    for (c, v) in row.chunks_exact(VB).enumerate() {
+                        let dst = &mut block[(c * PB + j) * VB..(c * PB + j + 1) * VB];
+                        dst[..KB].copy_from_slice(&K::lanes(&v[..KB]));
+                        dst[KB..].copy_from_slice(&K::lanes(&v[KB..]));
+                    }
                 }
+                // The next block's values, one stretch per position.
+                for s in s0 + PB..(s0 + 2 * PB).min(n_max) {
+                    let at = values.as_ptr().wrapping_add(s * kv_dim + kv0);
+                    for l in (0..hd).step_by(line) {
+                        prefetch(at.wrapping_add(l));
+                    }
+                }
+                for t in 0..tokens {
+                    let n = length(t, end);
+                    if s0 >= n {
+                        continue;
+                    }
+                    // Positions s0 + i: i < main in groups of four, then main..stop one at a time.
+                    let stop = (s0 + PB).min(n) - s0;
+                    let main = (n / 4 * 4).clamp(s0, s0 + stop) - s0;
+                    let p = &scores[t * SPAN + s0 - start..t * SPAN + s0 - start + PB];
+                    let acc = &mut acc[4 * t * hd..4 * (t + 1) * hd];
+                    for (c, vc) in block.chunks_exact(PB * VB).enumerate() {
+                        let mut r = [[0f32; VB]; 4];
+                        for (u, r) in r.iter_mut().enumerate() {
+                            r.copy_from_slice(&acc[u * hd + c * VB..u * hd + (c + 1) * VB]);
+                        }
+                        for (a4, v4) in p[..main].chunks_exact(4).zip(vc.chunks_exact(4 * VB)) {
+                            for (u, r) in r.iter_mut().enumerate() {
+                                let (a, v) = (a4[u], &v4[u * VB..(u + 1) * VB]);
+                                for i in 0..VB {
+                                    r[i] += a * v[i];
+                                }
+                            }
+                        }
+                        for (&a, v) in p[main..stop].iter().zip(vc[main * VB..].chunks_exact(VB)) {
+                            for i in 0..VB {
+                                r[0][i] += a * v[i];
+                            }
+                        }
+                        for (u, r) in r.iter().enumerate() {
+                            acc[u * hd + c * VB..u * hd + (c + 1) * VB].copy_from_slice(r);
+                        }
+                    }
+                }
+            }
+        } else {
+            for s in start..end {
+                let row = &values[s * kv_dim + kv0..s * kv_dim + kv0 + hd];
+                for t in 0..tokens {
+                    let n = length(t, end);
+                    if s < n {
+                        let u = if s < n / 4 * 4 { s % 4 } else { 0 };
+                        let a = scores[t * SPAN + s - start];
+                        axpy::<K>(&mut acc[(4 * t + u) * hd..(4 * t + u + 1) * hd], a, row);
+                    }
+                }
+            }
+        }
+        for t in 0..tokens {
+            if start < length(t, end) {
+                let at = (t * spans + j) * pl + 2;
+                finish(&acc[4 * t * hd..4 * (t + 1) * hd], &mut parts[at..at + hd]);
             }
         }
     }
     for t in 0..tokens {
-        softmax(&mut scores[t * padded..t * padded + n0 + t]);
-    }
-
-    // Weighted values, position by position: as in `attend_heads`, accumulator `u` of a
-    // token of length `n` takes positions `4i + u` below `4 · (n / 4)`, accumulator 0 the
-    // rest, each in position order.
-    let acc = &mut acc[..tokens * 4 * hd];
-    acc.fill(0.0);
-    const VB: usize = 32;
-    if hd % VB == 0 {
-        // Blocks of 16 positions: their values widened once into `block` (per 32
-        // dimensions, the 16 positions' rows in turn), then per token 32 dimensions at a
-        // time with the four accumulators in registers.
-        const PB: usize = 16;
-        let block = &mut block[..PB * hd];
-        for s0 in (0..n_max).step_by(PB) {
-            let m = (s0 + PB).min(n_max) - s0;
-            for j in 0..m {
-                let row = &values[(s0 + j) * kv_dim + kv0..(s0 + j) * kv_dim + kv0 + hd];
-                for (c, v) in row.chunks_exact(VB).enumerate() {
-                    let dst = &mut block[(c * PB + j) * VB..(c * PB + j + 1) * VB];
-                    dst[..KB].copy_from_slice(&K::lanes(&v[..KB]));
-                    dst[KB..].copy_from_slice(&K::lanes(&v[KB..]));
-                }
-            }
-            // The next block's values, one stretch per position.
-            for s in s0 + PB..(s0 + 2 * PB).min(n_max) {
-                let at = values.as_ptr().wrapping_add(s * kv_dim + kv0);
-                for l in (0..hd).step_by(line) {
-                    prefetch(at.wrapping_add(l));
-                }
-            }
-            for t in 0..tokens {
-                let n = n0 + t;
-                if s0 >= n {
-                    continue;
-                }
-                // Positions s0 + j: j < main in groups of four, then main..end one at a time.
-                let end = (s0 + PB).min(n) - s0;
-                let main = (n / 4 * 4).clamp(s0, s0 + end) - s0;
-                let p = &scores[t * padded + s0..t * padded + s0 + PB];
-                let acc = &mut acc[4 * t * hd..4 * (t + 1) * hd];
-                for (c, vc) in block.chunks_exact(PB * VB).enumerate() {
-                    let mut r = [[0f32; VB]; 4];
-                    for (u, r) in r.iter_mut().enumerate() {
-                        r.copy_from_slice(&acc[u * hd + c * VB..u * hd + (c + 1) * VB]);
-                    }
-                    for (a4, v4) in p[..main].chunks_exact(4).zip(vc.chunks_exact(4 * VB)) {
-                        for (u, r) in r.iter_mut().enumerate() {
-                            let (a, v) = (a4[u], &v4[u * VB..(u + 1) * VB]);
-                            for i in 0..VB {
-                                r[i] += a * v[i];
-                            }
-                        }
-                    }
-                    for (&a, v) in p[main..end].iter().zip(vc[main * VB..].chunks_exact(VB)) {
-                        for i in 0..VB {
-                            r[0][i] += a * v[i];
-                        }
-                    }
-                    for (u, r) in r.iter().enumerate() {
-                        acc[u * hd + c * VB..u * hd + (c + 1) * VB].copy_from_slice(r);
-                    }
-                }
-            }
-        }
-    } else {
-        for s in 0..n_max {
-            let row = &values[s * kv_dim + kv0..s * kv_dim + kv0 + hd];
-            for t in 0..tokens {
-                let n = n0 + t;
-                if s < n {
-                    let u = if s < n / 4 * 4 { s % 4 } else { 0 };
-                    axpy::<K>(&mut acc[(4 * t + u) * hd..(4 * t + u + 1) * hd], scores[t * padded + s], row);
-                }
-            }
-        }
-    }
-    for (o, a) in out[..tokens * hd].chunks_exact_mut(hd).zip(acc.chunks_exact(4 * hd)) {
-        let (a01, a23) = a.split_at(2 * hd);
-        let (a0, a1) = a01.split_at(hd);
-        let (a2, a3) = a23.split_at(hd);
-        for i in 0..hd {
-            o[i] = (a0[i] + a1[i]) + (a2[i] + a3[i]);
-        }
+        let spans_t = (n0 + t).div_ceil(SPAN);
+        combine_spans(&parts[t * spans * pl..], pl, spans_t, &mut out[t * hd..(t + 1) * hd]);
     }
 }
 
@@ -632,6 +701,8 @@ struct Rows<'a, K: KvRead> {
     group: usize,
     keys: &'a [K::Elem],
     kv_dim: usize,
+    /// The block of the span's first position.
+    first_block: usize,
 }
 
 impl<K: KvRead> Rows<'_, K> {
@@ -651,7 +722,7 @@ impl<K: KvRead> Rows<'_, K> {
         let block_head = |u: usize| ((j + u) / heads, (j + u) % heads);
         let rows: [&[K::Elem]; G] = std::array::from_fn(|u| {
             let (b, h) = block_head(u);
-            let start = b * KB * self.kv_dim + self.kv_at(h) * KB;
+            let start = (self.first_block + b) * KB * self.kv_dim + self.kv_at(h) * KB;
             &self.keys[start..start + hd * KB]
         });
         let qs: [&[f32]; G] = std::array::from_fn(|u| &self.q[block_head(u).1 * hd..(block_head(u).1 + 1) * hd]);
@@ -660,7 +731,7 @@ impl<K: KvRead> Rows<'_, K> {
         // waiting, and a task's heads are only part of each block.
         let ahead: [*const K::Elem; G] = std::array::from_fn(|u| {
             let (b, h) = block_head(u);
-            self.keys.as_ptr().wrapping_add((b + 1) * KB * self.kv_dim + self.kv_at(h) * KB)
+            self.keys.as_ptr().wrapping_add((self.first_block + b + 1) * KB * self.kv_dim + self.kv_at(h) * KB)
         });
         // Prefetch a line per dimension of f32 keys; of f16 keys, every other dimension.
         let line = 64 / (KB * std::mem::size_of::<K::Elem>());
@@ -732,23 +803,38 @@ mod tests {
         (q, keys, values)
     }
 
-    /// `attend_heads` over a cache of `K`, against the f64 definition over the values the
-    /// cache holds, and head by head against all heads at once (the same bits).
+    /// Attention of the query heads in `q` over positions `0..n` as a decoded token runs
+    /// it: every span's partial results for all heads in one call, then combined.
+    fn attend_spans<K: KvRead>(q: &[f32], at: HeadsAt, keys: &[K::Elem], values: &[K::Elem], n: usize) -> Vec<f32> {
+        let (hd, heads, pl) = (at.head_dim, q.len() / at.head_dim, partial_len(at.head_dim));
+        let spans = n.div_ceil(SPAN);
+        let mut parts = vec![f32::NAN; spans * heads * pl];
+        let mut scratch = vec![f32::NAN; attend_scratch_len(heads, hd, SPAN)];
+        for (j, part) in parts.chunks_exact_mut(heads * pl).enumerate() {
+            attend_heads::<K>(q, at, keys, values, &mut scratch, j * SPAN, ((j + 1) * SPAN).min(n), part);
+        }
+        let mut out = vec![0.0; heads * hd];
+        for (h, out) in out.chunks_exact_mut(hd).enumerate() {
+            combine_spans(&parts[h * pl..], heads * pl, spans, out);
+        }
+        out
+    }
+
+    /// Attention over a cache of `K`, against the f64 definition over the values the cache
+    /// holds, and head by head against all heads at once (the same bits).
     fn check_attention<K: KvRead>(narrow: impl Fn(f32) -> K::Elem) {
-        for (hd, n_heads, group, n) in [(96, 4, 1, 37), (24, 6, 2, 1), (16, 4, 4, 16), (40, 2, 1, 70), (32, 3, 3, 5)] {
+        let cases = [(96, 4, 1, 37), (24, 6, 2, 1), (16, 4, 4, 16), (40, 2, 1, 70), (32, 3, 3, 5), (32, 2, 1, 600)];
+        for (hd, n_heads, group, n) in cases {
             let (q, keys, values) = attention_case(hd, n_heads, group, n, (hd * n) as u32);
             let (keys, values): (Vec<K::Elem>, Vec<K::Elem>) =
                 (keys.into_iter().map(&narrow).collect(), values.into_iter().map(&narrow).collect());
             let kv_dim = n_heads / group * hd;
             let scale = 1.0 / (hd as f32).sqrt();
             let at = |first_head| HeadsAt { head_dim: hd, first_head, group, kv_dim, scale };
-            let mut scratch = vec![0.0; attend_scratch_len(n_heads, hd, n)];
-            let mut all = vec![0.0; n_heads * hd];
-            attend_heads::<K>(&q, at(0), &keys, &values, &mut scratch, n, &mut all);
+            let all = attend_spans::<K>(&q, at(0), &keys, &values, n);
             for h in 0..n_heads {
                 // One head alone: the same bits.
-                let mut one = vec![0.0; hd];
-                attend_heads::<K>(&q[h * hd..(h + 1) * hd], at(h), &keys, &values, &mut scratch, n, &mut one);
+                let one = attend_spans::<K>(&q[h * hd..(h + 1) * hd], at(h), &keys, &values, n);
                 assert_eq!(one, all[h * hd..(h + 1) * hd], "hd {hd} head {h}");
                 // The definition in f64, from the layout's description.
                 let kvh = h / group;
@@ -775,7 +861,7 @@ mod tests {
         check_attention::<F16Kv>(|x| half::f16::from_f32(x).to_bits());
     }
 
-    /// A prompt's tokens attended together give the bits of each token attended alone.
+    /// A prompt's tokens attended together give the bits of each token decoded alone.
     fn check_tokens_together<K: KvRead>(narrow: impl Fn(f32) -> K::Elem) {
         for (hd, n_heads, group, n0, tokens) in [
             (64, 4, 1, 1, 8),
@@ -787,6 +873,8 @@ mod tests {
             (64, 2, 1, 40, 32),
             (32, 2, 2, 9, 19),
             (96, 1, 1, 1, 32),
+            (64, 2, 1, 240, 32),
+            (40, 2, 2, 500, 27),
         ] {
             let n = n0 + tokens - 1;
             let (q, keys, values) = attention_case(hd, n_heads * ATTEND_TOKENS, group, n, (hd * n + tokens) as u32);
@@ -798,14 +886,12 @@ mod tests {
             for h in 0..n_heads {
                 let at = HeadsAt { head_dim: hd, first_head: h, group, kv_dim, scale };
                 let q = &q[h * ATTEND_TOKENS * hd..(h + 1) * ATTEND_TOKENS * hd];
-                let mut scratch = vec![0.0; attend_tokens_scratch_len(hd, n)];
+                // Whatever the scratch holds must not matter.
+                let mut scratch = vec![f32::NAN; attend_tokens_scratch_len(hd, n)];
                 let mut together = vec![f32::NAN; ATTEND_TOKENS * hd];
                 attend_tokens::<K>(q, at, &keys, &values, &mut scratch, n0, tokens, &mut together);
                 for t in 0..tokens {
-                    let mut alone = vec![0.0; hd];
-                    let mut scratch = vec![0.0; attend_scratch_len(1, hd, n)];
-                    let q = &q[t * hd..(t + 1) * hd];
-                    attend_heads::<K>(q, at, &keys, &values, &mut scratch, n0 + t, &mut alone);
+                    let alone = attend_spans::<K>(&q[t * hd..(t + 1) * hd], at, &keys, &values, n0 + t);
                     assert_eq!(alone, together[t * hd..(t + 1) * hd], "hd {hd} head {h} token {t} of {tokens}");
                 }
                 assert!(together[tokens * hd..].iter().all(|v| v.is_nan()), "wrote past its tokens");

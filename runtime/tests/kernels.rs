@@ -162,12 +162,14 @@ proptest! {
     fn attention_is_the_same_on_every_kernel_set(
         (hd, kv_heads, group, n, first, count, seed) in (
             prop_oneof![Just(16usize), Just(24), Just(32), Just(40), Just(64), Just(96)],
-            1usize..4, 1usize..4, 1usize..70,
+            1usize..4, 1usize..4, prop_oneof![1usize..70, 250usize..600],
         ).prop_flat_map(|(hd, kv, g, n)| (
             Just(hd), Just(kv), Just(g), Just(n), 0..kv * g, 1usize..=kv * g, any::<u32>(),
         ))
     ) {
-        use tern::ops::{attend_scratch_len, attend_tokens_scratch_len, HeadsAt, ATTEND_TOKENS, KEY_BLOCK};
+        use tern::ops::{
+            attend_scratch_len, attend_tokens_scratch_len, partial_len, HeadsAt, ATTEND_TOKENS, KEY_BLOCK, SPAN,
+        };
         let count = count.min(kv_heads * group - first);
         let kv_dim = kv_heads * hd;
         let mut s = seed;
@@ -181,7 +183,7 @@ proptest! {
         let bits = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect::<Vec<u16>>();
         let (k16, v16) = (bits(&keys), bits(&values));
         let at = HeadsAt { head_dim: hd, first_head: first, group, kv_dim, scale: 1.0 / (hd as f32).sqrt() };
-        let mut scratch = vec![0.0; attend_scratch_len(count, hd, n)];
+        let mut scratch = vec![0.0; attend_scratch_len(count, hd, SPAN)];
         // Also the prompt kernel: `count` tokens of head `first` from length n - count + 1.
         let mut qt = q.clone();
         qt.resize(ATTEND_TOKENS * hd, 0.0);
@@ -191,9 +193,15 @@ proptest! {
         let values_t: Vec<f32> = (0..(n0 + count) * kv_dim).map(|i| values[i % values.len()]).collect();
         let (k16t, v16t) = (bits(&keys_t), bits(&values_t));
         let run = |k: &Kernels, scratch: &mut [f32], scratch_t: &mut [f32]| {
-            let (mut a, mut b) = (vec![0.0; count * hd], vec![0.0; count * hd]);
-            k.attend(&q, at, &keys, &values, scratch, n, &mut a);
-            k.attend(&q, at, &k16, &v16, scratch, n, &mut b);
+            // Every span's partial results.
+            let spans = n.div_ceil(SPAN);
+            let size = count * partial_len(hd);
+            let (mut a, mut b) = (vec![0.0; spans * size], vec![0.0; spans * size]);
+            for j in 0..spans {
+                let span = j * SPAN..((j + 1) * SPAN).min(n);
+                k.attend(&q, at, &keys, &values, scratch, span.clone(), &mut a[j * size..(j + 1) * size]);
+                k.attend(&q, at, &k16, &v16, scratch, span, &mut b[j * size..(j + 1) * size]);
+            }
             let (mut c, mut d) = (vec![0.0; ATTEND_TOKENS * hd], vec![0.0; ATTEND_TOKENS * hd]);
             k.attend_tokens(&qt, at, &keys_t, &values_t, scratch_t, n0, count, &mut c);
             k.attend_tokens(&qt, at, &k16t, &v16t, scratch_t, n0, count, &mut d);

@@ -250,6 +250,38 @@ fn batched_prompt_equals_one_token_at_a_time() {
     }
 }
 
+/// The same over a context of several attention spans (tiny-tied with its context raised
+/// to 700 positions; RoPE models have no position table): decoding splits attention by
+/// spans of positions, prompts by tokens, and both still give the same bits.
+#[test]
+fn batched_prompt_equals_one_token_at_a_time_across_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "generation_config.json"] {
+        std::fs::copy(fixture("tiny-tied").join(f), dir.path().join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(fixture("tiny-tied").join("config.json")).unwrap();
+    let mut config: Value = serde_json::from_str(&config).unwrap();
+    config["max_position_embeddings"] = 700.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let out = dir.path().join("model.tern");
+    let opts = tern_convert::Options { embed: Encoding::F16, progress: false, pause_per_tensor: None };
+    tern_convert::convert(dir.path(), &out, &opts).unwrap();
+    let model = Model::open(&out).unwrap();
+    let c = model.config();
+    let tokens: Vec<u32> = (0..600u32).map(|i| 3 + i * 7919 % (c.vocab_size - 3)).collect();
+    for kv in [KvType::F32, KvType::F16] {
+        let mut batched = Vec::new();
+        // Chunks of 24 tokens, so that some straddle the spans' boundaries.
+        let mut st = State::with_kv(c, tokens.len(), 24, kv).unwrap();
+        model.forward_all(&mut st, &tokens, 0, &mut |_, l| batched.push(l.to_vec())).unwrap();
+        let mut st = State::with_kv(c, tokens.len(), 1, kv).unwrap();
+        for (p, &t) in tokens.iter().enumerate() {
+            let one = model.forward(&mut st, &[t], p).unwrap();
+            assert!(one == batched[p].as_slice(), "{kv:?} KV cache: position {p} differs");
+        }
+    }
+}
+
 /// The default f16 embedding changes logits only slightly. (The lossy q8 output matrix is
 /// judged by perplexity on the trained model: tests/demo_model.rs.)
 #[test]

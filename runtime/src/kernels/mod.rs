@@ -20,16 +20,18 @@ macro_rules! float_ops {
         /// # Safety
         /// The CPU must support this module's features ([`available`]).
         $(#[target_feature(enable = $feature)])?
+        #[allow(clippy::too_many_arguments)]
         pub unsafe fn attend<K: crate::ops::KvRead>(
             q: &[f32],
             at: crate::ops::HeadsAt,
             keys: &[K::Elem],
             values: &[K::Elem],
             scratch: &mut [f32],
-            n: usize,
-            out: &mut [f32],
+            start: usize,
+            end: usize,
+            parts: &mut [f32],
         ) {
-            crate::ops::attend_heads::<K>(q, at, keys, values, scratch, n, out)
+            crate::ops::attend_heads::<K>(q, at, keys, values, scratch, start, end, parts)
         }
 
         /// [`crate::ops::attend_tokens`] for this kernel set, over a KV cache read by `K`.
@@ -163,8 +165,8 @@ unsafe fn gemm_by_rows<K: RowTokens>(rows: &[u8], row_bytes: usize, xq: &[i8], a
 
 type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
-/// `(q, at, keys, values, scratch, n, out)`: see [`crate::ops::attend_heads`].
-type AttendFn<E> = unsafe fn(&[f32], HeadsAt, &[E], &[E], &mut [f32], usize, &mut [f32]);
+/// `(q, at, keys, values, scratch, start, end, parts)`: see [`crate::ops::attend_heads`].
+type AttendFn<E> = unsafe fn(&[f32], HeadsAt, &[E], &[E], &mut [f32], usize, usize, &mut [f32]);
 /// `(q, at, keys, values, scratch, n0, tokens, out)`: see [`crate::ops::attend_tokens`].
 type AttendTokensFn<E> = unsafe fn(&[f32], HeadsAt, &[E], &[E], &mut [f32], usize, usize, &mut [f32]);
 type QuantizeFn = unsafe fn(x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32);
@@ -321,8 +323,8 @@ impl Kernels {
         unsafe { (self.dot_f32)(row, x) }
     }
 
-    /// Attention of one or more query heads over a KV cache of f32 or f16 (bits): see
-    /// [`crate::ops::attend_heads`].
+    /// Partial attention results of one or more query heads over one span of positions of
+    /// a KV cache of f32 or f16 (bits): see [`crate::ops::attend_heads`].
     #[allow(clippy::too_many_arguments)]
     pub fn attend<E: CacheElem>(
         &self,
@@ -331,11 +333,11 @@ impl Kernels {
         keys: &[E],
         values: &[E],
         scratch: &mut [f32],
-        n: usize,
-        out: &mut [f32],
+        span: std::ops::Range<usize>,
+        parts: &mut [f32],
     ) {
         // SAFETY: as in `ternary_band`; `attend_heads` indexes with checked slices.
-        unsafe { E::attend_fn(self)(q, at, keys, values, scratch, n, out) }
+        unsafe { E::attend_fn(self)(q, at, keys, values, scratch, span.start, span.end, parts) }
     }
 
     /// Attention of one query head for consecutive prompt tokens: see
