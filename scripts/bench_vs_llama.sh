@@ -11,7 +11,7 @@
 # speed); convert with llama.cpp's convert_hf_to_gguf.py to f16 and quantize to TQ2_0
 # twice: default (Q6_K output matrix) and with an f16 output matrix (like for like with
 # tern's default); then run `llama-bench` and `tern bench` with the same -p/-n/-t/-r,
-# and tg again after a DEPTH-token context (-d, default 512), interleaving passes, and
+# and again after a DEPTH-token context (-d, default 512), interleaving passes, and
 # print one table. At depth tern runs twice: with its default f32 KV cache, and with an
 # f16 one (`--cache-type f16`), like for like with llama.cpp's default f16 cache.
 set -euo pipefail
@@ -20,7 +20,7 @@ work=${1:-/tmp/tern-bench}
 mkdir -p "$work"
 cd "$work"
 P=${P:-128} N=${N:-64} R=${R:-3} T=${T:-1,2} PASSES=${PASSES:-2}
-# Also tg N after a context of DEPTH tokens (llama-bench -d; 0 skips it).
+# Also pp P and tg N after a context of DEPTH tokens (llama-bench -d; 0 skips it).
 DEPTH=${DEPTH:-512}
 
 pip install --quiet numpy safetensors tokenizers sentencepiece torch transformers cmake scikit-build-core ninja >/dev/null
@@ -72,9 +72,9 @@ done
 : > results.jsonl
 : > roofline.txt
 for pass in $(seq "$PASSES"); do
-  # (prompt, generated, depth) of each run: pp and tg from an empty context, then tg at depth.
+  # (prompt, generated, depth) of each run: pp and tg from an empty context, then at depth.
   runs=("$P $N 0")
-  [ "$DEPTH" -gt 0 ] && runs+=("0 $N $DEPTH")
+  [ "$DEPTH" -gt 0 ] && runs+=("$P $N $DEPTH")
   for run in "${runs[@]}"; do
     read -r p n d <<< "$run"
     for f in large-tq2_0-f16out.gguf large-tq2_0.gguf; do
