@@ -466,10 +466,13 @@ thread_local! {
 /// decoded token streams front to back: per head, they would be a few kilobytes here and
 /// there, which the prefetchers do not follow (a token waited ~3x longer on them).
 ///
-/// One token runs two tasks per thread, each for a run of whole kv-head groups (a thread
-/// makes one front-to-back pass over its heads' stretch; two tasks rather than one leave
-/// work to take over from a thread that shares its core with another process). A prompt
-/// chunk runs one task per (token, head), taken head by head.
+/// Attention runs over spans of [`SPAN`] positions, whose partial results combine at the
+/// end ([`crate::ops::combine_spans`]). One token runs tasks of (span, run of whole kv-head
+/// groups), at least two per thread (work to take over from a thread that shares its core
+/// with another process), writing partial results to `parts`. A prompt chunk runs one task
+/// per head and run of up to [`ATTEND_TOKENS`] tokens, which reads each key and value once
+/// for all of its tokens ([`crate::ops::attend_tokens`]). Both compute the same spans the
+/// same way: the same bits.
 #[allow(clippy::too_many_arguments)]
 fn attention<E: CacheElem>(
     c: &ModelConfig,
