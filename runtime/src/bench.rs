@@ -23,16 +23,12 @@ pub struct BenchResult {
     #[serde(skip_serializing_if = "is_zero")]
     pub depth: usize,
     /// The KV cache's type (only in JSON when not the default f32).
-    #[serde(skip_serializing_if = "is_default", serialize_with = "kv_name")]
+    #[serde(skip_serializing_if = "is_default")]
     pub kv_cache: KvType,
 }
 
 fn is_default(kv: &KvType) -> bool {
     *kv == KvType::default()
-}
-
-fn kv_name<S: serde::Serializer>(kv: &KvType, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(kv.name())
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -91,8 +87,8 @@ pub fn decode_bytes(model: &Model) -> u64 {
 /// layer, of `kv.bytes()` each.
 pub fn kv_bytes(model: &Model, depth: usize, tg: usize, kv: KvType) -> u64 {
     let c = model.config();
-    // mean over p in depth..depth + tg of 2 · layers · (p + 1) · kv_dim · bytes
-    //   = layers · kv_dim · bytes · (2 · depth + tg + 1) / 2 · 2
+    // mean over p in depth..depth + tg of 2 · layers · (p + 1) · kv_dim · bytes, where the
+    // mean of p + 1 is depth + (tg + 1) / 2: layers · kv_dim · bytes · (2 · depth + tg + 1)
     u64::from(c.n_layers) * c.kv_dim() as u64 * kv.bytes() as u64 * (2 * depth as u64 + tg as u64 + 1)
 }
 

@@ -636,7 +636,8 @@ pub struct State {
 }
 
 /// The element type of the KV cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum KvType {
     /// f32: attention exactly as the reference computes it.
     #[default]

@@ -283,6 +283,8 @@ pub const KEY_BLOCK: usize = 16;
 /// and f32 values are f32 values), so how a kernel set widens never changes a result.
 pub trait KvRead {
     type Elem: KvElem;
+    /// Elements per 64-byte cache line (a prefetch's step).
+    const PER_LINE: usize = 64 / std::mem::size_of::<Self::Elem>();
     /// The first [`KEY_BLOCK`] elements of `src` as f32.
     fn lanes(src: &[Self::Elem]) -> [f32; KEY_BLOCK];
 }
@@ -431,35 +433,7 @@ pub fn attend_heads<K: KvRead>(
 
     // Weighted values: accumulator `u` of a head takes the span's positions 4i + u; a tail
     // of fewer than four positions goes to accumulator 0.
-    const VB: usize = 32;
-    if heads == 1 && hd % VB == 0 {
-        // One head: 32 dimensions at a time, in registers.
-        let (v0, scores, out) = (at.kv_at(0), &scores[..n], &mut parts[2..]);
-        for d0 in (0..hd).step_by(VB) {
-            let mut acc = [[0f32; VB]; 4];
-            let mut s = 0;
-            while s < n {
-                let step = if s + 4 <= n { 4 } else { 1 };
-                for (u, acc) in acc.iter_mut().enumerate().take(step) {
-                    let (a, start) = (scores[s + u], (s + u) * kv_dim + v0 + d0);
-                    let v = &values[start..start + VB];
-                    for (half, v) in v.chunks_exact(KB).enumerate() {
-                        let v = K::lanes(v);
-                        for i in 0..KB {
-                            acc[half * KB + i] += a * v[i];
-                        }
-                    }
-                }
-                s += step;
-            }
-            for i in 0..VB {
-                out[d0 + i] = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
-            }
-        }
-        return;
-    }
-    // Every head (a decoded token's task; also one head of a width that is not a multiple
-    // of 32), position by position, so the values are read front to back; the
+    // Position by position, all heads, so the values are read front to back; the
     // accumulators stay in L1.
     acc.fill(0.0);
     let mut s = 0;
@@ -470,7 +444,7 @@ pub fn attend_heads<K: KvRead>(
             let ahead = values.as_ptr().wrapping_add((s + u + VALUE_AHEAD) * kv_dim);
             for h in 0..heads {
                 let (a, v0) = (scores[h * padded + s + u], at.kv_at(h));
-                for l in (0..hd).step_by(64 / std::mem::size_of::<K::Elem>()) {
+                for l in (0..hd).step_by(K::PER_LINE) {
                     prefetch(ahead.wrapping_add(v0 + l));
                 }
                 axpy::<K>(&mut acc[(4 * h + u) * hd..(4 * h + u + 1) * hd], a, &row[v0..v0 + hd]);
@@ -538,8 +512,6 @@ pub fn attend_tokens<K: KvRead>(
     let (block, parts) = rest.split_at_mut(KB * hd);
     let kv0 = first_head / group * hd;
     let q: &[f32] = &q[..T * hd];
-    // Elements per cache line.
-    let line = 64 / std::mem::size_of::<K::Elem>();
     // Token `t`'s positions in a span that ends at `end`: up to `n0 + t`.
     let length = |t: usize, end: usize| (n0 + t).min(end);
 
@@ -555,7 +527,7 @@ pub fn attend_tokens<K: KvRead>(
             // This head's rows of the next block: a few kilobytes further on than the
             // prefetchers look.
             let next = keys.as_ptr().wrapping_add(first + KB * kv_dim);
-            for l in (0..hd * KB).step_by(line) {
+            for l in (0..hd * KB).step_by(K::PER_LINE) {
                 prefetch(next.wrapping_add(l));
             }
             for t0 in (0..tokens).step_by(G) {
@@ -612,7 +584,7 @@ pub fn attend_tokens<K: KvRead>(
                 // The next block's values, one stretch per position.
                 for s in s0 + PB..(s0 + 2 * PB).min(n_max) {
                     let at = values.as_ptr().wrapping_add(s * kv_dim + kv0);
-                    for l in (0..hd).step_by(line) {
+                    for l in (0..hd).step_by(K::PER_LINE) {
                         prefetch(at.wrapping_add(l));
                     }
                 }
@@ -734,7 +706,7 @@ impl<K: KvRead> Rows<'_, K> {
             self.keys.as_ptr().wrapping_add((self.first_block + b + 1) * KB * self.kv_dim + self.kv_at(h) * KB)
         });
         // Prefetch a line per dimension of f32 keys; of f16 keys, every other dimension.
-        let line = 64 / (KB * std::mem::size_of::<K::Elem>());
+        let line = K::PER_LINE / KB;
         let mut acc = [[0f32; KB]; G];
         for d in 0..hd {
             if heads > 1 && d % line.max(1) == 0 {
