@@ -9,7 +9,8 @@
 //! of the others'. Idle workers spin briefly (a region usually follows within
 //! microseconds), then yield, then sleep on a condvar. If the caller keeps waiting for a
 //! worker preempted mid-band (its core is taken), the workers sit out for a while, and
-//! meanwhile sleep at once instead of spinning.
+//! meanwhile sleep at once instead of spinning: each region shape is timed in both modes,
+//! those waits included, and runs alone while that is clearly faster.
 //!
 //! `TERN_POOL=rayon` selects rayon instead (for comparison; `tern bench` reports which).
 
@@ -301,7 +302,7 @@ impl Pool {
             (0..n_bands).for_each(job);
             return;
         }
-        let shape = {
+        let (shape, (alone, probe)) = {
             let mut shapes = self.shapes.lock().expect("pool shapes");
             let i = match shapes.iter().position(|x| x.n_bands == n_bands && std::ptr::eq(x.site, site)) {
                 Some(i) => i,
@@ -313,7 +314,6 @@ impl Pool {
             let mode = shapes[i].next_run();
             (shapes[i], mode)
         };
-        let (shape, (alone, probe)) = shape;
         let prefer_alone = alone != probe;
         // Workers idle quietly after a long region that runs better alone (another process
         // holds a core: the next region probably runs alone too, and a spinning worker
