@@ -158,13 +158,7 @@ impl RegionTiming {
         // (milliseconds). The capped averages leave such outliers out on purpose; these
         // plain averages of the excess (zero for most runs) keep their mean cost for the
         // choice while stalls come often, for both modes alike.
-        let stall = |avg: u64, typical: u64| {
-            if typical == 0 {
-                0
-            } else {
-                (avg * 7 + ns.saturating_sub(2 * typical + STALL_MIN)) / 8
-            }
-        };
+        let stall = |avg: u64, typical: u64| if typical == 0 { 0 } else { (avg * 7 + stall_excess(ns, typical)) / 8 };
         if alone {
             self.ns_alone_stall = stall(self.ns_alone_stall, self.ns_alone);
             self.ns_alone = avg(self.ns_alone, ns);
@@ -193,6 +187,16 @@ const PROBE_EVERY_MAX: u64 = 1024;
 /// thread waits a scheduler slice (~1 ms); shorter delays (a slow wake-up, another
 /// tenant's moment on a loaded machine) come and go without a pattern.
 const STALL_MIN: u64 = 250_000;
+
+/// The stall in a run of `ns` of a shape that typically takes `typical` (0 if unknown):
+/// what it took beyond twice that and [`STALL_MIN`].
+fn stall_excess(ns: u64, typical: u64) -> u64 {
+    if typical == 0 {
+        0
+    } else {
+        ns.saturating_sub(2 * typical + STALL_MIN)
+    }
+}
 
 /// Stalls count in the choice only while [`STALLS_CONTENDED`] of them came within
 /// [`CONTENDED_WINDOW_NS`]. With another process on a worker's core they come every few dozen
@@ -402,7 +406,7 @@ impl Pool {
             }
         }
         let ns = t0.elapsed().as_nanos() as u64;
-        if shape.ns_parallel != 0 && ns > 2 * shape.ns_parallel + STALL_MIN {
+        if stall_excess(ns, shape.ns_parallel) > 0 {
             self.stalls.lock().expect("pool stalls").log(self.now());
         }
         self.update(site, n_bands, |x| x.record(false, ns, probe, contended));
@@ -697,7 +701,7 @@ mod tests {
                     }
                 };
                 self.now += ns;
-                if !alone && self.x.ns_parallel != 0 && ns > 2 * self.x.ns_parallel + STALL_MIN {
+                if !alone && stall_excess(ns, self.x.ns_parallel) > 0 {
                     self.log.log(self.now);
                 }
                 self.x.record(alone, ns, probe, contended);
