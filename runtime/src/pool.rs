@@ -31,6 +31,12 @@ type Site = &'static std::panic::Location<'static>;
 /// (epoch, number of bands, type-erased job) of a region.
 type Published = (u64, u64, Option<(usize, usize)>);
 
+/// One thread's segment of bands, alone in its cache lines: a thread claims every band
+/// of its own segment there, and if two segments shared a line each claim would take the
+/// line from the other thread. 128 bytes, as the prefetchers fetch lines in pairs.
+#[repr(align(128))]
+struct Segment(AtomicU64);
+
 struct Shared {
     /// The current region's epoch (high 32 bits; low bits unused).
     state: AtomicU64,
@@ -38,7 +44,7 @@ struct Shared {
     /// front (24 bits), back (24 bits). The owner claims from the front; a thread that ran
     /// out steals from the back of another's segment. Every claim is a compare-and-swap
     /// that names the epoch, so no claim can land in another region.
-    segments: Vec<AtomicU64>,
+    segments: Vec<Segment>,
     /// The latest region.
     job: Mutex<Published>,
     /// Workers inside a region (registered before their first claim).
@@ -251,12 +257,12 @@ fn claim(s: &AtomicU64, epoch: u64, from_back: bool) -> Option<usize> {
 }
 
 /// Runs thread `me`'s own segment front to back, then steals from the others' backs.
-fn claim_and_run(segments: &[AtomicU64], me: usize, epoch: u64, job: impl Fn(usize)) {
-    while let Some(b) = claim(&segments[me], epoch, false) {
+fn claim_and_run(segments: &[Segment], me: usize, epoch: u64, job: impl Fn(usize)) {
+    while let Some(b) = claim(&segments[me].0, epoch, false) {
         job(b);
     }
     for k in 1..segments.len() {
-        let other = &segments[(me + k) % segments.len()];
+        let other = &segments[(me + k) % segments.len()].0;
         while let Some(b) = claim(other, epoch, true) {
             job(b);
         }
@@ -316,7 +322,7 @@ impl Pool {
     pub fn new(threads: usize) -> Arc<Self> {
         let shared = Arc::new(Shared {
             state: AtomicU64::new(0),
-            segments: (0..threads.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            segments: (0..threads.max(1)).map(|_| Segment(AtomicU64::new(0))).collect(),
             job: Mutex::new((0, 0, None)),
             active: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
@@ -387,7 +393,7 @@ impl Pool {
         let t = s.segments.len() as u64;
         for (i, sg) in s.segments.iter().enumerate() {
             let i = i as u64;
-            sg.store(seg(epoch, n * i / t, n * (i + 1) / t), Ordering::SeqCst);
+            sg.0.store(seg(epoch, n * i / t, n * (i + 1) / t), Ordering::SeqCst);
         }
         *s.job.lock().expect("pool job") = (epoch, n, Some(erase(job)));
         s.state.store(epoch << 32, Ordering::SeqCst);
