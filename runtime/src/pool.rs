@@ -31,24 +31,34 @@ type Site = &'static std::panic::Location<'static>;
 /// (epoch, number of bands, type-erased job) of a region.
 type Published = (u64, u64, Option<(usize, usize)>);
 
-/// One thread's segment of bands, alone in its cache lines: a thread claims every band
-/// of its own segment there, and if two segments shared a line each claim would take the
-/// line from the other thread. 128 bytes, as the prefetchers fetch lines in pairs.
+/// A value alone in its cache lines (128 bytes, as the prefetchers fetch lines in pairs).
+/// The threads hand each other every region through the few atomics of [`Shared`]; where
+/// two share a line, a write to one takes the line from the thread that reads the other,
+/// which costs most when the threads' cores sit on different dies (`examples/pool_overhead.rs`
+/// measures it).
 #[repr(align(128))]
-struct Segment(AtomicU64);
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 struct Shared {
     /// The current region's epoch (high 32 bits; low bits unused).
-    state: AtomicU64,
+    state: Line<AtomicU64>,
     /// Per thread, its contiguous segment of the region's bands: epoch (high 16 bits),
     /// front (24 bits), back (24 bits). The owner claims from the front; a thread that ran
     /// out steals from the back of another's segment. Every claim is a compare-and-swap
-    /// that names the epoch, so no claim can land in another region.
-    segments: Vec<Segment>,
+    /// that names the epoch, so no claim can land in another region. Each in its own
+    /// line: the owner's claims then stay in its own cache.
+    segments: Vec<Line<AtomicU64>>,
     /// The latest region.
-    job: Mutex<Published>,
+    job: Line<Mutex<Published>>,
     /// Workers inside a region (registered before their first claim).
-    active: AtomicUsize,
+    active: Line<AtomicUsize>,
     sleepers: AtomicUsize,
     /// Set while the caller prefers to run regions alone (another process holds a core):
     /// idle workers then sleep at once instead of spinning, so that they do not take CPU
@@ -257,12 +267,12 @@ fn claim(s: &AtomicU64, epoch: u64, from_back: bool) -> Option<usize> {
 }
 
 /// Runs thread `me`'s own segment front to back, then steals from the others' backs.
-fn claim_and_run(segments: &[Segment], me: usize, epoch: u64, job: impl Fn(usize)) {
-    while let Some(b) = claim(&segments[me].0, epoch, false) {
+fn claim_and_run(segments: &[Line<AtomicU64>], me: usize, epoch: u64, job: impl Fn(usize)) {
+    while let Some(b) = claim(&segments[me], epoch, false) {
         job(b);
     }
     for k in 1..segments.len() {
-        let other = &segments[(me + k) % segments.len()].0;
+        let other = &segments[(me + k) % segments.len()];
         while let Some(b) = claim(other, epoch, true) {
             job(b);
         }
@@ -321,10 +331,10 @@ fn worker(shared: Arc<Shared>, me: usize) {
 impl Pool {
     pub fn new(threads: usize) -> Arc<Self> {
         let shared = Arc::new(Shared {
-            state: AtomicU64::new(0),
-            segments: (0..threads.max(1)).map(|_| Segment(AtomicU64::new(0))).collect(),
-            job: Mutex::new((0, 0, None)),
-            active: AtomicUsize::new(0),
+            state: Line(AtomicU64::new(0)),
+            segments: (0..threads.max(1)).map(|_| Line(AtomicU64::new(0))).collect(),
+            job: Line(Mutex::new((0, 0, None))),
+            active: Line(AtomicUsize::new(0)),
             sleepers: AtomicUsize::new(0),
             quiet: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
@@ -393,7 +403,7 @@ impl Pool {
         let t = s.segments.len() as u64;
         for (i, sg) in s.segments.iter().enumerate() {
             let i = i as u64;
-            sg.0.store(seg(epoch, n * i / t, n * (i + 1) / t), Ordering::SeqCst);
+            sg.store(seg(epoch, n * i / t, n * (i + 1) / t), Ordering::SeqCst);
         }
         *s.job.lock().expect("pool job") = (epoch, n, Some(erase(job)));
         s.state.store(epoch << 32, Ordering::SeqCst);
