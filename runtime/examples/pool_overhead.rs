@@ -3,7 +3,9 @@
 //! and with 2 threads; the overhead is the 2-thread time minus half the time alone. A
 //! 2-thread streaming read (plain scoped threads, outside the pool) before each round
 //! tells the machine's state: on shared hosts the two vCPUs sometimes stream twice as
-//! fast, and then every cache line the threads hand each other costs more.
+//! fast, and then every cache line the threads hand each other costs more. (While
+//! regions keep waiting for a preempted worker, the pool runs them alone: the 2-thread
+//! time is then about the time alone, and the overhead reads about half of it.)
 //!
 //! `cargo run --release --example pool_overhead [ROUNDS]`
 use std::hint::black_box;
