@@ -28,8 +28,8 @@ type Job<'a> = &'a (dyn Fn(usize) + Sync);
 /// different work keep separate timings.
 type Site = &'static std::panic::Location<'static>;
 
-/// (epoch, number of bands, type-erased job) of a region.
-type Published = (u64, u64, Option<(usize, usize)>);
+/// (epoch, type-erased job) of a region.
+type Published = (u64, Option<(usize, usize)>);
 
 /// A value alone in its cache lines (128 bytes, as the prefetchers fetch lines in pairs).
 /// The threads hand each other every region through the few atomics of [`Shared`]; where
@@ -174,7 +174,7 @@ impl RegionTiming {
         // (milliseconds). The capped averages leave such outliers out on purpose; these
         // plain averages of the excess (zero for most runs) keep their mean cost for the
         // choice while stalls come often, for both modes alike.
-        let stall = |avg: u64, typical: u64| if typical == 0 { 0 } else { (avg * 7 + stall_excess(ns, typical)) / 8 };
+        let stall = |avg: u64, typical: u64| (avg * 7 + stall_excess(ns, typical)) / 8;
         if alone {
             self.ns_alone_stall = stall(self.ns_alone_stall, self.ns_alone);
             self.ns_alone = avg(self.ns_alone, ns);
@@ -314,14 +314,13 @@ fn worker(shared: Arc<Shared>, me: usize) {
             }
         }
         shared.active.fetch_add(1, Ordering::SeqCst);
-        let (epoch, n, raw) = *shared.job.lock().expect("pool job");
+        let (epoch, raw) = *shared.job.lock().expect("pool job");
         if let (true, Some(raw)) = (epoch == seen, raw) {
             // SAFETY: the job is called only after a successful claim of a band of its own
             // epoch. `run` for that epoch returns only after it has seen every band claimed
             // *and then* `active == 0`; this worker registered in `active` before claiming,
             // and leaves only after the job returned. So the job is alive whenever called.
             let job = unsafe { restore(raw) };
-            let _ = n;
             claim_and_run(&shared.segments, me, epoch, job);
         }
         shared.active.fetch_sub(1, Ordering::SeqCst);
@@ -333,7 +332,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             state: Line(AtomicU64::new(0)),
             segments: (0..threads.max(1)).map(|_| Line(AtomicU64::new(0))).collect(),
-            job: Line(Mutex::new((0, 0, None))),
+            job: Line(Mutex::new((0, None))),
             active: Line(AtomicUsize::new(0)),
             sleepers: AtomicUsize::new(0),
             quiet: AtomicBool::new(false),
@@ -405,7 +404,7 @@ impl Pool {
             let i = i as u64;
             sg.store(seg(epoch, n * i / t, n * (i + 1) / t), Ordering::SeqCst);
         }
-        *s.job.lock().expect("pool job") = (epoch, n, Some(erase(job)));
+        *s.job.lock().expect("pool job") = (epoch, Some(erase(job)));
         s.state.store(epoch << 32, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _guard = s.lock.lock().expect("pool lock");
