@@ -94,19 +94,19 @@ pub fn generate(
     let need = check_context(model, prompt.len(), opts.max_new)?;
     let mut st = State::with_kv(c, need, DEFAULT_BATCH, opts.kv_type)?;
     let mut stats = GenStats { prompt_tokens: prompt.len(), kv_cache_bytes: st.kv_cache_bytes(), ..Default::default() };
+    let t0 = Instant::now();
+    let prompt_logits = model.forward(&mut st, prompt, 0)?;
+    stats.prompt_secs = t0.elapsed().as_secs_f64();
+    // With -n 0 the prompt still runs (as in llama.cpp), so its timing is real.
     if opts.max_new == 0 {
         return Ok(stats);
     }
+    let mut logits = prompt_logits.to_vec();
     let mut sampler = Sampler::new(opts.sampler, opts.seed, c.vocab_size as usize);
     let mut history = Vec::with_capacity(prompt.len() + opts.max_new);
     history.extend_from_slice(prompt);
     let mut detok = Detokenizer::new(tok, prompt);
     let mut stop = StopFilter { stops: &opts.stop, pending: String::new() };
-    let mut logits = vec![0f32; c.vocab_size as usize];
-
-    let t0 = Instant::now();
-    logits.copy_from_slice(model.forward(&mut st, prompt, 0)?);
-    stats.prompt_secs = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
     let mut stopped = false;

@@ -100,16 +100,16 @@ struct GenerateArgs {
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     n: usize,
     /// Temperature; 0 is greedy (default: the model file's)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     temp: Option<f32>,
     /// Keep only the K most likely tokens; 0 = all (default: the model file's)
     #[arg(long)]
     top_k: Option<usize>,
     /// Keep the smallest set of tokens whose probability reaches P (default: the model file's)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f32>,
     /// Penalise the last 64 tokens by this factor; 1 = off (default: the model file's)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     repeat_penalty: Option<f32>,
     /// Random seed (default: from the clock; printed with the stats)
     #[arg(long)]

@@ -159,15 +159,22 @@ fn bad_runtime_inputs_are_clean_errors() {
     assert_error(&tern(&["generate", m, "-p", "x", "--threads", "0"]), "--threads must be at least 1");
     assert_error(&tern(&["generate", m, "-p", "x", "-n", "500"]), "the model's context is 128");
     assert_error(&tern(&["generate", m, "-p", "x", "--top-p", "0"]), "--top-p");
+    assert_error(&tern(&["generate", m, "-p", "x", "--temp", "-1"]), "--temp must be a number ≥ 0");
+    assert_error(&tern(&["generate", m, "-p", "x", "--repeat-penalty", "-2"]), "--repeat-penalty");
     // A truncated copy is refused by generate as well as verify.
     let bytes = std::fs::read(&model).unwrap();
     let cut = d.path().join("cut.tern");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
     assert_error(&tern(&["generate", cut.to_str().unwrap(), "-p", "x"]), "truncated");
-    // -n 0 and an empty prompt are fine.
+    // -n 0 and an empty prompt are fine. With -n 0 the prompt still runs: its rate is a
+    // measured one (a 4-layer model does not reach a million tokens a second here).
     let o = tern(&["generate", m, "-p", "x", "-n", "0"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "x\n");
+    let err = stderr(&o);
+    let prompt = err.split("| prompt ").nth(1).expect(&err);
+    let rate: f64 = prompt.split(' ').nth(2).and_then(|r| r.parse().ok()).expect(&err);
+    assert!(rate > 0.0 && rate < 1e6 && err.contains("generated 0 tok"), "{err}");
     let o = tern(&["generate", m, "-p", "", "-n", "3", "--temp", "0"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("prompt 1 tok"), "empty prompt is BOS alone: {}", stderr(&o));
