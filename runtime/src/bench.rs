@@ -172,8 +172,17 @@ pub fn bench(
 ) -> Result<Vec<BenchResult>> {
     let c = model.config();
     let ctx = depth + pp.max(tg);
-    if pp.max(tg) == 0 || ctx > c.max_positions as usize || reps == 0 {
-        bail!("-d plus the larger of -p and -n must fit the model's context of {} and -r must be ≥ 1", c.max_positions);
+    if pp.max(tg) == 0 {
+        bail!("nothing to run: -p and -n are both 0");
+    }
+    if reps == 0 {
+        bail!("-r must be at least 1");
+    }
+    if ctx > c.max_positions as usize {
+        bail!(
+            "-d {depth} plus the larger of -p {pp} and -n {tg} needs {ctx} positions, but the model's context is {}",
+            c.max_positions
+        );
     }
     let mut st = State::with_kv(c, ctx, DEFAULT_BATCH, kv)?;
     let tokens = prompt(depth + pp, c.vocab_size.max(4));

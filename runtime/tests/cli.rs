@@ -161,6 +161,12 @@ fn bad_runtime_inputs_are_clean_errors() {
     assert_error(&tern(&["generate", m, "-p", "x", "--top-p", "0"]), "--top-p");
     assert_error(&tern(&["generate", m, "-p", "x", "--temp", "-1"]), "--temp must be a number ≥ 0");
     assert_error(&tern(&["generate", m, "-p", "x", "--repeat-penalty", "-2"]), "--repeat-penalty");
+    assert_error(&tern(&["bench", m, "-p", "0", "-n", "0"]), "nothing to run: -p and -n are both 0");
+    assert_error(&tern(&["bench", m, "-r", "0"]), "-r must be at least 1");
+    assert_error(
+        &tern(&["bench", m, "-d", "100", "-p", "64", "-n", "8"]),
+        "-d 100 plus the larger of -p 64 and -n 8 needs 164 positions, but the model's context is 128",
+    );
     // A truncated copy is refused by generate as well as verify.
     let bytes = std::fs::read(&model).unwrap();
     let cut = d.path().join("cut.tern");
