@@ -221,6 +221,9 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     if !(sampler.repeat_penalty.is_finite() && sampler.repeat_penalty > 0.0) {
         bail!("--repeat-penalty must be a number > 0");
     }
+    if args.stop.iter().any(String::is_empty) {
+        bail!("--stop needs a non-empty string (an empty one would end generation before its first token)");
+    }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
     });

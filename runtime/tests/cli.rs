@@ -161,6 +161,7 @@ fn bad_runtime_inputs_are_clean_errors() {
     assert_error(&tern(&["generate", m, "-p", "x", "--top-p", "0"]), "--top-p");
     assert_error(&tern(&["generate", m, "-p", "x", "--temp", "-1"]), "--temp must be a number ≥ 0");
     assert_error(&tern(&["generate", m, "-p", "x", "--repeat-penalty", "-2"]), "--repeat-penalty");
+    assert_error(&tern(&["generate", m, "-p", "x", "--stop", ""]), "--stop needs a non-empty string");
     assert_error(&tern(&["bench", m, "-p", "0", "-n", "0"]), "nothing to run: -p and -n are both 0");
     assert_error(&tern(&["bench", m, "-r", "0"]), "-r must be at least 1");
     assert_error(
