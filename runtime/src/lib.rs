@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod bench;
+pub mod cpus;
 pub mod generate;
 #[allow(unsafe_code)] // SIMD intrinsics behind feature detection: see kernels/mod.rs
 pub mod kernels;

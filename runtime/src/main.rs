@@ -33,7 +33,7 @@ enum Command {
         /// One row of logits per position (default: the last position only)
         #[arg(long)]
         all: bool,
-        /// Worker threads (default: all cores)
+        /// Worker threads (default: the physical cores this process may use)
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -49,7 +49,7 @@ enum Command {
         /// Print {"ppl": ..., "nats_per_token": ..., "tokens": ...}
         #[arg(long)]
         json: bool,
-        /// Worker threads (default: all cores)
+        /// Worker threads (default: the physical cores this process may use)
         #[arg(long)]
         threads: Option<usize>,
         /// KV cache type: f32 (exact, as the reference), or f16 (half the memory and the bytes read per token)
@@ -117,7 +117,7 @@ struct GenerateArgs {
     /// Stop when the text contains this string (repeatable)
     #[arg(long)]
     stop: Vec<String>,
-    /// Worker threads (default: all cores)
+    /// Worker threads (default: the physical cores this process may use)
     #[arg(long)]
     threads: Option<usize>,
     /// Check every tensor checksum before running
@@ -158,13 +158,13 @@ fn main() -> ExitCode {
 
 /// Runs the command `f` with `threads` threads (default: all cores).
 fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce(usize) -> Result<T> + Send) -> Result<T> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let n = threads.unwrap_or(cores);
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = threads.unwrap_or_else(tern::cpus::default_threads);
     if n == 0 {
         bail!("--threads must be at least 1");
     }
-    if n > cores {
-        eprintln!("tern: warning: --threads {n} is more than the {cores} cores here; expect it to be slower");
+    if n > logical {
+        eprintln!("tern: warning: --threads {n} is more than the {logical} CPUs here; expect it to be slower");
     }
     tern::pool::with_threads(n, || f(n)).context("starting worker threads")?
 }
