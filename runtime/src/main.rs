@@ -156,7 +156,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the command `f` with `threads` threads (default: all cores).
+/// Runs the command `f` with `threads` threads (default: [`tern::cpus::default_threads`]).
 fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce(usize) -> Result<T> + Send) -> Result<T> {
     let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = threads.unwrap_or_else(tern::cpus::default_threads);
