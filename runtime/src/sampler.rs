@@ -90,12 +90,11 @@ impl Sampler {
             return argmax(logits);
         }
         self.cand.clear();
-        self.cand.extend(
-            logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (l / c.temperature, i as u32)),
-        );
+        self.cand.extend(logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (l, i as u32)));
         if self.cand.is_empty() {
             return 0;
         }
+        // Dividing by the temperature keeps the order, so the cuts work on the logits.
         let desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         if c.top_k > 0 && c.top_k < self.cand.len() {
             self.cand.select_nth_unstable_by(c.top_k - 1, desc);
@@ -103,9 +102,15 @@ impl Sampler {
         }
         self.cand.sort_unstable_by(desc);
         let max = self.cand[0].0;
+        if !max.is_finite() {
+            // An infinite logit (or only -inf ones): its token is the only finite choice.
+            return self.cand[0].1;
+        }
+        // exp((l - max) / T): l - max <= 0, so a tiny T gives 0 or 1, never inf - inf = NaN
+        // (as (l / T) - (max / T) did once l / T overflowed: the worst token then won).
         let mut sum = 0.0f32;
         for p in self.cand.iter_mut() {
-            p.0 = (p.0 - max).exp();
+            p.0 = ((p.0 - max) / c.temperature).exp();
             sum += p.0;
         }
         if c.top_p < 1.0 {
@@ -195,6 +200,26 @@ mod tests {
         // Every token has some probability at temperature 1 without cuts.
         let seen: std::collections::HashSet<u32> = draw(5).into_iter().chain(draw(6)).collect();
         assert!(seen.len() >= 4, "{seen:?}");
+    }
+
+    #[test]
+    fn extreme_temperatures_and_infinite_logits_stay_sane() {
+        let logits = [0.5f32, 1.5, 1.0, f32::NEG_INFINITY];
+        // A temperature so small that logit / T overflows f32: greedy, not the worst token.
+        for t in [1e-30f32, 1e-38, 1e-45] {
+            let mut s = Sampler::new(cfg(t, 0, 1.0, 1.0), 3, 4);
+            for _ in 0..20 {
+                assert_eq!(s.sample(&mut logits.clone(), &[]), 1, "temperature {t}");
+            }
+        }
+        // A huge temperature: every finite token appears, -inf never.
+        let mut s = Sampler::new(cfg(1e30, 0, 1.0, 1.0), 3, 4);
+        let seen: std::collections::HashSet<u32> = (0..200).map(|_| s.sample(&mut logits.clone(), &[])).collect();
+        assert_eq!(seen, [0, 1, 2].into_iter().collect());
+        // A +inf logit wins; all -inf gives the first of them.
+        let mut s = Sampler::new(cfg(1.0, 0, 0.9, 1.0), 3, 4);
+        assert_eq!(s.sample(&mut [0.5, f32::INFINITY, 1.0, 2.0], &[]), 1);
+        assert_eq!(s.sample(&mut [f32::NEG_INFINITY; 4], &[]), 0);
     }
 
     #[test]
