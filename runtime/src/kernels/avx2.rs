@@ -28,6 +28,21 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
     super::gemm_by_rows::<Maddubs>(rows, row_bytes, xq, act_sums, out)
 }
 
+/// Whether this CPU also has AVX-VNNI: `vpdpbusd` on 256-bit vectors, VEX-encoded (Intel's
+/// client cores since Alder Lake, which have no AVX-512, and AMD's since Zen 5).
+pub fn vnni_available() -> bool {
+    available() && is_x86_feature_detected!("avxvnni")
+}
+
+/// [`ternary_gemm`] with AVX-VNNI's `vpdpbusd` in place of `maddubs` + `madd`.
+///
+/// # Safety
+/// The CPU must support avx2 and avxvnni ([`vnni_available`]).
+#[target_feature(enable = "avx2,avxvnni")]
+pub unsafe fn ternary_gemm_vnni(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
+    super::gemm_by_rows::<Dpbusd>(rows, row_bytes, xq, act_sums, out)
+}
+
 struct Maddubs;
 
 impl super::RowTokens for Maddubs {
@@ -70,6 +85,56 @@ impl super::RowTokens for Maddubs {
             let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
             let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
             *o = _mm_cvtsi128_si32(s);
+        }
+        out
+    }
+}
+
+/// The same sums as [`Maddubs`], one `vpdpbusd` per code vector: codes (unsigned) times
+/// activations (signed), four products added into each int32 lane.
+struct Dpbusd;
+
+impl super::RowTokens for Dpbusd {
+    #[inline(always)]
+    unsafe fn row_tokens<const T: usize>(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; T] {
+        let m = _mm256_set1_epi8(3);
+        // Independent accumulator chains, so that the multiply-adds overlap their latency:
+        // per token, one for each half of a block, and for one token one per code vector too.
+        let mut acc = [[[_mm256_setzero_si256(); 4]; 2]; T];
+        for b in 0..blocks {
+            if T == 1 {
+                // As in `Maddubs`: one token streams the weights, so ask for them ahead.
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * 64 + PREFETCH) as *const i8);
+            }
+            for h in 0..2 {
+                let w = _mm256_loadu_si256(row.add(b * 64 + h * 32) as *const __m256i);
+                let codes = [
+                    _mm256_and_si256(w, m),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(w), m),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(w), m),
+                    _mm256_and_si256(_mm256_srli_epi16::<6>(w), m),
+                ];
+                for j in 0..T {
+                    let xj = x.add(j * padded + b * BLOCK + h * 32);
+                    for i in 0..4 {
+                        let xv = _mm256_loadu_si256(xj.add(i * 64) as *const __m256i);
+                        let c = if T == 1 { i } else { 0 };
+                        acc[j][h][c] = _mm256_dpbusd_avx_epi32(acc[j][h][c], codes[i], xv);
+                    }
+                }
+            }
+        }
+        let mut out = [0i32; T];
+        for j in 0..T {
+            let a = &acc[j];
+            let v = _mm256_add_epi32(
+                _mm256_add_epi32(_mm256_add_epi32(a[0][0], a[0][1]), _mm256_add_epi32(a[0][2], a[0][3])),
+                _mm256_add_epi32(_mm256_add_epi32(a[1][0], a[1][1]), _mm256_add_epi32(a[1][2], a[1][3])),
+            );
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            out[j] = _mm_cvtsi128_si32(s);
         }
         out
     }

@@ -4,8 +4,8 @@
 //! packed ternary weights (the `t2` layout of SPEC.md); the float kernels are the dot
 //! products of the embedding / output matrix, and the forward pass's float operations
 //! (attention, quantization, rescale: see `float_ops!`). [`Kernels::detect`] picks the best set
-//! this CPU runs (x86_64: AVX-512 VNNI, then AVX2; aarch64: NEON with `sdot`, then plain
-//! NEON; then portable); `TERN_KERNELS=avx512|avx2|neon-dotprod|neon|portable` overrides it
+//! this CPU runs (x86_64: AVX-512 VNNI, then AVX2 with AVX-VNNI, then AVX2; aarch64: NEON with `sdot`, then plain
+//! NEON; then portable); `TERN_KERNELS=avx512|avxvnni|avx2|neon-dotprod|neon|portable` overrides it
 //! (for benchmarks and comparisons). Every SIMD kernel is tested against the
 //! portable one (`tests/kernels.rs`).
 
@@ -256,7 +256,7 @@ impl Kernels {
                 });
             }
             if avx2::available() {
-                v.push(Kernels {
+                let avx2 = Kernels {
                     name: "avx2",
                     ternary_gemm: avx2::ternary_gemm,
                     dot_f16: avx2::dot_f16,
@@ -269,7 +269,11 @@ impl Kernels {
                     quantize_normed: avx2::quantize_normed,
                     rescale: avx2::rescale,
                     read_sum: avx2::read_sum,
-                });
+                };
+                if avx2::vnni_available() {
+                    v.push(Kernels { name: "avxvnni", ternary_gemm: avx2::ternary_gemm_vnni, ..avx2 });
+                }
+                v.push(avx2);
             }
         }
         #[cfg(target_arch = "aarch64")]
