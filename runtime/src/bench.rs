@@ -25,6 +25,12 @@ pub struct BenchResult {
     /// The KV cache's type (only in JSON when not the default f32).
     #[serde(skip_serializing_if = "is_default")]
     pub kv_cache: KvType,
+    /// tg only: each timed repetition's tok/s and the better of the two bandwidth probes
+    /// (bytes/s, [`stream_pass`]) run just before and just after it, so that a share of
+    /// the roofline compares a repetition with what the machine streamed at that moment
+    /// (this machine's bandwidth moves within seconds). Not in the JSON.
+    #[serde(skip)]
+    pub paired: Vec<(f64, f64)>,
 }
 
 fn is_default(kv: &KvType) -> bool {
@@ -97,15 +103,19 @@ pub fn kv_bytes(model: &Model, depth: usize, tg: usize, kv: KvType) -> u64 {
 /// software prefetch the decode kernels use), so the ceiling is what the machine can
 /// stream, not what one way of reading it gets.
 pub fn stream_bandwidth(kernels: &Kernels, bytes: &[u8], reps: usize) -> f64 {
+    (0..reps.max(1)).map(|_| stream_pass(kernels, bytes)).fold(0.0, f64::max)
+}
+
+/// One pass of [`stream_bandwidth`]: the better of the portable loop and the kernels'
+/// over `bytes` once each, on the current rayon pool.
+pub fn stream_pass(kernels: &Kernels, bytes: &[u8]) -> f64 {
     use rayon::prelude::*;
     let mut best = 0.0f64;
-    for _ in 0..reps.max(1) {
-        for k in [Kernels::portable(), *kernels] {
-            let t0 = Instant::now();
-            let sum = bytes.par_chunks(1 << 20).map(|c| k.read_sum(c)).reduce(|| 0, u64::wrapping_add);
-            std::hint::black_box(sum);
-            best = best.max(bytes.len() as f64 / t0.elapsed().as_secs_f64());
-        }
+    for k in [Kernels::portable(), *kernels] {
+        let t0 = Instant::now();
+        let sum = bytes.par_chunks(1 << 20).map(|c| k.read_sum(c)).reduce(|| 0, u64::wrapping_add);
+        std::hint::black_box(sum);
+        best = best.max(bytes.len() as f64 / t0.elapsed().as_secs_f64());
     }
     best
 }
@@ -193,9 +203,21 @@ pub fn bench(
         if t == 0 {
             bail!("thread counts must be ≥ 1");
         }
-        let mut record = |test: String, runs: &mut dyn FnMut() -> Result<f64>| -> Result<()> {
+        // The bandwidth probes beside each tg repetition, on a rayon pool of as many threads.
+        let probes = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
+        let probe = || probes.install(|| stream_pass(model.kernels(), model.file().bytes()));
+        let mut record = |test: String, runs: &mut dyn FnMut() -> Result<f64>, paired: bool| -> Result<()> {
             runs()?; // warm-up
-            let v = (0..reps).map(|_| runs()).collect::<Result<Vec<_>>>()?;
+            let (mut v, mut pairs) = (Vec::with_capacity(reps), Vec::new());
+            let mut before = if paired { probe() } else { 0.0 };
+            for _ in 0..reps {
+                v.push(runs()?);
+                if paired {
+                    let after = probe();
+                    pairs.push((v[v.len() - 1], before.max(after)));
+                    before = after;
+                }
+            }
             let (m, sd) = mean_sd(&v);
             out.push(BenchResult {
                 test,
@@ -205,6 +227,7 @@ pub fn bench(
                 model_bytes: model.file().len(),
                 depth,
                 kv_cache: kv,
+                paired: pairs,
             });
             Ok(())
         };
@@ -214,10 +237,10 @@ pub fn bench(
                 model.forward(&mut st, context, 0)?;
             }
             if pp > 0 {
-                record(test_name("pp", pp, depth), &mut || run_pp(model, &mut st, tokens, depth))?;
+                record(test_name("pp", pp, depth), &mut || run_pp(model, &mut st, tokens, depth), false)?;
             }
             if tg > 0 {
-                record(test_name("tg", tg, depth), &mut || run_tg(model, &mut st, tg, first, depth))?;
+                record(test_name("tg", tg, depth), &mut || run_tg(model, &mut st, tg, first, depth), true)?;
             }
             Ok(())
         };

@@ -323,8 +323,10 @@ fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, jso
         let weights = tern::bench::decode_bytes(&model) as f64;
         let kv_read = tern::bench::kv_bytes(&model, depth, tg, kv) as f64;
         let test = tern::bench::test_name("tg", tg, depth);
+        let per_token = weights + kv_read;
         for (t, bw, ceiling) in tern::bench::roofline(&model, depth, tg, threads, reps, kv)? {
-            let got = results.iter().find(|r| r.threads == t && r.test == test).map_or(0.0, |r| r.tokens_per_s);
+            let result = results.iter().find(|r| r.threads == t && r.test == test);
+            let got = result.map_or(0.0, |r| r.tokens_per_s);
             eprintln!(
                 "roofline, {t} thread(s): a decode step reads {:.1} MB of weights + {:.1} MB of {} KV cache (mean over \
                  {test}); streaming the model read {:.2} GB/s -> ceiling {ceiling:.1} tok/s; {test} reached {got:.1} \
@@ -335,6 +337,23 @@ fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, jso
                 bw / 1e9,
                 100.0 * got / ceiling
             );
+            // Each repetition against the probes beside it: the machine's bandwidth moves
+            // within seconds, so the probe above (after every test) may see another moment.
+            let paired: Vec<String> = result
+                .map_or(&[][..], |r| &r.paired[..])
+                .iter()
+                .map(|&(tps, bw)| {
+                    format!(
+                        "{:.0}% of {:.1} tok/s ({:.2} GB/s)",
+                        100.0 * tps * per_token / bw,
+                        bw / per_token,
+                        bw / 1e9
+                    )
+                })
+                .collect();
+            if !paired.is_empty() {
+                eprintln!("  {test} repetitions against the probes just before and after each: {}", paired.join(", "));
+            }
         }
     }
     let out = &mut std::io::stdout().lock();

@@ -221,6 +221,19 @@ fn bench_json_shape() {
         keys.sort();
         assert_eq!(keys, ["model_bytes", "sd", "test", "threads", "tokens_per_s"]);
     }
+    // On stderr, per thread count: the roofline, then each tg repetition against the
+    // bandwidth probes beside it (one share per repetition, -r 2).
+    let err = stderr(&o);
+    for t in [1, 2] {
+        assert!(err.contains(&format!("roofline, {t} thread(s)")), "{err}");
+    }
+    let paired: Vec<&str> = err.lines().filter(|l| l.contains("tg8 repetitions against the probes")).collect();
+    assert_eq!(paired.len(), 2, "{err}");
+    for l in paired {
+        let shares: Vec<f64> =
+            l.split(": ").nth(1).unwrap().split(", ").map(|p| p.split('%').next().unwrap().parse().unwrap()).collect();
+        assert!(shares.len() == 2 && shares.iter().all(|&s| s > 0.0), "{l}");
+    }
     assert_error(&tern(&["bench", model.to_str().unwrap(), "-p", "1000"]), "context");
     // After a context (llama-bench's -d): named as llama-bench does, with the depth.
     let o = tern(&["bench", model.to_str().unwrap(), "-d", "20", "-p", "4", "-n", "4", "-t", "1", "-r", "1", "--json"]);
