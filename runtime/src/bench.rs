@@ -3,7 +3,9 @@
 //! pp N: one forward pass over N tokens. tg N: N single-token decode steps (greedy, so the
 //! work is the real decode loop). Both start at position 0, or with `-d D` (llama-bench's
 //! depth) after a D-token context filled once, untimed, at each thread count. Each test
-//! runs once untimed (to fault in the mapped weights), then `reps` timed repetitions.
+//! runs once untimed (to fault in the mapped weights), then `reps` timed repetitions; a tg
+//! test's repetitions have a bandwidth probe pass before each and after the last
+//! ([`BenchResult::paired`]).
 
 use crate::kernels::Kernels;
 use crate::model::{KvType, Model, State, DEFAULT_BATCH};
@@ -211,10 +213,11 @@ pub fn bench(
             let (mut v, mut pairs) = (Vec::with_capacity(reps), Vec::new());
             let mut before = if paired { probe() } else { 0.0 };
             for _ in 0..reps {
-                v.push(runs()?);
+                let rate = runs()?;
+                v.push(rate);
                 if paired {
                     let after = probe();
-                    pairs.push((v[v.len() - 1], before.max(after)));
+                    pairs.push((rate, before.max(after)));
                     before = after;
                 }
             }
