@@ -4,7 +4,9 @@
 //! holds the codes of columns `64i + 32h .. 64i + 32h + 32` of the block. `maddubs`
 //! multiplies codes (unsigned, ≤ 2) by activations (signed) and adds pairs into int16:
 //! at most 2·128·2 = 512 in magnitude, so it never saturates; `madd` with ones widens
-//! to int32. As in the AVX-512 kernel, `sum(x)` is subtracted once.
+//! to int32. As in the AVX-512 kernel, `sum(x)` is subtracted once. Where the CPU also has
+//! AVX-VNNI, a second kernel set uses its 256-bit `vpdpbusd` instead of `maddubs` + `madd`
+//! ([`ternary_gemm_vnni`]); everything else is shared.
 //!
 //! Every function here is `unsafe` because it requires the CPU features in its
 //! `target_feature`; `Kernels` only hands them out after detecting those features.

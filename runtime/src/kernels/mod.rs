@@ -3,11 +3,12 @@
 //! The ternary kernel computes exact integer dot products of int8 activations with
 //! packed ternary weights (the `t2` layout of SPEC.md); the float kernels are the dot
 //! products of the embedding / output matrix, and the forward pass's float operations
-//! (attention, quantization, rescale: see `float_ops!`). [`Kernels::detect`] picks the best set
-//! this CPU runs (x86_64: AVX-512 VNNI, then AVX2 with AVX-VNNI, then AVX2; aarch64: NEON with `sdot`, then plain
-//! NEON; then portable); `TERN_KERNELS=avx512|avxvnni|avx2|neon-dotprod|neon|portable` overrides it
-//! (for benchmarks and comparisons). Every SIMD kernel is tested against the
-//! portable one (`tests/kernels.rs`).
+//! (attention, quantization, rescale: see `float_ops!`). [`Kernels::detect`] picks the best
+//! set this CPU runs (x86_64: AVX-512 VNNI, then AVX2 with AVX-VNNI, then AVX2; aarch64:
+//! NEON with `sdot`, then plain NEON; then portable);
+//! `TERN_KERNELS=avx512|avxvnni|avx2|neon-dotprod|neon|portable` overrides it (for
+//! benchmarks and comparisons). Every SIMD kernel is tested against the portable one
+//! (`tests/kernels.rs`).
 
 /// The float operations of the forward pass that are written once in [`crate::ops`] as
 /// inline functions (plain loops in a fixed order), compiled into a kernel set with that
