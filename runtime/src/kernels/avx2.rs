@@ -45,13 +45,34 @@ pub unsafe fn ternary_gemm_vnni(rows: &[u8], row_bytes: usize, xq: &[i8], act_su
     super::gemm_by_rows::<Dpbusd>(rows, row_bytes, xq, act_sums, out)
 }
 
+/// The codes of one 32-byte half block: vector `i` holds bits `2i..2i + 2` of every byte.
+#[inline(always)]
+unsafe fn decode(half: *const u8) -> [__m256i; 4] {
+    let w = _mm256_loadu_si256(half as *const __m256i);
+    let m = _mm256_set1_epi8(3);
+    [
+        _mm256_and_si256(w, m),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(w), m),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(w), m),
+        _mm256_and_si256(_mm256_srli_epi16::<6>(w), m),
+    ]
+}
+
+/// The sum of the eight int32 lanes of `v`.
+#[inline(always)]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
 struct Maddubs;
 
 impl super::RowTokens for Maddubs {
     /// `sum((w+1)·x)` of one packed row and `T` tokens (activation rows `padded` apart).
     #[inline(always)]
     unsafe fn row_tokens<const T: usize>(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; T] {
-        let m = _mm256_set1_epi8(3);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_si256(); T];
         for b in 0..blocks {
@@ -62,13 +83,7 @@ impl super::RowTokens for Maddubs {
                 _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * 64 + PREFETCH) as *const i8);
             }
             for h in 0..2 {
-                let w = _mm256_loadu_si256(row.add(b * 64 + h * 32) as *const __m256i);
-                let codes = [
-                    _mm256_and_si256(w, m),
-                    _mm256_and_si256(_mm256_srli_epi16::<2>(w), m),
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(w), m),
-                    _mm256_and_si256(_mm256_srli_epi16::<6>(w), m),
-                ];
+                let codes = decode(row.add(b * 64 + h * 32));
                 for (j, acc) in acc.iter_mut().enumerate() {
                     let xj = x.add(j * padded + b * BLOCK + h * 32);
                     let mut s16 = _mm256_setzero_si256();
@@ -83,10 +98,7 @@ impl super::RowTokens for Maddubs {
         }
         let mut out = [0i32; T];
         for (o, &v) in out.iter_mut().zip(&acc) {
-            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-            *o = _mm_cvtsi128_si32(s);
+            *o = hsum_i32(v);
         }
         out
     }
@@ -103,7 +115,6 @@ impl super::RowTokens for Dpbusd {
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     unsafe fn row_tokens<const T: usize>(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; T] {
-        let m = _mm256_set1_epi8(3);
         // Independent accumulator chains, so that the multiply-adds overlap their latency:
         // per token, one for each half of a block, and for one token one per code vector too.
         let mut acc = [[[_mm256_setzero_si256(); 4]; 2]; T];
@@ -113,13 +124,7 @@ impl super::RowTokens for Dpbusd {
                 _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * 64 + PREFETCH) as *const i8);
             }
             for h in 0..2 {
-                let w = _mm256_loadu_si256(row.add(b * 64 + h * 32) as *const __m256i);
-                let codes = [
-                    _mm256_and_si256(w, m),
-                    _mm256_and_si256(_mm256_srli_epi16::<2>(w), m),
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(w), m),
-                    _mm256_and_si256(_mm256_srli_epi16::<6>(w), m),
-                ];
+                let codes = decode(row.add(b * 64 + h * 32));
                 for j in 0..T {
                     let xj = x.add(j * padded + b * BLOCK + h * 32);
                     for i in 0..4 {
@@ -137,10 +142,7 @@ impl super::RowTokens for Dpbusd {
                 _mm256_add_epi32(_mm256_add_epi32(a[0][0], a[0][1]), _mm256_add_epi32(a[0][2], a[0][3])),
                 _mm256_add_epi32(_mm256_add_epi32(a[1][0], a[1][1]), _mm256_add_epi32(a[1][2], a[1][3])),
             );
-            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-            out[j] = _mm_cvtsi128_si32(s);
+            out[j] = hsum_i32(v);
         }
         out
     }
