@@ -7,6 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
 export RUSTC_BOOTSTRAP=1
+# The targets write their scratch files under the temp dir (one per fuzzing process);
+# give them one of their own, gone when this script ends however it ends.
+TMPDIR=$(mktemp -d "${TMPDIR:-/tmp}/tern-fuzz.XXXXXX")
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
 seeds=fuzz/seeds
 mkdir -p "$seeds"/tern_reader "$seeds"/hf_config "$seeds"/safetensors_ingest
 cargo build --release --quiet -p tern-convert
