@@ -132,17 +132,17 @@ fn this_cpu_gets_simd_kernels() {
     #[cfg(target_arch = "aarch64")]
     assert!(names.contains(&"neon"), "{names:?}");
     // Each x86 set is offered wherever its features are (so the tests here run every one
-    // this CPU has, AVX-VNNI's included).
+    // this CPU has, GFNI's and AVX-VNNI's included).
     #[cfg(target_arch = "x86_64")]
     let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
     #[cfg(target_arch = "x86_64")]
+    let avx512 = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni");
+    #[cfg(target_arch = "x86_64")]
     for (name, has) in [
-        (
-            "avx512",
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni"),
-        ),
+        ("avx512-gfni", avx512 && is_x86_feature_detected!("gfni")),
+        ("avx512", avx512),
         ("avxvnni", avx2 && is_x86_feature_detected!("avxvnni")),
         ("avx2", avx2),
     ] {

@@ -38,6 +38,12 @@ unsafe fn load_x(x: *const i8) -> __m512i {
     _mm512_loadu_si512(x as *const _)
 }
 
+/// Whether this CPU also has GFNI, whose affine byte transform moves one 2-bit field of
+/// every byte to its low bits in one instruction ([`ternary_gemm_gfni`]).
+pub fn gfni_available() -> bool {
+    available() && is_x86_feature_detected!("gfni")
+}
+
 /// Same contract as [`super::portable::ternary_gemm`].
 ///
 /// Tokens go in groups of four (outer loop) so their activations stay in L1 while the
@@ -49,6 +55,25 @@ unsafe fn load_x(x: *const i8) -> __m512i {
 /// The CPU must support avx512f, avx512bw and avx512vnni ([`available`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
+    gemm::<false>(rows, row_bytes, xq, act_sums, out)
+}
+
+/// [`ternary_gemm`] whose 4 × 4 tiles take the codes out of the packed bytes with GFNI's
+/// `vgf2p8affineqb` (one instruction per code vector instead of a shift and a mask). With
+/// shifts the decode is about a tenth of a prompt's time; pp128 ran ~5% faster so, at 1
+/// and at 2 threads (BENCHMARKS.md).
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx512vnni and gfni ([`gfni_available`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,gfni")]
+pub unsafe fn ternary_gemm_gfni(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
+    gemm::<true>(rows, row_bytes, xq, act_sums, out)
+}
+
+/// [`ternary_gemm`], its tiles decoding with GFNI or with shifts. Always inlined, so that
+/// it is compiled with the target features of the entry point that calls it.
+#[inline(always)]
+unsafe fn gemm<const GFNI: bool>(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
     // Every pointer below stays inside the slices (checked by `band_shape`).
     let (n_tok, padded, n_rows, blocks) = super::band_shape(rows, row_bytes, xq, act_sums, out);
     let (wp, xp) = (rows.as_ptr(), xq.as_ptr());
@@ -58,7 +83,7 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
         let sums = _mm512_broadcast_i32x4(_mm_loadu_si128(act_sums.as_ptr().add(t) as *const __m128i));
         let mut r = 0;
         while r + 4 <= n_rows {
-            let s = _mm512_sub_epi32(tile4x4(wp.add(r * row_bytes), row_bytes, x, padded, blocks), sums);
+            let s = _mm512_sub_epi32(tile4x4::<GFNI>(wp.add(r * row_bytes), row_bytes, x, padded, blocks), sums);
             let s: [i32; 16] = core::mem::transmute(s);
             for i in 0..4 {
                 for j in 0..4 {
@@ -119,9 +144,33 @@ unsafe fn reduce16(a: [__m512i; 16]) -> __m512i {
     _mm512_add_epi32(_mm512_shuffle_i32x4::<0x88>(v[0], v[1]), _mm512_shuffle_i32x4::<0xDD>(v[0], v[1]))
 }
 
-/// `sum((w+1)·x)` of four rows × four tokens; lane `4i + j` is row `i`, token `j`.
+/// Per 2-bit field `g` of a byte, the `vgf2p8affineqb` matrix that moves it to bits 0–1 (see
+/// [`tile4x4`]).
+const FIELD: [i64; 4] = {
+    let mut m = [0i64; 4];
+    let mut g = 0;
+    while g < 4 {
+        m[g] = (1 << (2 * g)) << 56 | (1 << (2 * g + 1)) << 48;
+        g += 1;
+    }
+    m
+};
+
+/// `sum((w+1)·x)` of four rows × four tokens; lane `4i + j` is row `i`, token `j`. With
+/// `GFNI` (only where the CPU has it), codes of groups 1–3 come from one affine transform:
+/// bit `i` of each result byte is the parity of the source byte ANDed with byte `7 - i` of
+/// the matrix, so a matrix with bits `2g` and `2g + 1` in bytes 7 and 6 (and no others)
+/// gives the byte's field `g` in bits 0–1.
+// `g` picks both a shift and a matrix: an index loop reads plainer than an iterator here.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn tile4x4(w: *const u8, row_bytes: usize, x: *const i8, padded: usize, blocks: usize) -> __m512i {
+unsafe fn tile4x4<const GFNI: bool>(
+    w: *const u8,
+    row_bytes: usize,
+    x: *const i8,
+    padded: usize,
+    blocks: usize,
+) -> __m512i {
     let m = _mm512_set1_epi8(3);
     let mut acc = [_mm512_setzero_si512(); 16];
     for b in 0..blocks {
@@ -134,6 +183,7 @@ unsafe fn tile4x4(w: *const u8, row_bytes: usize, x: *const i8, padded: usize, b
             for (c, &r) in codes.iter_mut().zip(&raw) {
                 *c = match g {
                     0 => _mm512_and_si512(r, m),
+                    _ if GFNI => _mm512_gf2p8affine_epi64_epi8::<0>(r, _mm512_set1_epi64(FIELD[g])),
                     1 => _mm512_and_si512(_mm512_srli_epi16::<2>(r), m),
                     2 => _mm512_and_si512(_mm512_srli_epi16::<4>(r), m),
                     _ => _mm512_and_si512(_mm512_srli_epi16::<6>(r), m),

@@ -4,9 +4,10 @@
 //! packed ternary weights (the `t2` layout of SPEC.md); the float kernels are the dot
 //! products of the embedding / output matrix, and the forward pass's float operations
 //! (attention, quantization, rescale: see `float_ops!`). [`Kernels::detect`] picks the best
-//! set this CPU runs (x86_64: AVX-512 VNNI, then AVX2 with AVX-VNNI, then AVX2; aarch64:
+//! set this CPU runs (x86_64: AVX-512 VNNI with GFNI for the prompt GEMM's decode, then
+//! without, then AVX2 with AVX-VNNI, then AVX2; aarch64:
 //! NEON with `sdot`, then plain NEON; then portable);
-//! `TERN_KERNELS=avx512|avxvnni|avx2|neon-dotprod|neon|portable` overrides it (for
+//! `TERN_KERNELS=avx512-gfni|avx512|avxvnni|avx2|neon-dotprod|neon|portable` overrides it (for
 //! benchmarks and comparisons). Every SIMD kernel is tested against the portable one
 //! (`tests/kernels.rs`).
 
@@ -241,7 +242,7 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             if avx512::available() {
-                v.push(Kernels {
+                let avx512 = Kernels {
                     name: "avx512",
                     ternary_gemm: avx512::ternary_gemm,
                     dot_f16: avx512::dot_f16,
@@ -254,7 +255,11 @@ impl Kernels {
                     quantize_normed: avx512::quantize_normed,
                     rescale: avx512::rescale,
                     read_sum: avx512::read_sum,
-                });
+                };
+                if avx512::gfni_available() {
+                    v.push(Kernels { name: "avx512-gfni", ternary_gemm: avx512::ternary_gemm_gfni, ..avx512 });
+                }
+                v.push(avx512);
             }
             if avx2::available() {
                 let avx2 = Kernels {
