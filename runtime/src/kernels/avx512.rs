@@ -33,6 +33,21 @@ unsafe fn decode(block: *const u8) -> [__m512i; 4] {
     ]
 }
 
+/// [`decode`], with GFNI's affine transform for groups 1–3 where `GFNI` (see [`tile4x4`]).
+#[inline(always)]
+unsafe fn decode_with<const GFNI: bool>(block: *const u8) -> [__m512i; 4] {
+    if !GFNI {
+        return decode(block);
+    }
+    let w = _mm512_loadu_si512(block as *const _);
+    [
+        _mm512_and_si512(w, _mm512_set1_epi8(3)),
+        _mm512_gf2p8affine_epi64_epi8::<0>(w, _mm512_set1_epi64(FIELD[1])),
+        _mm512_gf2p8affine_epi64_epi8::<0>(w, _mm512_set1_epi64(FIELD[2])),
+        _mm512_gf2p8affine_epi64_epi8::<0>(w, _mm512_set1_epi64(FIELD[3])),
+    ]
+}
+
 #[inline(always)]
 unsafe fn load_x(x: *const i8) -> __m512i {
     _mm512_loadu_si512(x as *const _)
@@ -58,10 +73,10 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
     gemm::<false>(rows, row_bytes, xq, act_sums, out)
 }
 
-/// [`ternary_gemm`] whose 4 × 4 tiles take the codes out of the packed bytes with GFNI's
-/// `vgf2p8affineqb` (one instruction per code vector instead of a shift and a mask). With
-/// shifts the decode is about a tenth of a prompt's time; pp128 ran ~5% faster so, at 1
-/// and at 2 threads (BENCHMARKS.md).
+/// [`ternary_gemm`] taking the codes out of the packed bytes with GFNI's `vgf2p8affineqb`
+/// (one instruction per code vector instead of a shift and a mask), in the prompt's
+/// 4 × 4 tiles and in the one-token kernels alike. With shifts the decode is about a tenth
+/// of a prompt's time; pp128 ran ~5% faster so, at 1 and at 2 threads (BENCHMARKS.md).
 ///
 /// # Safety
 /// The CPU must support avx512f, avx512bw, avx512vnni and gfni ([`gfni_available`]).
@@ -93,7 +108,7 @@ unsafe fn gemm<const GFNI: bool>(rows: &[u8], row_bytes: usize, xq: &[i8], act_s
             r += 4;
         }
         while r < n_rows {
-            let s = tile1x4(wp.add(r * row_bytes), x, padded, blocks);
+            let s = tile1x4::<GFNI>(wp.add(r * row_bytes), x, padded, blocks);
             for j in 0..4 {
                 out[(t + j) * n_rows + r] = s[j] - act_sums[t + j];
             }
@@ -105,14 +120,14 @@ unsafe fn gemm<const GFNI: bool>(rows: &[u8], row_bytes: usize, xq: &[i8], act_s
         let x = xp.add(t * padded);
         let mut r = 0;
         while r + 4 <= n_rows {
-            let s: [i32; 16] = core::mem::transmute(gemv4(wp.add(r * row_bytes), row_bytes, x, blocks));
+            let s: [i32; 16] = core::mem::transmute(gemv4::<GFNI>(wp.add(r * row_bytes), row_bytes, x, blocks));
             for i in 0..4 {
                 out[t * n_rows + r + i] = s[4 * i] + s[4 * i + 1] + s[4 * i + 2] + s[4 * i + 3] - act_sums[t];
             }
             r += 4;
         }
         while r < n_rows {
-            out[t * n_rows + r] = row_token(wp.add(r * row_bytes), x, blocks) - act_sums[t];
+            out[t * n_rows + r] = row_token::<GFNI>(wp.add(r * row_bytes), x, blocks) - act_sums[t];
             r += 1;
         }
         t += 1;
@@ -202,10 +217,10 @@ unsafe fn tile4x4<const GFNI: bool>(
 
 /// `sum((w+1)·x)` of one row × four tokens.
 #[inline(always)]
-unsafe fn tile1x4(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; 4] {
+unsafe fn tile1x4<const GFNI: bool>(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; 4] {
     let mut acc = [_mm512_setzero_si512(); 4];
     for b in 0..blocks {
-        let codes = decode(row.add(b * 64));
+        let codes = decode_with::<GFNI>(row.add(b * 64));
         for (j, a) in acc.iter_mut().enumerate() {
             for (i, c) in codes.iter().enumerate() {
                 *a = _mm512_dpbusd_epi32(*a, *c, load_x(x.add(j * padded + b * BLOCK + i * 64)));
@@ -227,7 +242,7 @@ unsafe fn tile1x4(row: *const u8, x: *const i8, padded: usize, blocks: usize) ->
 /// same number of lines in one sequential run. (Prefetching each row's own line ahead
 /// instead, four interleaved strided streams, streamed ~10% slower.)
 #[inline(always)]
-unsafe fn gemv4(w: *const u8, row_bytes: usize, x: *const i8, blocks: usize) -> __m512i {
+unsafe fn gemv4<const GFNI: bool>(w: *const u8, row_bytes: usize, x: *const i8, blocks: usize) -> __m512i {
     let mut acc = [_mm512_setzero_si512(); 16];
     for b in 0..blocks {
         for i in 0..4 {
@@ -235,7 +250,7 @@ unsafe fn gemv4(w: *const u8, row_bytes: usize, x: *const i8, blocks: usize) -> 
             _mm_prefetch::<_MM_HINT_NTA>(w.wrapping_add(PREFETCH + (4 * b + i) * 64) as *const i8);
         }
         for i in 0..4 {
-            let codes = decode(w.add(i * row_bytes + b * 64));
+            let codes = decode_with::<GFNI>(w.add(i * row_bytes + b * 64));
             for g in 0..4 {
                 acc[4 * i + g] = _mm512_dpbusd_epi32(acc[4 * i + g], codes[g], load_x(x.add(b * BLOCK + g * 64)));
             }
@@ -246,10 +261,10 @@ unsafe fn gemv4(w: *const u8, row_bytes: usize, x: *const i8, blocks: usize) -> 
 
 /// `sum((w+1)·x)` of one packed row and one token, with four independent accumulator chains.
 #[inline(always)]
-unsafe fn row_token(row: *const u8, x: *const i8, blocks: usize) -> i32 {
+unsafe fn row_token<const GFNI: bool>(row: *const u8, x: *const i8, blocks: usize) -> i32 {
     let mut acc = [_mm512_setzero_si512(); 4];
     for b in 0..blocks {
-        let codes = decode(row.add(b * 64));
+        let codes = decode_with::<GFNI>(row.add(b * 64));
         for i in 0..4 {
             acc[i] = _mm512_dpbusd_epi32(acc[i], codes[i], load_x(x.add(b * BLOCK + i * 64)));
         }
