@@ -33,7 +33,7 @@ unsafe fn decode(block: *const u8) -> [__m512i; 4] {
     ]
 }
 
-/// [`decode`], with GFNI's affine transform for groups 1–3 where `GFNI` (see [`tile4x4`]).
+/// [`decode`], with one affine transform for each of groups 1–3 where `GFNI` ([`FIELD`]).
 #[inline(always)]
 unsafe fn decode_with<const GFNI: bool>(block: *const u8) -> [__m512i; 4] {
     if !GFNI {
@@ -159,8 +159,10 @@ unsafe fn reduce16(a: [__m512i; 16]) -> __m512i {
     _mm512_add_epi32(_mm512_shuffle_i32x4::<0x88>(v[0], v[1]), _mm512_shuffle_i32x4::<0xDD>(v[0], v[1]))
 }
 
-/// Per 2-bit field `g` of a byte, the `vgf2p8affineqb` matrix that moves it to bits 0–1 (see
-/// [`tile4x4`]).
+/// Per 2-bit field `g` of a byte, the `vgf2p8affineqb` matrix that moves it to bits 0–1:
+/// bit `i` of each result byte is the parity of the source byte ANDed with byte `7 - i`
+/// of the matrix, so a matrix with bit `2g` in byte 7 and bit `2g + 1` in byte 6 (and
+/// nothing else) gives field `g` in bits 0–1 and zeros above.
 const FIELD: [i64; 4] = {
     let mut m = [0i64; 4];
     let mut g = 0;
@@ -172,10 +174,8 @@ const FIELD: [i64; 4] = {
 };
 
 /// `sum((w+1)·x)` of four rows × four tokens; lane `4i + j` is row `i`, token `j`. With
-/// `GFNI` (only where the CPU has it), codes of groups 1–3 come from one affine transform:
-/// bit `i` of each result byte is the parity of the source byte ANDed with byte `7 - i` of
-/// the matrix, so a matrix with bits `2g` and `2g + 1` in bytes 7 and 6 (and no others)
-/// gives the byte's field `g` in bits 0–1.
+/// `GFNI` (only where the CPU has it), codes of groups 1–3 come from one affine transform
+/// each ([`FIELD`]).
 // `g` picks both a shift and a matrix: an index loop reads plainer than an iterator here.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]

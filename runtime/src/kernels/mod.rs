@@ -4,8 +4,8 @@
 //! packed ternary weights (the `t2` layout of SPEC.md); the float kernels are the dot
 //! products of the embedding / output matrix, and the forward pass's float operations
 //! (attention, quantization, rescale: see `float_ops!`). [`Kernels::detect`] picks the best
-//! set this CPU runs (x86_64: AVX-512 VNNI with GFNI for the prompt GEMM's decode, then
-//! without, then AVX2 with AVX-VNNI, then AVX2; aarch64:
+//! set this CPU runs (x86_64: AVX-512 VNNI with GFNI to take the 2-bit codes out of the
+//! packed bytes, then without, then AVX2 with AVX-VNNI, then AVX2; aarch64:
 //! NEON with `sdot`, then plain NEON; then portable);
 //! `TERN_KERNELS=avx512-gfni|avx512|avxvnni|avx2|neon-dotprod|neon|portable` overrides it (for
 //! benchmarks and comparisons). Every SIMD kernel is tested against the portable one
