@@ -20,32 +20,26 @@ pub fn available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
-/// Codes of the four 64-column groups of one 64-byte block.
+/// The codes of 64-column group `g` of a loaded 64-byte block (bits `2g..2g + 2` of every
+/// byte): a shift and a mask, or with `GFNI` (only where the CPU has it) one affine
+/// transform for groups 1–3 ([`FIELD`]).
 #[inline(always)]
-unsafe fn decode(block: *const u8) -> [__m512i; 4] {
-    let w = _mm512_loadu_si512(block as *const _);
+unsafe fn field<const GFNI: bool>(w: __m512i, g: usize) -> __m512i {
     let m = _mm512_set1_epi8(3);
-    [
-        _mm512_and_si512(w, m),
-        _mm512_and_si512(_mm512_srli_epi16::<2>(w), m),
-        _mm512_and_si512(_mm512_srli_epi16::<4>(w), m),
-        _mm512_and_si512(_mm512_srli_epi16::<6>(w), m),
-    ]
+    match g {
+        0 => _mm512_and_si512(w, m),
+        _ if GFNI => _mm512_gf2p8affine_epi64_epi8::<0>(w, _mm512_set1_epi64(FIELD[g])),
+        1 => _mm512_and_si512(_mm512_srli_epi16::<2>(w), m),
+        2 => _mm512_and_si512(_mm512_srli_epi16::<4>(w), m),
+        _ => _mm512_and_si512(_mm512_srli_epi16::<6>(w), m),
+    }
 }
 
-/// [`decode`], with one affine transform for each of groups 1–3 where `GFNI` ([`FIELD`]).
+/// Codes of the four 64-column groups of one 64-byte block.
 #[inline(always)]
-unsafe fn decode_with<const GFNI: bool>(block: *const u8) -> [__m512i; 4] {
-    if !GFNI {
-        return decode(block);
-    }
+unsafe fn decode<const GFNI: bool>(block: *const u8) -> [__m512i; 4] {
     let w = _mm512_loadu_si512(block as *const _);
-    [
-        _mm512_and_si512(w, _mm512_set1_epi8(3)),
-        _mm512_gf2p8affine_epi64_epi8::<0>(w, _mm512_set1_epi64(FIELD[1])),
-        _mm512_gf2p8affine_epi64_epi8::<0>(w, _mm512_set1_epi64(FIELD[2])),
-        _mm512_gf2p8affine_epi64_epi8::<0>(w, _mm512_set1_epi64(FIELD[3])),
-    ]
+    [field::<GFNI>(w, 0), field::<GFNI>(w, 1), field::<GFNI>(w, 2), field::<GFNI>(w, 3)]
 }
 
 #[inline(always)]
@@ -174,10 +168,7 @@ const FIELD: [i64; 4] = {
 };
 
 /// `sum((w+1)·x)` of four rows × four tokens; lane `4i + j` is row `i`, token `j`. With
-/// `GFNI` (only where the CPU has it), codes of groups 1–3 come from one affine transform
-/// each ([`FIELD`]).
-// `g` picks both a shift and a matrix: an index loop reads plainer than an iterator here.
-#[allow(clippy::needless_range_loop)]
+/// `GFNI`, codes come from [`field`]'s affine transforms.
 #[inline(always)]
 unsafe fn tile4x4<const GFNI: bool>(
     w: *const u8,
@@ -186,7 +177,6 @@ unsafe fn tile4x4<const GFNI: bool>(
     padded: usize,
     blocks: usize,
 ) -> __m512i {
-    let m = _mm512_set1_epi8(3);
     let mut acc = [_mm512_setzero_si512(); 16];
     for b in 0..blocks {
         let mut raw = [_mm512_setzero_si512(); 4];
@@ -196,13 +186,7 @@ unsafe fn tile4x4<const GFNI: bool>(
         for g in 0..4 {
             let mut codes = [_mm512_setzero_si512(); 4];
             for (c, &r) in codes.iter_mut().zip(&raw) {
-                *c = match g {
-                    0 => _mm512_and_si512(r, m),
-                    _ if GFNI => _mm512_gf2p8affine_epi64_epi8::<0>(r, _mm512_set1_epi64(FIELD[g])),
-                    1 => _mm512_and_si512(_mm512_srli_epi16::<2>(r), m),
-                    2 => _mm512_and_si512(_mm512_srli_epi16::<4>(r), m),
-                    _ => _mm512_and_si512(_mm512_srli_epi16::<6>(r), m),
-                };
+                *c = field::<GFNI>(r, g);
             }
             for j in 0..4 {
                 let xv = load_x(x.add(j * padded + b * BLOCK + g * 64));
@@ -220,7 +204,7 @@ unsafe fn tile4x4<const GFNI: bool>(
 unsafe fn tile1x4<const GFNI: bool>(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; 4] {
     let mut acc = [_mm512_setzero_si512(); 4];
     for b in 0..blocks {
-        let codes = decode_with::<GFNI>(row.add(b * 64));
+        let codes = decode::<GFNI>(row.add(b * 64));
         for (j, a) in acc.iter_mut().enumerate() {
             for (i, c) in codes.iter().enumerate() {
                 *a = _mm512_dpbusd_epi32(*a, *c, load_x(x.add(j * padded + b * BLOCK + i * 64)));
@@ -250,7 +234,7 @@ unsafe fn gemv4<const GFNI: bool>(w: *const u8, row_bytes: usize, x: *const i8, 
             _mm_prefetch::<_MM_HINT_NTA>(w.wrapping_add(PREFETCH + (4 * b + i) * 64) as *const i8);
         }
         for i in 0..4 {
-            let codes = decode_with::<GFNI>(w.add(i * row_bytes + b * 64));
+            let codes = decode::<GFNI>(w.add(i * row_bytes + b * 64));
             for g in 0..4 {
                 acc[4 * i + g] = _mm512_dpbusd_epi32(acc[4 * i + g], codes[g], load_x(x.add(b * BLOCK + g * 64)));
             }
@@ -264,7 +248,7 @@ unsafe fn gemv4<const GFNI: bool>(w: *const u8, row_bytes: usize, x: *const i8, 
 unsafe fn row_token<const GFNI: bool>(row: *const u8, x: *const i8, blocks: usize) -> i32 {
     let mut acc = [_mm512_setzero_si512(); 4];
     for b in 0..blocks {
-        let codes = decode_with::<GFNI>(row.add(b * 64));
+        let codes = decode::<GFNI>(row.add(b * 64));
         for i in 0..4 {
             acc[i] = _mm512_dpbusd_epi32(acc[i], codes[i], load_x(x.add(b * BLOCK + i * 64)));
         }
