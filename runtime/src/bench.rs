@@ -141,23 +141,14 @@ fn pmd_mapped(smaps: &str, addr: usize) -> Option<u64> {
     Some(kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024)
 }
 
-/// The decode roofline of tg`tg` from position `depth` at each thread count: (threads,
-/// bandwidth bytes/s, tok/s ceiling), for the weights and the KV cache a step reads.
-pub fn roofline(
-    model: &Model,
-    depth: usize,
-    tg: usize,
-    threads: &[usize],
-    reps: usize,
-    kv: KvType,
-) -> Result<Vec<(usize, f64, f64)>> {
-    let per_token = (decode_bytes(model) + kv_bytes(model, depth, tg, kv)) as f64;
+/// The streaming bandwidth (bytes/s) over the model file at each thread count, for the
+/// decode roofline: bytes per step ([`decode_bytes`] + [`kv_bytes`]) over this.
+pub fn bandwidths(model: &Model, threads: &[usize], reps: usize) -> Result<Vec<(usize, f64)>> {
     let bytes = model.file().bytes();
     let mut out = Vec::new();
     for &t in threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
-        let bw = pool.install(|| stream_bandwidth(model.kernels(), bytes, reps + 1));
-        out.push((t, bw, bw / per_token));
+        out.push((t, pool.install(|| stream_bandwidth(model.kernels(), bytes, reps + 1))));
     }
     Ok(out)
 }
@@ -206,8 +197,9 @@ pub fn bench(
             bail!("thread counts must be ≥ 1");
         }
         // The bandwidth probes beside each tg repetition, on a rayon pool of as many threads.
-        let probes = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
-        let probe = || probes.install(|| stream_pass(model.kernels(), model.file().bytes()));
+        let probes = if tg > 0 { Some(rayon::ThreadPoolBuilder::new().num_threads(t).build()?) } else { None };
+        let probe =
+            || probes.as_ref().map_or(0.0, |p| p.install(|| stream_pass(model.kernels(), model.file().bytes())));
         let mut record = |test: String, runs: &mut dyn FnMut() -> Result<f64>, paired: bool| -> Result<()> {
             runs()?; // warm-up
             let (mut v, mut pairs) = (Vec::with_capacity(reps), Vec::new());

@@ -324,7 +324,8 @@ fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, jso
         let kv_read = tern::bench::kv_bytes(&model, depth, tg, kv) as f64;
         let test = tern::bench::test_name("tg", tg, depth);
         let per_token = weights + kv_read;
-        for (t, bw, ceiling) in tern::bench::roofline(&model, depth, tg, threads, reps, kv)? {
+        for (t, bw) in tern::bench::bandwidths(&model, threads, reps)? {
+            let ceiling = bw / per_token;
             let result = results.iter().find(|r| r.threads == t && r.test == test);
             let got = result.map_or(0.0, |r| r.tokens_per_s);
             eprintln!(
