@@ -132,11 +132,28 @@ trait RowTokens {
     /// `row` must have `blocks · 64` readable bytes, `x` `(T - 1) · padded + blocks · 256`,
     /// and the CPU must run the implementation's instructions.
     unsafe fn row_tokens<const T: usize>(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; T];
+
+    /// `row_tokens::<4>` of two consecutive rows (`row_bytes` apart): by default one row
+    /// after the other.
+    ///
+    /// # Safety
+    /// As for `row_tokens`, for both rows.
+    #[inline(always)]
+    unsafe fn rows2_tokens4(
+        w: *const u8,
+        row_bytes: usize,
+        x: *const i8,
+        padded: usize,
+        blocks: usize,
+    ) -> [[i32; 4]; 2] {
+        [Self::row_tokens::<4>(w, x, padded, blocks), Self::row_tokens::<4>(w.add(row_bytes), x, padded, blocks)]
+    }
 }
 
-/// [`portable::ternary_gemm`] for a kernel that does one row at a time: tokens in groups of
-/// four (outer loop, their activations staying in L1) over every row of the band, so each
-/// decoded code vector feeds four tokens; leftover tokens go one at a time.
+/// [`portable::ternary_gemm`] for a kernel that does one or two rows at a time: tokens in
+/// groups of four (outer loop, their activations staying in L1) over every row of the band,
+/// two rows at a time ([`RowTokens::rows2_tokens4`]), so each decoded code vector feeds four
+/// tokens; leftover tokens go one at a time.
 ///
 /// # Safety
 /// The CPU must run `K`'s instructions. Always inlined, so that it is compiled with the
@@ -148,7 +165,17 @@ unsafe fn gemm_by_rows<K: RowTokens>(rows: &[u8], row_bytes: usize, xq: &[i8], a
     let (wp, xp) = (rows.as_ptr(), xq.as_ptr());
     let mut t = 0;
     while t + 4 <= n_tok {
-        for r in 0..n_rows {
+        let mut r = 0;
+        while r + 2 <= n_rows {
+            let s = K::rows2_tokens4(wp.add(r * row_bytes), row_bytes, xp.add(t * padded), padded, blocks);
+            for (i, s) in s.iter().enumerate() {
+                for j in 0..4 {
+                    out[(t + j) * n_rows + r + i] = s[j] - act_sums[t + j];
+                }
+            }
+            r += 2;
+        }
+        if r < n_rows {
             let s = K::row_tokens::<4>(wp.add(r * row_bytes), xp.add(t * padded), padded, blocks);
             for j in 0..4 {
                 out[(t + j) * n_rows + r] = s[j] - act_sums[t + j];
