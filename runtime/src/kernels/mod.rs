@@ -133,6 +133,16 @@ trait RowTokens {
     /// and the CPU must run the implementation's instructions.
     unsafe fn row_tokens<const T: usize>(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; T];
 
+    /// `row_tokens::<1>` of two consecutive rows (`row_bytes` apart): by default one row
+    /// after the other.
+    ///
+    /// # Safety
+    /// As for `row_tokens`, for both rows.
+    #[inline(always)]
+    unsafe fn rows2_token(w: *const u8, row_bytes: usize, x: *const i8, blocks: usize) -> [i32; 2] {
+        [Self::row_tokens::<1>(w, x, 0, blocks)[0], Self::row_tokens::<1>(w.add(row_bytes), x, 0, blocks)[0]]
+    }
+
     /// `row_tokens::<4>` of two consecutive rows (`row_bytes` apart): by default one row
     /// after the other.
     ///
@@ -153,7 +163,8 @@ trait RowTokens {
 /// [`portable::ternary_gemm`] for a kernel that does one or two rows at a time: tokens in
 /// groups of four (outer loop, their activations staying in L1) over every row of the band,
 /// two rows at a time ([`RowTokens::rows2_tokens4`]), so each decoded code vector feeds four
-/// tokens; leftover tokens go one at a time.
+/// tokens; leftover tokens (and one-token decoding) go one at a time, two rows at a time
+/// ([`RowTokens::rows2_token`]).
 ///
 /// # Safety
 /// The CPU must run `K`'s instructions. Always inlined, so that it is compiled with the
@@ -184,9 +195,16 @@ unsafe fn gemm_by_rows<K: RowTokens>(rows: &[u8], row_bytes: usize, xq: &[i8], a
         t += 4;
     }
     while t < n_tok {
-        for r in 0..n_rows {
-            let s = K::row_tokens::<1>(wp.add(r * row_bytes), xp.add(t * padded), padded, blocks);
+        let x = xp.add(t * padded);
+        let mut r = 0;
+        while r + 2 <= n_rows {
+            let s = K::rows2_token(wp.add(r * row_bytes), row_bytes, x, blocks);
             out[t * n_rows + r] = s[0] - act_sums[t];
+            out[t * n_rows + r + 1] = s[1] - act_sums[t];
+            r += 2;
+        }
+        if r < n_rows {
+            out[t * n_rows + r] = K::row_tokens::<1>(wp.add(r * row_bytes), x, padded, blocks)[0] - act_sums[t];
         }
         t += 1;
     }
