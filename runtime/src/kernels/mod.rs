@@ -160,11 +160,12 @@ trait RowTokens {
     }
 }
 
-/// [`portable::ternary_gemm`] for a kernel that does one or two rows at a time: tokens in
-/// groups of four (outer loop, their activations staying in L1) over every row of the band,
-/// two rows at a time ([`RowTokens::rows2_tokens4`]), so each decoded code vector feeds four
-/// tokens; leftover tokens (and one-token decoding) go one at a time, two rows at a time
-/// ([`RowTokens::rows2_token`]).
+/// [`portable::ternary_gemm`] for a [`RowTokens`] kernel: tokens in groups of four (outer
+/// loop, their activations staying in L1) over every row of the band, two rows at a time
+/// ([`RowTokens::rows2_tokens4`]; each decoded code vector feeds four tokens); leftover
+/// tokens, and one-token decoding, one token at a time over two rows at a time
+/// ([`RowTokens::rows2_token`]). A kernel that shares nothing between two rows keeps the
+/// trait's defaults, one row after the other.
 ///
 /// # Safety
 /// The CPU must run `K`'s instructions. Always inlined, so that it is compiled with the
