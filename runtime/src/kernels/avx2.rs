@@ -4,8 +4,10 @@
 //! holds the codes of columns `64i + 32h .. 64i + 32h + 32` of the block. `maddubs`
 //! multiplies codes (unsigned, ≤ 2) by activations (signed) and adds pairs into int16:
 //! at most 2·128·2 = 512 in magnitude, so it never saturates; `madd` with ones widens
-//! to int32. As in the AVX-512 kernel, `sum(x)` is subtracted once. Where the CPU also has
-//! AVX-VNNI, a second kernel set uses its 256-bit `vpdpbusd` instead of `maddubs` + `madd`
+//! to int32 (every four `maddubs`, or in the prompt tile every [`I16_BLOCKS`] blocks). The
+//! prompt tile of two rows × four tokens is inline assembly ([`block_2x4`]). As in the
+//! AVX-512 kernel, `sum(x)` is subtracted once. Where the CPU also has AVX-VNNI, a second
+//! kernel set uses its 256-bit `vpdpbusd` instead of `maddubs` + `madd`
 //! ([`ternary_gemm_vnni`]); everything else is shared.
 //!
 //! Every function here is `unsafe` because it requires the CPU features in its
@@ -67,7 +69,25 @@ unsafe fn hsum_i32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+/// The sums of the eight int32 lanes of each of `v`'s four vectors (three horizontal adds
+/// and one of the two halves, instead of four separate reductions).
+#[inline(always)]
+unsafe fn hsum4_i32(v: [__m256i; 4]) -> [i32; 4] {
+    let s = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+    let mut out = [0i32; 4];
+    _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, s);
+    out
+}
+
 struct Maddubs;
+
+/// How many blocks `Maddubs::rows2_tokens4` adds up in int16 lanes before widening them
+/// to int32. Per block a (row, token) lane takes eight `maddubs` results (two halves ×
+/// four code vectors) of `c·x + c'·x'` with codes ≤ 2 and activations in -128..=127: each
+/// in -512..=508, so any partial sum of at most 8 blocks lies in -32768..=32512, inside
+/// int16 (`tests/kernels.rs` has the extremes, and fails with 9).
+const I16_BLOCKS: usize = 8;
 
 impl super::RowTokens for Maddubs {
     /// `sum((w+1)·x)` of one packed row and `T` tokens (activation rows `padded` apart).
@@ -102,6 +122,152 @@ impl super::RowTokens for Maddubs {
         }
         out
     }
+
+    /// Two rows × four tokens ([`block_2x4`]): each activation vector is loaded once for
+    /// both rows (one row at a time, every `maddubs` loaded its own), into eight int16
+    /// accumulators, one per (row, token), widened by `madd` with ones every
+    /// [`I16_BLOCKS`] blocks (`row_tokens` widens every four `maddubs`).
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn rows2_tokens4(
+        w: *const u8,
+        row_bytes: usize,
+        x: *const i8,
+        padded: usize,
+        blocks: usize,
+    ) -> [[i32; 4]; 2] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); 4]; 2];
+        let mut b0 = 0;
+        while b0 < blocks {
+            let end = blocks.min(b0 + I16_BLOCKS);
+            let mut s16 = [[_mm256_setzero_si256(); 4]; 2];
+            for b in b0..end {
+                block_2x4(w.add(b * 64), row_bytes, x.add(b * BLOCK), padded, &mut s16);
+            }
+            for i in 0..2 {
+                for j in 0..4 {
+                    acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(s16[i][j], ones));
+                }
+            }
+            b0 = end;
+        }
+        [hsum4_i32(acc[0]), hsum4_i32(acc[1])]
+    }
+}
+
+/// One field of one half block for [`block_2x4`]: the two rows' codes (shifted by
+/// `$shift`, masked), then for each of the four tokens one activation vector (at `$d`)
+/// times both rows' codes, added into the int16 accumulators.
+macro_rules! field_2x4 {
+    ($d:literal) => {
+        concat!("vpand {c0}, {r0}, {m}\n", "vpand {c1}, {r1}, {m}\n", tokens_2x4!($d))
+    };
+    ($d:literal, $shift:literal) => {
+        concat!(
+            "vpsrlw {c0}, {r0}, ",
+            $shift,
+            "\n",
+            "vpand {c0}, {c0}, {m}\n",
+            "vpsrlw {c1}, {r1}, ",
+            $shift,
+            "\n",
+            "vpand {c1}, {c1}, {m}\n",
+            tokens_2x4!($d)
+        )
+    };
+}
+
+macro_rules! tokens_2x4 {
+    ($d:literal) => {
+        concat!(
+            "vmovdqu {xv}, ymmword ptr [{xa} + ",
+            $d,
+            "]\n",
+            "vpmaddubsw {p0}, {c0}, {xv}\n",
+            "vpaddw {a00}, {a00}, {p0}\n",
+            "vpmaddubsw {p1}, {c1}, {xv}\n",
+            "vpaddw {a10}, {a10}, {p1}\n",
+            "vmovdqu {xv}, ymmword ptr [{xa} + {pd} + ",
+            $d,
+            "]\n",
+            "vpmaddubsw {p0}, {c0}, {xv}\n",
+            "vpaddw {a01}, {a01}, {p0}\n",
+            "vpmaddubsw {p1}, {c1}, {xv}\n",
+            "vpaddw {a11}, {a11}, {p1}\n",
+            "vmovdqu {xv}, ymmword ptr [{xb} + ",
+            $d,
+            "]\n",
+            "vpmaddubsw {p0}, {c0}, {xv}\n",
+            "vpaddw {a02}, {a02}, {p0}\n",
+            "vpmaddubsw {p1}, {c1}, {xv}\n",
+            "vpaddw {a12}, {a12}, {p1}\n",
+            "vmovdqu {xv}, ymmword ptr [{xb} + {pd} + ",
+            $d,
+            "]\n",
+            "vpmaddubsw {p0}, {c0}, {xv}\n",
+            "vpaddw {a03}, {a03}, {p0}\n",
+            "vpmaddubsw {p1}, {c1}, {xv}\n",
+            "vpaddw {a13}, {a13}, {p1}\n",
+        )
+    };
+}
+
+/// One 64-byte block of two rows (`w`, `w + row_bytes`) times four tokens' activations
+/// (`x + j·padded`), added into the int16 accumulators `s` ([row][token]).
+///
+/// Written in assembly: the 16 vector registers hold exactly the eight accumulators,
+/// the two rows' packed bytes, the mask, two code vectors, one activation vector and two
+/// products. Compiled from intrinsics, LLVM hoisted the activation loads ahead and
+/// spilled accumulators to the stack in the inner loop.
+///
+/// # Safety
+/// The CPU must support avx2; `w` and `w + row_bytes` must have 64 readable bytes, and
+/// `x + j·padded` 256 for `j < 4`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn block_2x4(w: *const u8, row_bytes: usize, x: *const i8, padded: usize, s: &mut [[__m256i; 4]; 2]) {
+    let [[a00, a01, a02, a03], [a10, a11, a12, a13]] = s;
+    // SAFETY: the loads read `w` and `w + row_bytes` up to 64 bytes on, and `x + j·padded`
+    // (`xa`, `xa + pd`, `xb`, `xb + pd`) up to 256 bytes on, which the caller guarantees;
+    // the block writes only the registers declared here, touches no stack and no flags,
+    // and the caller's target features (avx2) cover every instruction in it.
+    core::arch::asm!(
+        "vmovdqu {r0}, ymmword ptr [{w}]",
+        "vmovdqu {r1}, ymmword ptr [{w} + {rb}]",
+        field_2x4!("0"),
+        field_2x4!("64", "2"),
+        field_2x4!("128", "4"),
+        field_2x4!("192", "6"),
+        "vmovdqu {r0}, ymmword ptr [{w} + 32]",
+        "vmovdqu {r1}, ymmword ptr [{w} + {rb} + 32]",
+        field_2x4!("32"),
+        field_2x4!("96", "2"),
+        field_2x4!("160", "4"),
+        field_2x4!("224", "6"),
+        w = in(reg) w,
+        rb = in(reg) row_bytes,
+        xa = in(reg) x,
+        xb = in(reg) x.add(2 * padded),
+        pd = in(reg) padded,
+        m = in(ymm_reg) _mm256_set1_epi8(3),
+        a00 = inout(ymm_reg) *a00,
+        a01 = inout(ymm_reg) *a01,
+        a02 = inout(ymm_reg) *a02,
+        a03 = inout(ymm_reg) *a03,
+        a10 = inout(ymm_reg) *a10,
+        a11 = inout(ymm_reg) *a11,
+        a12 = inout(ymm_reg) *a12,
+        a13 = inout(ymm_reg) *a13,
+        r0 = out(ymm_reg) _,
+        r1 = out(ymm_reg) _,
+        c0 = out(ymm_reg) _,
+        c1 = out(ymm_reg) _,
+        xv = out(ymm_reg) _,
+        p0 = out(ymm_reg) _,
+        p1 = out(ymm_reg) _,
+        options(pure, readonly, nostack, preserves_flags)
+    );
 }
 
 /// The same sums as [`Maddubs`], one `vpdpbusd` per code vector: codes (unsigned) times
