@@ -4,8 +4,8 @@
 //! holds the codes of columns `64i + 32h .. 64i + 32h + 32` of the block. `maddubs`
 //! multiplies codes (unsigned, ≤ 2) by activations (signed) and adds pairs into int16:
 //! at most 2·128·2 = 512 in magnitude, so it never saturates; `madd` with ones widens
-//! to int32 (every four `maddubs`, or in the prompt tile every [`I16_BLOCKS`] blocks). The
-//! prompt tile of two rows × four tokens is inline assembly ([`block_2x4`]). As in the
+//! to int32 (every four `maddubs`, or in the prompt tile every `I16_BLOCKS` blocks). The
+//! prompt tile of two rows × four tokens is inline assembly (`block_2x4`). As in the
 //! AVX-512 kernel, `sum(x)` is subtracted once. Where the CPU also has AVX-VNNI, a second
 //! kernel set uses its 256-bit `vpdpbusd` instead of `maddubs` + `madd`
 //! ([`ternary_gemm_vnni`]); everything else is shared.
@@ -178,6 +178,8 @@ macro_rules! field_2x4 {
     };
 }
 
+/// The four tokens' part of [`field_2x4`]: token `j`'s activation vector at `$d` bytes
+/// past `xa`, `xa + pd`, `xb` or `xb + pd`, times both rows' codes `c0` and `c1`.
 macro_rules! tokens_2x4 {
     ($d:literal) => {
         concat!(
