@@ -384,13 +384,7 @@ impl super::RowTokens for Dpbusd {
                 }
             }
         }
-        let mut out = [[0i32; 4]; 2];
-        for i in 0..2 {
-            for j in 0..4 {
-                out[i][j] = hsum_i32(acc[i][j]);
-            }
-        }
-        out
+        [hsum4_i32(acc[0]), hsum4_i32(acc[1])]
     }
 }
 
