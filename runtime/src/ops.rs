@@ -735,21 +735,26 @@ impl<K: KvRead> Rows<'_, K> {
 /// reduction by ln 2 in two parts, degree-5 polynomial, exponent by bit assembly).
 /// Within 2 ulp of the exact value for normal results; 0 below -87.3 (where the result
 /// would be subnormal); inputs above 88.37 give e^88.37 (about 2.4e38) rather than
-/// infinity; a NaN input gives a finite value, never a panic.
+/// infinity; a NaN input gives NaN, never a panic.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-87.336_54, 88.376_26);
-    let n = round_half_even_small(xc * LOG2E);
+    // n = round_half_even(xc · log2 e), as `round_half_even_small` computes it; the
+    // integer n also sits in the low mantissa bits of `t` (its bits are 0x4B40_0000 + n),
+    // which builds 2^n below without a float-to-int conversion (Rust's saturating `as i32`
+    // does not vectorise: it became one scalar conversion per lane).
+    let t = xc * LOG2E + ROUNDER;
+    let n = t - ROUNDER;
     let r = xc - n * C1 - n * C2;
     let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
         * r
         + 0.5;
     let e = p * r * r + r + 1.0;
-    // 2^n for n in -126..=127: a normal float built from its exponent bits.
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n for n in -126..=127: a normal float built from its exponent bits n + 127.
+    let two_n = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
     if x < -87.336_54 {
         0.0
     } else {
@@ -925,6 +930,11 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
         assert_eq!(exp(-100.0), 0.0);
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        // The clamp's ends: 2^127 · e^r at the top, finite; the smallest normal result.
+        assert_eq!(exp(f32::INFINITY), exp(88.376_26));
+        assert!(exp(f32::INFINITY).is_finite() && exp(f32::INFINITY) > 2.4e38);
+        assert!(exp(-87.336_54) >= f32::MIN_POSITIVE);
+        assert!(exp(f32::NAN).is_nan());
     }
 
     #[test]
