@@ -469,6 +469,9 @@ fn finish(a: &[f32], o: &mut [f32]) {
     }
 }
 
+/// Positions per block of values in [`attend_tokens`] (a divisor of [`SPAN`], a multiple of 4).
+const VALUE_BLOCK: usize = 32;
+
 /// Query tokens per [`attend_tokens`] call (a multiple of 8).
 pub const ATTEND_TOKENS: usize = 32;
 
@@ -476,7 +479,7 @@ pub const ATTEND_TOKENS: usize = 32;
 /// [`ATTEND_TOKENS`] tokens over one span, four accumulators per token, a block of 16
 /// positions' values, and every token's partial results.
 pub fn attend_tokens_scratch_len(head_dim: usize, n: usize) -> usize {
-    ATTEND_TOKENS * (SPAN + 4 * head_dim + n.div_ceil(SPAN) * partial_len(head_dim)) + KEY_BLOCK * head_dim
+    ATTEND_TOKENS * (SPAN + 4 * head_dim + n.div_ceil(SPAN) * partial_len(head_dim)) + VALUE_BLOCK * head_dim
 }
 
 /// Causal attention of one query head (`at.first_head`) for `tokens` ≤ [`ATTEND_TOKENS`]
@@ -489,9 +492,12 @@ pub fn attend_tokens_scratch_len(head_dim: usize, n: usize) -> usize {
 /// decoded one at a time), but each key row and each value is read once for all the
 /// tokens instead of once per token: a prompt after a long context reads its cache
 /// [`ATTEND_TOKENS`] times less.
+///
+/// `G` (a divisor of [`ATTEND_TOKENS`]) is how many tokens' scores are summed at once in
+/// registers: the kernel set chooses it for its registers; it changes no result.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn attend_tokens<K: KvRead>(
+pub fn attend_tokens<K: KvRead, const G: usize>(
     q: &[f32],
     at: HeadsAt,
     keys: &[K::Elem],
@@ -503,13 +509,14 @@ pub fn attend_tokens<K: KvRead>(
 ) {
     const KB: usize = KEY_BLOCK;
     const T: usize = ATTEND_TOKENS;
+    const { assert!(G > 0 && T.is_multiple_of(G), "G must divide ATTEND_TOKENS") };
     let HeadsAt { head_dim: hd, first_head, group, kv_dim, scale } = at;
     assert!((1..=T).contains(&tokens) && n0 >= 1, "attend_tokens: {tokens} tokens from length {n0}");
     let n_max = n0 + tokens - 1;
     let (spans, pl) = (n_max.div_ceil(SPAN), partial_len(hd));
     let (scores, rest) = scratch[..attend_tokens_scratch_len(hd, n_max)].split_at_mut(T * SPAN);
     let (acc, rest) = rest.split_at_mut(T * 4 * hd);
-    let (block, parts) = rest.split_at_mut(KB * hd);
+    let (block, parts) = rest.split_at_mut(VALUE_BLOCK * hd);
     let kv0 = first_head / group * hd;
     let q: &[f32] = &q[..T * hd];
     // Token `t`'s positions in a span that ends at `end`: up to `n0 + t`.
@@ -518,9 +525,8 @@ pub fn attend_tokens<K: KvRead>(
     for j in 0..spans {
         let (start, end) = (j * SPAN, ((j + 1) * SPAN).min(n_max));
         // Scores, block by block (each block's key rows come from memory once, then from
-        // L1), eight tokens at a time in registers; lane `i` of a token sums `q[d] · key`
+        // L1), `G` tokens at a time in registers; lane `i` of a token sums `q[d] · key`
         // over `d` in order, as `attend_heads`.
-        const G: usize = 8;
         for b in 0..(end - start).div_ceil(KB) {
             let first = (start / KB + b) * KB * kv_dim + kv0 * KB;
             let rows = &keys[first..first + hd * KB];
@@ -531,12 +537,12 @@ pub fn attend_tokens<K: KvRead>(
                 prefetch(next.wrapping_add(l));
             }
             for t0 in (0..tokens).step_by(G) {
-                let q = &q[t0 * hd..(t0 + G) * hd];
+                let qs: [&[f32]; G] = std::array::from_fn(|t| &q[(t0 + t) * hd..(t0 + t + 1) * hd]);
                 let mut sum = [[0f32; KB]; G];
                 for d in 0..hd {
                     let k = K::lanes(&rows[d * KB..(d + 1) * KB]);
-                    for (t, sum) in sum.iter_mut().enumerate() {
-                        let qd = q[t * hd + d];
+                    for (sum, q) in sum.iter_mut().zip(qs) {
+                        let qd = q[d];
                         for i in 0..KB {
                             sum[i] += qd * k[i];
                         }
@@ -569,7 +575,7 @@ pub fn attend_tokens<K: KvRead>(
             // Blocks of 16 positions: their values widened once into `block` (per 32
             // dimensions, the 16 positions' rows in turn), then per token 32 dimensions at
             // a time with the four accumulators in registers.
-            const PB: usize = 16;
+            const PB: usize = VALUE_BLOCK;
             let block = &mut block[..PB * hd];
             for s0 in (start..end).step_by(PB) {
                 let m = (s0 + PB).min(end) - s0;
@@ -588,7 +594,45 @@ pub fn attend_tokens<K: KvRead>(
                         prefetch(at.wrapping_add(l));
                     }
                 }
-                for t in 0..tokens {
+                // Tokens whose groups of four cover the whole block (a suffix of them: a
+                // token's length grows with `t`) go two at a time; the others, and an odd
+                // one left over, one at a time.
+                let full = |t: usize| length(t, end) / 4 * 4 >= s0 + PB;
+                let first_full = (0..tokens).find(|&t| full(t)).unwrap_or(tokens);
+                let pairs_end = first_full + (tokens - first_full) / 2 * 2;
+                for t in (first_full..pairs_end).step_by(2) {
+                    let p0 = &scores[t * SPAN + s0 - start..t * SPAN + s0 - start + PB];
+                    let p1 = &scores[(t + 1) * SPAN + s0 - start..(t + 1) * SPAN + s0 - start + PB];
+                    let (acc0, acc1) = acc[4 * t * hd..4 * (t + 2) * hd].split_at_mut(4 * hd);
+                    // `W` dimensions of both tokens' four accumulators in registers (eight
+                    // 8-lane vectors, which leaves AVX2's other eight for the values and
+                    // the two tokens' weights).
+                    const W: usize = 8;
+                    for d0 in (0..hd).step_by(W) {
+                        let (c, w) = (d0 / VB, d0 % VB);
+                        let vc = &block[c * PB * VB..(c + 1) * PB * VB];
+                        let mut r0: [[f32; W]; 4] = [[0.0; W]; 4];
+                        let mut r1: [[f32; W]; 4] = [[0.0; W]; 4];
+                        for u in 0..4 {
+                            r0[u].copy_from_slice(&acc0[u * hd + d0..u * hd + d0 + W]);
+                            r1[u].copy_from_slice(&acc1[u * hd + d0..u * hd + d0 + W]);
+                        }
+                        for ((a0, a1), v4) in p0.chunks_exact(4).zip(p1.chunks_exact(4)).zip(vc.chunks_exact(4 * VB)) {
+                            for u in 0..4 {
+                                let v = &v4[u * VB + w..u * VB + w + W];
+                                for i in 0..W {
+                                    r0[u][i] += a0[u] * v[i];
+                                    r1[u][i] += a1[u] * v[i];
+                                }
+                            }
+                        }
+                        for u in 0..4 {
+                            acc0[u * hd + d0..u * hd + d0 + W].copy_from_slice(&r0[u]);
+                            acc1[u * hd + d0..u * hd + d0 + W].copy_from_slice(&r1[u]);
+                        }
+                    }
+                }
+                for t in (0..first_full).chain(pairs_end..tokens) {
                     let n = length(t, end);
                     if s0 >= n {
                         continue;
@@ -839,7 +883,7 @@ mod tests {
     }
 
     /// A prompt's tokens attended together give the bits of each token decoded alone.
-    fn check_tokens_together<K: KvRead>(narrow: impl Fn(f32) -> K::Elem) {
+    fn check_tokens_together<K: KvRead, const G: usize>(narrow: impl Fn(f32) -> K::Elem) {
         for (hd, n_heads, group, n0, tokens) in [
             (64, 4, 1, 1, 8),
             (64, 2, 2, 30, 3),
@@ -866,7 +910,7 @@ mod tests {
                 // Whatever the scratch holds must not matter.
                 let mut scratch = vec![f32::NAN; attend_tokens_scratch_len(hd, n)];
                 let mut together = vec![f32::NAN; ATTEND_TOKENS * hd];
-                attend_tokens::<K>(q, at, &keys, &values, &mut scratch, n0, tokens, &mut together);
+                attend_tokens::<K, G>(q, at, &keys, &values, &mut scratch, n0, tokens, &mut together);
                 for t in 0..tokens {
                     let alone = attend_spans::<K>(&q[t * hd..(t + 1) * hd], at, &keys, &values, n0 + t);
                     assert_eq!(alone, together[t * hd..(t + 1) * hd], "hd {hd} head {h} token {t} of {tokens}");
@@ -878,8 +922,11 @@ mod tests {
 
     #[test]
     fn prompt_tokens_attended_together_equal_each_alone() {
-        check_tokens_together::<F32Kv>(|x| x);
-        check_tokens_together::<F16Kv>(|x| half::f16::from_f32(x).to_bits());
+        // Every kernel set's number of tokens in registers (see `float_ops!`).
+        check_tokens_together::<F32Kv, 4>(|x| x);
+        check_tokens_together::<F16Kv, 4>(|x| half::f16::from_f32(x).to_bits());
+        check_tokens_together::<F32Kv, 8>(|x| x);
+        check_tokens_together::<F16Kv, 8>(|x| half::f16::from_f32(x).to_bits());
     }
 
     #[test]

@@ -517,4 +517,4 @@ impl crate::ops::KvRead for F16Lanes {
     }
 }
 
-float_ops!("avx2,fma,f16c");
+float_ops!("avx2,fma,f16c", tokens = 4);

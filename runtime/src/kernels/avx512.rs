@@ -376,4 +376,4 @@ impl crate::ops::KvRead for F16Lanes {
     }
 }
 
-float_ops!("avx512f,avx512bw");
+float_ops!("avx512f,avx512bw", tokens = 8);

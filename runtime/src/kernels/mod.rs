@@ -15,8 +15,12 @@
 /// inline functions (plain loops in a fixed order), compiled into a kernel set with that
 /// set's target features so the compiler vectorises them at its width. The order of
 /// operations does not depend on the width, so every kernel set computes the same bits.
+///
+/// `$tokens`: how many prompt tokens' attention scores [`crate::ops::attend_tokens`] sums
+/// at once in registers: 4 (AVX2 has 16 vector registers; the portable set), 8 with
+/// AVX-512's 32.
 macro_rules! float_ops {
-    ($($feature:literal)?) => {
+    ($($feature:literal,)? tokens = $tokens:literal) => {
         /// [`crate::ops::attend_heads`] for this kernel set, over a KV cache read by `K`.
         ///
         /// # Safety
@@ -52,7 +56,7 @@ macro_rules! float_ops {
             tokens: usize,
             out: &mut [f32],
         ) {
-            crate::ops::attend_tokens::<K>(q, at, keys, values, scratch, n0, tokens, out)
+            crate::ops::attend_tokens::<K, $tokens>(q, at, keys, values, scratch, n0, tokens, out)
         }
 
         /// [`crate::ops::quantize_normed`] for this kernel set.
