@@ -470,13 +470,13 @@ fn finish(a: &[f32], o: &mut [f32]) {
 }
 
 /// Positions per block of values in [`attend_tokens`] (a divisor of [`SPAN`], a multiple of 4).
-const VALUE_BLOCK: usize = 32;
+pub const VALUE_BLOCK: usize = 32;
 
 /// Query tokens per [`attend_tokens`] call (a multiple of 8).
 pub const ATTEND_TOKENS: usize = 32;
 
 /// Floats of scratch for [`attend_tokens`] over causal lengths up to `n`: the scores of
-/// [`ATTEND_TOKENS`] tokens over one span, four accumulators per token, a block of 16
+/// [`ATTEND_TOKENS`] tokens over one span, four accumulators per token, a block of [`VALUE_BLOCK`]
 /// positions' values, and every token's partial results.
 pub fn attend_tokens_scratch_len(head_dim: usize, n: usize) -> usize {
     ATTEND_TOKENS * (SPAN + 4 * head_dim + n.div_ceil(SPAN) * partial_len(head_dim)) + VALUE_BLOCK * head_dim
@@ -572,9 +572,10 @@ pub fn attend_tokens<K: KvRead, const G: usize>(
         acc.fill(0.0);
         const VB: usize = 32;
         if hd % VB == 0 {
-            // Blocks of 16 positions: their values widened once into `block` (per 32
-            // dimensions, the 16 positions' rows in turn), then per token 32 dimensions at
-            // a time with the four accumulators in registers.
+            // Blocks of `VALUE_BLOCK` positions: their values widened once into `block` (per
+            // 32 dimensions, the block's rows in turn), then per pair of tokens 8
+            // dimensions at a time, or per token 32, with the four accumulators in
+            // registers.
             const PB: usize = VALUE_BLOCK;
             let block = &mut block[..PB * hd];
             for s0 in (start..end).step_by(PB) {
