@@ -472,6 +472,12 @@ pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
 
 /// `sum(row[i] as i8 * x[i])`.
 ///
+/// Widening a byte to f32 and its multiply-add are three operations per lane group, so
+/// the sums run in four chains (one FMA's latency is four cycles; two chains held the
+/// row to ~13 GB/s hot in cache, four to ~21), and each 64 bytes ask for the line
+/// [`PREFETCH`] ahead: the output matrix is read once per decoded token, and the
+/// hardware prefetchers alone left this loop at ~70% of a plain read of the same bytes.
+///
 /// # Safety
 /// The CPU must support avx2 and fma ([`available`]).
 #[target_feature(enable = "avx2,fma")]
@@ -479,17 +485,22 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
     assert!(row.len() >= n);
     let (rp, xp) = (row.as_ptr(), x.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 2];
+    let widen = |i: usize| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(rp.add(i) as *const __m128i)));
+    let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
-    while i + 16 <= n {
-        for (k, a) in acc.iter_mut().enumerate() {
-            let q = _mm_loadl_epi64(rp.add(i + 8 * k) as *const __m128i);
-            let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-            *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(i + 8 * k)), *a);
+    while i + 64 <= n {
+        // A prefetch is a hint that never faults, so the address may lie past the row.
+        _mm_prefetch::<_MM_HINT_T0>(rp.wrapping_add(i + PREFETCH) as *const i8);
+        for k in 0..8 {
+            acc[k % 4] = _mm256_fmadd_ps(widen(i + 8 * k), _mm256_loadu_ps(xp.add(i + 8 * k)), acc[k % 4]);
         }
-        i += 16;
+        i += 64;
     }
-    let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(widen(i), _mm256_loadu_ps(xp.add(i)), acc[0]);
+        i += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     for j in i..n {
         s += f32::from(row[j] as i8) * x[j];
     }
