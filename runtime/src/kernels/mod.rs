@@ -493,7 +493,7 @@ fn prefixes<T, const N: usize>(s: [&mut [T]; N], lens: [usize; N]) -> [&mut [T];
 }
 
 /// Rows a one-token band computes at a time into a stack buffer before rescaling them.
-const GEMV_ROWS: usize = 1024;
+const GEMV_ROWS: usize = 256;
 
 /// One token through one or more matrices with the same input (q/k/v): matrix `i`'s
 /// products `acc` become `dsts[i] ⊕= acc · f[i]` as `how[i]` says ([`crate::ops::rescale`]),
