@@ -24,8 +24,8 @@
 use crate::kernels::{self, CacheElem, Kernels};
 use crate::loader::ModelFile;
 use crate::ops::{
-    attend_scratch_len, attend_tokens_scratch_len, combine_spans, partial_len, rmsnorm, rope, Combine, FloatMatrix,
-    HeadsAt, ATTEND_TOKENS, KEY_BLOCK, SPAN,
+    attend_scratch_len, attend_tokens_scratch_len, combine_spans, partial_len, rmsnorm, rope, value_at, Combine,
+    FloatMatrix, HeadsAt, ATTEND_TOKENS, KEY_BLOCK, SPAN,
 };
 use crate::pool;
 use anyhow::{bail, Context, Result};
@@ -460,11 +460,12 @@ thread_local! {
 /// the query heads attend. Grouped-query attention: query head `h` reads kv head
 /// `h / (n_heads / n_kv_heads)`.
 ///
-/// The layer's cache holds the keys of `padded_seq` positions in blocks of [`KEY_BLOCK`],
-/// then the values of `max_seq` positions (layout: [`crate::ops::attend_heads`]). So the
-/// keys and values of all heads at positions `0..p` are two contiguous stretches, which a
-/// decoded token streams front to back: per head, they would be a few kilobytes here and
-/// there, which the prefetchers do not follow (a token waited ~3x longer on them).
+/// The layer's cache holds the keys, then the values, of `padded_seq` positions, each in
+/// blocks of [`KEY_BLOCK`] positions (layout: [`crate::ops::attend_heads`]). So the keys
+/// and values of all heads at positions `0..p` are two contiguous stretches, which a
+/// decoded token streams front to back: per head over the whole context, they would be a
+/// few kilobytes here and there, which the prefetchers do not follow (a token waited ~3x
+/// longer on them). Within a block, each kv head's keys and values are one stretch.
 ///
 /// Attention runs over spans of [`SPAN`] positions, whose partial results combine at the
 /// end ([`crate::ops::combine_spans`]). One token runs tasks of (span, run of whole kv-head
@@ -490,7 +491,7 @@ fn attention<E: CacheElem>(
     let (keys, values) = cache.split_at_mut(padded_seq * kv_dim);
     let (k_new, v_new) = new;
     for t in 0..n {
-        store_kv(keys, values, &k_new[t * kv_dim..(t + 1) * kv_dim], &v_new[t * kv_dim..(t + 1) * kv_dim], p0 + t);
+        store_kv(keys, values, &k_new[t * kv_dim..(t + 1) * kv_dim], &v_new[t * kv_dim..(t + 1) * kv_dim], p0 + t, hd);
     }
     let (keys, values) = (&*keys, &*values);
     let scale = 1.0 / (hd as f32).sqrt();
@@ -554,13 +555,16 @@ fn attention<E: CacheElem>(
 }
 
 /// Stores the keys and values of all kv heads at position `pos` (see [`attention`]).
-fn store_kv<E: Copy>(keys: &mut [E], values: &mut [E], k: &[E], v: &[E], pos: usize) {
+fn store_kv<E: Copy>(keys: &mut [E], values: &mut [E], k: &[E], v: &[E], pos: usize, hd: usize) {
     let (kv_dim, kb) = (k.len(), KEY_BLOCK);
     let block = &mut keys[pos / kb * kb * kv_dim..(pos / kb + 1) * kb * kv_dim];
     for (row, &k) in block.chunks_exact_mut(kb).zip(k) {
         row[pos % kb] = k;
     }
-    values[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(v);
+    for (h, v) in v.chunks_exact(hd).enumerate() {
+        let at = value_at(pos, h * hd, kv_dim, hd);
+        values[at..at + hd].copy_from_slice(v);
+    }
 }
 
 /// Receives `(position, logits)`.
@@ -620,7 +624,7 @@ pub struct State {
     v: Vec<f32>,
     att: Vec<f32>,
     gate: Vec<f32>,
-    /// Per layer: keys of `padded_seq` positions, then values of `max_seq` (see [`attention`]),
+    /// Per layer: keys, then values, of `padded_seq` positions (see [`attention`]),
     /// as `kv_type` says. Anonymous memory with huge pages advised: decoding at depth
     /// streams the whole cache once per token (through 4 KiB pages, a TLB miss every 4 KiB).
     kv_cache: memmap2::MmapMut,
@@ -734,7 +738,7 @@ impl State {
             v: vec![0.0; batch * kvd],
             att: vec![0.0; batch * qd],
             gate: vec![0.0; batch * inter],
-            kv_cache: kv_cache(c.n_layers as usize * (padded_seq + max_seq) * kvd * kv_type.bytes())?,
+            kv_cache: kv_cache(c.n_layers as usize * 2 * padded_seq * kvd * kv_type.bytes())?,
             kv_type,
             k16: if kv_type == KvType::F16 { vec![0; batch * kvd] } else { Vec::new() },
             v16: if kv_type == KvType::F16 { vec![0; batch * kvd] } else { Vec::new() },

@@ -196,7 +196,7 @@ proptest! {
         };
         let q: Vec<f32> = (0..count * hd).map(|_| rnd()).collect();
         let keys: Vec<f32> = (0..n.next_multiple_of(KEY_BLOCK) * kv_dim).map(|_| rnd()).collect();
-        let values: Vec<f32> = (0..n * kv_dim).map(|_| rnd()).collect();
+        let values: Vec<f32> = (0..n.next_multiple_of(KEY_BLOCK) * kv_dim).map(|_| rnd()).collect();
         let bits = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect::<Vec<u16>>();
         let (k16, v16) = (bits(&keys), bits(&values));
         let at = HeadsAt { head_dim: hd, first_head: first, group, kv_dim, scale: 1.0 / (hd as f32).sqrt() };
@@ -207,7 +207,8 @@ proptest! {
         let n0 = (n + 1).saturating_sub(count).max(1);
         let mut scratch_t = vec![0.0; attend_tokens_scratch_len(hd, n0 + count)];
         let keys_t: Vec<f32> = (0..(n0 + count).next_multiple_of(KEY_BLOCK) * kv_dim).map(|i| keys[i % keys.len()]).collect();
-        let values_t: Vec<f32> = (0..(n0 + count) * kv_dim).map(|i| values[i % values.len()]).collect();
+        let values_t: Vec<f32> =
+            (0..(n0 + count).next_multiple_of(KEY_BLOCK) * kv_dim).map(|i| values[i % values.len()]).collect();
         let (k16t, v16t) = (bits(&keys_t), bits(&values_t));
         let run = |k: &Kernels, scratch: &mut [f32], scratch_t: &mut [f32]| {
             // Every span's partial results.
