@@ -475,7 +475,7 @@ pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
 /// Widening a byte to f32 and its multiply-add are three operations per lane group, so
 /// the sums run in four chains (one FMA's latency is four cycles; two chains held the
 /// row to ~13 GB/s hot in cache, four to ~21), and each 64 bytes ask for the line
-/// [`PREFETCH`] ahead: the output matrix is read once per decoded token, and the
+/// `PREFETCH` (8 KB) ahead: the output matrix is read once per decoded token, and the
 /// hardware prefetchers alone left this loop at ~70% of a plain read of the same bytes.
 ///
 /// # Safety
