@@ -153,6 +153,11 @@ pub fn bandwidths(model: &Model, threads: &[usize], reps: usize) -> Result<Vec<(
     Ok(out)
 }
 
+/// The lengths of `v` that are not 0, in order.
+fn nonzero(v: &[usize]) -> Vec<usize> {
+    v.iter().copied().filter(|&n| n > 0).collect()
+}
+
 /// The name of a test, llama-bench style: `tg64`, or `tg64 @ d512` after a context.
 pub fn test_name(test: &str, n: usize, depth: usize) -> String {
     if depth == 0 {
@@ -162,20 +167,24 @@ pub fn test_name(test: &str, n: usize, depth: usize) -> String {
     }
 }
 
-/// Runs pp`pp` and tg`tg` at each thread count (0 skips a test), after `depth` positions
-/// of context, with a KV cache of `kv`.
+/// Runs a pp test of each length in `pp` and a tg test of each length in `tg` (lengths of 0
+/// are skipped, as llama-bench's `-p 0`) at each thread count, after `depth` positions of
+/// context, with a KV cache of `kv`. At each thread count the context is filled once,
+/// then the pp tests run in order, then the tg tests.
 pub fn bench(
     model: &Model,
-    pp: usize,
-    tg: usize,
+    pp: &[usize],
+    tg: &[usize],
     depth: usize,
     threads: &[usize],
     reps: usize,
     kv: KvType,
 ) -> Result<Vec<BenchResult>> {
     let c = model.config();
-    let ctx = depth + pp.max(tg);
-    if pp.max(tg) == 0 {
+    let (pp, tg): (Vec<usize>, Vec<usize>) = (nonzero(pp), nonzero(tg));
+    let (max_pp, max_tg) = (pp.iter().copied().max().unwrap_or(0), tg.iter().copied().max().unwrap_or(0));
+    let ctx = depth + max_pp.max(max_tg);
+    if max_pp.max(max_tg) == 0 {
         bail!("nothing to run: -p and -n are both 0");
     }
     if reps == 0 {
@@ -183,12 +192,13 @@ pub fn bench(
     }
     if ctx > c.max_positions as usize {
         bail!(
-            "-d {depth} plus the larger of -p {pp} and -n {tg} needs {ctx} positions, but the model's context is {}",
+            "-d {depth} plus the larger of -p {max_pp} and -n {max_tg} needs {ctx} positions, but the model's context \
+             is {}",
             c.max_positions
         );
     }
     let mut st = State::with_kv(c, ctx, DEFAULT_BATCH, kv)?;
-    let tokens = prompt(depth + pp, c.vocab_size.max(4));
+    let tokens = prompt(depth + max_pp, c.vocab_size.max(4));
     let (context, tokens) = tokens.split_at(depth);
     let first = c.bos_id.unwrap_or(0);
     let mut out = Vec::new();
@@ -197,7 +207,7 @@ pub fn bench(
             bail!("thread counts must be ≥ 1");
         }
         // The bandwidth probes beside each tg repetition, on a rayon pool of as many threads.
-        let probes = if tg > 0 { Some(rayon::ThreadPoolBuilder::new().num_threads(t).build()?) } else { None };
+        let probes = if !tg.is_empty() { Some(rayon::ThreadPoolBuilder::new().num_threads(t).build()?) } else { None };
         let probe =
             || probes.as_ref().map_or(0.0, |p| p.install(|| stream_pass(model.kernels(), model.file().bytes())));
         let mut record = |test: String, runs: &mut dyn FnMut() -> Result<f64>, paired: bool| -> Result<()> {
@@ -231,10 +241,11 @@ pub fn bench(
             if depth > 0 {
                 model.forward(&mut st, context, 0)?;
             }
-            if pp > 0 {
+            for &pp in &pp {
+                let tokens = &tokens[..pp];
                 record(test_name("pp", pp, depth), &mut || run_pp(model, &mut st, tokens, depth), false)?;
             }
-            if tg > 0 {
+            for &tg in &tg {
                 record(test_name("tg", tg, depth), &mut || run_tg(model, &mut st, tg, first, depth), true)?;
             }
             Ok(())

@@ -7,6 +7,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
+use tern::bench::BenchResult;
 use tern::generate::{generate, GenerateOptions};
 use tern::sampler::SamplerConfig;
 use tern::tokenizer::TextTokenizer;
@@ -59,15 +60,16 @@ enum Command {
     /// Measure prompt processing and generation speed (llama-bench style)
     Bench {
         model: PathBuf,
-        /// Prompt tokens for the pp test (0 = skip)
-        #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
-        pp: usize,
-        /// Generated tokens for the tg test (0 = skip)
-        #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
-        tg: usize,
-        /// Context positions filled (untimed) before each test, as llama-bench's -d
-        #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
-        depth: usize,
+        /// Prompt tokens for the pp test, comma-separated for several tests (0 = skip)
+        #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "128")]
+        pp: Vec<usize>,
+        /// Generated tokens for the tg test, comma-separated for several tests (0 = skip)
+        #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "64")]
+        tg: Vec<usize>,
+        /// Context positions filled (untimed) before each test, as llama-bench's -d;
+        /// comma-separated to run every test after each depth
+        #[arg(short = 'd', long = "n-depth", value_delimiter = ',', default_value = "0")]
+        depth: Vec<usize>,
         /// Thread counts, comma-separated
         #[arg(short = 't', long = "threads", value_delimiter = ',', default_value = "1,2")]
         threads: Vec<usize>,
@@ -138,7 +140,7 @@ fn main() -> ExitCode {
             with_threads(threads, |_| cmd_perplexity(&model, &text_file, ctx, json, kv))
         }
         Command::Bench { model, pp, tg, depth, threads, reps, json, kv } => {
-            cmd_bench(&model, [pp, tg, depth], &threads, reps, json, kv)
+            cmd_bench(&model, [&pp, &tg, &depth], &threads, reps, json, kv)
         }
         Command::Verify { file } => cmd_verify(&file),
         Command::Inspect { file } => cmd_inspect(&file),
@@ -305,10 +307,13 @@ fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool,
 }
 
 /// `sizes`: the -p, -n and -d values.
-fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, json: bool, kv: KvType) -> Result<()> {
-    let [pp, tg, depth] = sizes;
+fn cmd_bench(path: &Path, sizes: [&[usize]; 3], threads: &[usize], reps: usize, json: bool, kv: KvType) -> Result<()> {
+    let [pp, tg, depths] = sizes;
     let (model, _) = open_model(path, false)?;
-    let results = tern::bench::bench(&model, pp, tg, depth, threads, reps, kv)?;
+    let mut results = Vec::new();
+    for &depth in depths {
+        results.extend(tern::bench::bench(&model, pp, tg, depth, threads, reps, kv)?);
+    }
     // Files under two huge pages cannot use them; say nothing of those.
     let big = model.file().len() >= 4 << 20;
     if let Some(huge) = tern::bench::huge_page_bytes(model.file().bytes()).filter(|_| big) {
@@ -319,41 +324,12 @@ fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, jso
             if huge == 0 { " (decode is slower so: see README.md, Speed)" } else { "" }
         );
     }
-    if tg > 0 {
-        let weights = tern::bench::decode_bytes(&model) as f64;
-        let kv_read = tern::bench::kv_bytes(&model, depth, tg, kv) as f64;
-        let test = tern::bench::test_name("tg", tg, depth);
-        let per_token = weights + kv_read;
-        for (t, bw) in tern::bench::bandwidths(&model, threads, reps)? {
-            let ceiling = bw / per_token;
-            let result = results.iter().find(|r| r.threads == t && r.test == test);
-            let got = result.map_or(0.0, |r| r.tokens_per_s);
-            eprintln!(
-                "roofline, {t} thread(s): a decode step reads {:.1} MB of weights + {:.1} MB of {} KV cache (mean over \
-                 {test}); streaming the model read {:.2} GB/s -> ceiling {ceiling:.1} tok/s; {test} reached {got:.1} \
-                 tok/s ({:.0}% of it)",
-                weights / 1e6,
-                kv_read / 1e6,
-                kv.name(),
-                bw / 1e9,
-                100.0 * got / ceiling
-            );
-            // Each repetition against the probes beside it: the machine's bandwidth moves
-            // within seconds, so the probe above (after every test) may see another moment.
-            let paired: Vec<String> = result
-                .map_or(&[][..], |r| &r.paired[..])
-                .iter()
-                .map(|&(tps, bw)| {
-                    format!(
-                        "{:.0}% of {:.1} tok/s ({:.2} GB/s)",
-                        100.0 * tps * per_token / bw,
-                        bw / per_token,
-                        bw / 1e9
-                    )
-                })
-                .collect();
-            if !paired.is_empty() {
-                eprintln!("  {test} repetitions against the probes just before and after each: {}", paired.join(", "));
+    let tg: Vec<usize> = tg.iter().copied().filter(|&n| n > 0).collect();
+    if !tg.is_empty() {
+        let bandwidths = tern::bench::bandwidths(&model, threads, reps)?;
+        for &depth in depths {
+            for &tg in &tg {
+                print_roofline(&model, &results, &bandwidths, depth, tg, kv);
             }
         }
     }
@@ -383,6 +359,50 @@ fn cmd_bench(path: &Path, sizes: [usize; 3], threads: &[usize], reps: usize, jso
         )?;
     }
     Ok(())
+}
+
+/// On stderr, the decode roofline of tg`tg` after `depth` positions at each thread count:
+/// the bytes a step reads against the streaming `bandwidths` measured after the tests, and
+/// each repetition against the probes beside it.
+fn print_roofline(
+    model: &Model,
+    results: &[BenchResult],
+    bandwidths: &[(usize, f64)],
+    depth: usize,
+    tg: usize,
+    kv: KvType,
+) {
+    let weights = tern::bench::decode_bytes(model) as f64;
+    let kv_read = tern::bench::kv_bytes(model, depth, tg, kv) as f64;
+    let test = tern::bench::test_name("tg", tg, depth);
+    let per_token = weights + kv_read;
+    for &(t, bw) in bandwidths {
+        let ceiling = bw / per_token;
+        let result = results.iter().find(|r| r.threads == t && r.test == test);
+        let got = result.map_or(0.0, |r| r.tokens_per_s);
+        eprintln!(
+            "roofline, {t} thread(s): a decode step reads {:.1} MB of weights + {:.1} MB of {} KV cache (mean over \
+             {test}); streaming the model read {:.2} GB/s -> ceiling {ceiling:.1} tok/s; {test} reached {got:.1} \
+             tok/s ({:.0}% of it)",
+            weights / 1e6,
+            kv_read / 1e6,
+            kv.name(),
+            bw / 1e9,
+            100.0 * got / ceiling
+        );
+        // Each repetition against the probes beside it: the machine's bandwidth moves
+        // within seconds, so the probe above (after every test) may see another moment.
+        let paired: Vec<String> = result
+            .map_or(&[][..], |r| &r.paired[..])
+            .iter()
+            .map(|&(tps, bw)| {
+                format!("{:.0}% of {:.1} tok/s ({:.2} GB/s)", 100.0 * tps * per_token / bw, bw / per_token, bw / 1e9)
+            })
+            .collect();
+        if !paired.is_empty() {
+            eprintln!("  {test} repetitions against the probes just before and after each: {}", paired.join(", "));
+        }
+    }
 }
 
 fn cmd_tokenize(path: &Path, text: &str) -> Result<()> {

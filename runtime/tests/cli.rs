@@ -242,6 +242,33 @@ fn bench_json_shape() {
     let tests: Vec<(&str, u64)> =
         v.as_array().unwrap().iter().map(|r| (r["test"].as_str().unwrap(), r["depth"].as_u64().unwrap())).collect();
     assert_eq!(tests, [("pp4 @ d20", 20), ("tg4 @ d20", 20)]);
+    // Lists, as llama-bench takes them: every test after each depth, pp tests first; 0 skips.
+    let o = tern(&[
+        "bench",
+        model.to_str().unwrap(),
+        "-d",
+        "0,10",
+        "-p",
+        "4,8",
+        "-n",
+        "0,3",
+        "-t",
+        "1",
+        "-r",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let tests: Vec<(&str, u64)> =
+        v.as_array().unwrap().iter().map(|r| (r["test"].as_str().unwrap(), r["depth"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(tests, [("pp4", 0), ("pp8", 0), ("tg3", 0), ("pp4 @ d10", 10), ("pp8 @ d10", 10), ("tg3 @ d10", 10)]);
+    let err = stderr(&o);
+    let roofs: Vec<&str> = err.lines().filter(|l| l.starts_with("roofline, 1 thread(s)")).collect();
+    assert_eq!(roofs.len(), 2, "{err}");
+    assert!(roofs[0].contains("mean over tg3)") && roofs[1].contains("mean over tg3 @ d10)"), "{err}");
+    // Each names its own test's rate, not 0 (a test it failed to find).
+    assert!(roofs.iter().all(|l| !l.contains("reached 0.0 tok/s")), "{err}");
     // With an f16 KV cache, each row says so; an unknown type is refused.
     let o = tern(&[
         "bench",
