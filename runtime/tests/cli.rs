@@ -202,18 +202,26 @@ fn stop_string_ends_generation() {
     assert_eq!(cut, format!("It{expected_cont}\n"));
 }
 
+/// `tern bench MODEL ARGS --json` (`args` space-separated): its rows, and its stderr.
+fn bench_json(model: &Path, args: &str) -> (Vec<serde_json::Value>, String) {
+    let mut all = vec!["bench", model.to_str().unwrap()];
+    all.extend(args.split(' '));
+    all.push("--json");
+    let o = tern(&all);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    (v.as_array().unwrap().clone(), stderr(&o))
+}
+
 #[test]
 fn bench_json_shape() {
     let (_d, model) = converted("tiny-tied");
-    let o = tern(&["bench", model.to_str().unwrap(), "-p", "16", "-n", "8", "-t", "1,2", "-r", "2", "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let rows = v.as_array().unwrap();
+    let (rows, err) = bench_json(&model, "-p 16 -n 8 -t 1,2 -r 2");
     let tests: Vec<(String, u64)> =
         rows.iter().map(|r| (r["test"].as_str().unwrap().to_string(), r["threads"].as_u64().unwrap())).collect();
     assert_eq!(tests, [("pp16".into(), 1), ("tg8".into(), 1), ("pp16".into(), 2), ("tg8".into(), 2)]);
     let size = std::fs::metadata(&model).unwrap().len();
-    for r in rows {
+    for r in &rows {
         assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0 && r["sd"].as_f64().unwrap() >= 0.0);
         assert_eq!(r["model_bytes"].as_u64().unwrap(), size);
         // The issue's keys, and no others.
@@ -223,7 +231,6 @@ fn bench_json_shape() {
     }
     // On stderr, per thread count: the roofline, then each tg repetition against the
     // bandwidth probes beside it (one share per repetition, -r 2).
-    let err = stderr(&o);
     for t in [1, 2] {
         assert!(err.contains(&format!("roofline, {t} thread(s)")), "{err}");
     }
@@ -236,58 +243,24 @@ fn bench_json_shape() {
     }
     assert_error(&tern(&["bench", model.to_str().unwrap(), "-p", "1000"]), "context");
     // After a context (llama-bench's -d): named as llama-bench does, with the depth.
-    let o = tern(&["bench", model.to_str().unwrap(), "-d", "20", "-p", "4", "-n", "4", "-t", "1", "-r", "1", "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let tests: Vec<(&str, u64)> =
-        v.as_array().unwrap().iter().map(|r| (r["test"].as_str().unwrap(), r["depth"].as_u64().unwrap())).collect();
-    assert_eq!(tests, [("pp4 @ d20", 20), ("tg4 @ d20", 20)]);
+    let depths = |rows: &[serde_json::Value]| -> Vec<(String, u64)> {
+        rows.iter().map(|r| (r["test"].as_str().unwrap().to_string(), r["depth"].as_u64().unwrap_or(0))).collect()
+    };
+    let (rows, _) = bench_json(&model, "-d 20 -p 4 -n 4 -t 1 -r 1");
+    assert!(rows.iter().all(|r| r["depth"].as_u64().is_some()), "{rows:?}");
+    assert_eq!(depths(&rows), [("pp4 @ d20".into(), 20), ("tg4 @ d20".into(), 20)]);
     // Lists, as llama-bench takes them: every test after each depth, pp tests first; 0 skips.
-    let o = tern(&[
-        "bench",
-        model.to_str().unwrap(),
-        "-d",
-        "0,10",
-        "-p",
-        "4,8",
-        "-n",
-        "0,3",
-        "-t",
-        "1",
-        "-r",
-        "1",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let tests: Vec<(&str, u64)> =
-        v.as_array().unwrap().iter().map(|r| (r["test"].as_str().unwrap(), r["depth"].as_u64().unwrap_or(0))).collect();
-    assert_eq!(tests, [("pp4", 0), ("pp8", 0), ("tg3", 0), ("pp4 @ d10", 10), ("pp8 @ d10", 10), ("tg3 @ d10", 10)]);
-    let err = stderr(&o);
+    let (rows, err) = bench_json(&model, "-d 0,10 -p 4,8 -n 0,3 -t 1 -r 1");
+    let expected = [("pp4", 0), ("pp8", 0), ("tg3", 0), ("pp4 @ d10", 10), ("pp8 @ d10", 10), ("tg3 @ d10", 10)];
+    assert_eq!(depths(&rows), expected.map(|(t, d)| (t.to_string(), d)));
     let roofs: Vec<&str> = err.lines().filter(|l| l.starts_with("roofline, 1 thread(s)")).collect();
     assert_eq!(roofs.len(), 2, "{err}");
     assert!(roofs[0].contains("mean over tg3)") && roofs[1].contains("mean over tg3 @ d10)"), "{err}");
     // Each names its own test's rate, not 0 (a test it failed to find).
     assert!(roofs.iter().all(|l| !l.contains("reached 0.0 tok/s")), "{err}");
     // With an f16 KV cache, each row says so; an unknown type is refused.
-    let o = tern(&[
-        "bench",
-        model.to_str().unwrap(),
-        "-p",
-        "4",
-        "-n",
-        "4",
-        "-t",
-        "1",
-        "-r",
-        "1",
-        "--json",
-        "--cache-type",
-        "f16",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert!(v.as_array().unwrap().iter().all(|r| r["kv_cache"] == "f16"), "{v}");
+    let (rows, _) = bench_json(&model, "-p 4 -n 4 -t 1 -r 1 --cache-type f16");
+    assert!(rows.iter().all(|r| r["kv_cache"] == "f16"), "{rows:?}");
     let o = tern(&["bench", model.to_str().unwrap(), "--cache-type", "q4"]);
     assert!(o.status.code() == Some(2) && stderr(&o).contains("[possible values: f32, f16]"), "{}", stderr(&o));
     // The context counts against the model's: tiny-tied has 128 positions.
