@@ -154,7 +154,7 @@ pub fn bandwidths(model: &Model, threads: &[usize], reps: usize) -> Result<Vec<(
 }
 
 /// The lengths of `v` that are not 0, in order.
-fn nonzero(v: &[usize]) -> Vec<usize> {
+pub fn nonzero(v: &[usize]) -> Vec<usize> {
     v.iter().copied().filter(|&n| n > 0).collect()
 }
 
@@ -165,6 +165,28 @@ pub fn test_name(test: &str, n: usize, depth: usize) -> String {
     } else {
         format!("{test}{n} @ d{depth}")
     }
+}
+
+/// Checks the arguments of [`bench`] before any test runs; returns the positions its
+/// tests need (`depth` plus the longest test).
+pub fn check(model: &Model, pp: &[usize], tg: &[usize], depth: usize, reps: usize) -> Result<usize> {
+    let max = |v: &[usize]| v.iter().copied().max().unwrap_or(0);
+    let (max_pp, max_tg) = (max(pp), max(tg));
+    let ctx = depth + max_pp.max(max_tg);
+    if max_pp.max(max_tg) == 0 {
+        bail!("nothing to run: -p and -n are both 0");
+    }
+    if reps == 0 {
+        bail!("-r must be at least 1");
+    }
+    let positions = model.config().max_positions as usize;
+    if ctx > positions {
+        bail!(
+            "-d {depth} plus the larger of -p {max_pp} and -n {max_tg} needs {ctx} positions, but the model's context \
+             is {positions}"
+        );
+    }
+    Ok(ctx)
 }
 
 /// Runs a pp test of each length in `pp` and a tg test of each length in `tg` (lengths of 0
@@ -181,22 +203,9 @@ pub fn bench(
     kv: KvType,
 ) -> Result<Vec<BenchResult>> {
     let c = model.config();
-    let (pp, tg): (Vec<usize>, Vec<usize>) = (nonzero(pp), nonzero(tg));
-    let (max_pp, max_tg) = (pp.iter().copied().max().unwrap_or(0), tg.iter().copied().max().unwrap_or(0));
-    let ctx = depth + max_pp.max(max_tg);
-    if max_pp.max(max_tg) == 0 {
-        bail!("nothing to run: -p and -n are both 0");
-    }
-    if reps == 0 {
-        bail!("-r must be at least 1");
-    }
-    if ctx > c.max_positions as usize {
-        bail!(
-            "-d {depth} plus the larger of -p {max_pp} and -n {max_tg} needs {ctx} positions, but the model's context \
-             is {}",
-            c.max_positions
-        );
-    }
+    let ctx = check(model, pp, tg, depth, reps)?;
+    let (pp, tg) = (nonzero(pp), nonzero(tg));
+    let max_pp = pp.iter().copied().max().unwrap_or(0);
     let mut st = State::with_kv(c, ctx, DEFAULT_BATCH, kv)?;
     let tokens = prompt(depth + max_pp, c.vocab_size.max(4));
     let (context, tokens) = tokens.split_at(depth);

@@ -310,6 +310,10 @@ fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool,
 fn cmd_bench(path: &Path, sizes: [&[usize]; 3], threads: &[usize], reps: usize, json: bool, kv: KvType) -> Result<()> {
     let [pp, tg, depths] = sizes;
     let (model, _) = open_model(path, false)?;
+    // Every depth's arguments first, so that a bad one fails before hours of tests.
+    for &depth in depths {
+        tern::bench::check(&model, pp, tg, depth, reps)?;
+    }
     let mut results = Vec::new();
     for &depth in depths {
         results.extend(tern::bench::bench(&model, pp, tg, depth, threads, reps, kv)?);
@@ -324,7 +328,7 @@ fn cmd_bench(path: &Path, sizes: [&[usize]; 3], threads: &[usize], reps: usize, 
             if huge == 0 { " (decode is slower so: see README.md, Speed)" } else { "" }
         );
     }
-    let tg: Vec<usize> = tg.iter().copied().filter(|&n| n > 0).collect();
+    let tg = tern::bench::nonzero(tg);
     if !tg.is_empty() {
         let bandwidths = tern::bench::bandwidths(&model, threads, reps)?;
         for &depth in depths {

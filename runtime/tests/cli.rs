@@ -263,8 +263,13 @@ fn bench_json_shape() {
     assert!(rows.iter().all(|r| r["kv_cache"] == "f16"), "{rows:?}");
     let o = tern(&["bench", model.to_str().unwrap(), "--cache-type", "q4"]);
     assert!(o.status.code() == Some(2) && stderr(&o).contains("[possible values: f32, f16]"), "{}", stderr(&o));
-    // The context counts against the model's: tiny-tied has 128 positions.
+    // The context counts against the model's: tiny-tied has 128 positions. In a list, the
+    // depth that does not fit is named.
     assert_error(&tern(&["bench", model.to_str().unwrap(), "-d", "100", "-p", "40"]), "context");
+    assert_error(
+        &tern(&["bench", model.to_str().unwrap(), "-d", "0,100", "-p", "8,40"]),
+        "-d 100 plus the larger of -p 40",
+    );
 }
 
 #[test]
