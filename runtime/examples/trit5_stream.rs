@@ -146,7 +146,7 @@ fn main() {
         assert_eq!(back, v, "5 trits of {v} through byte {q}");
     }
 
-    // One token over rows `r0..r1`, `band` rows per kernel call, as a decode band would.
+    // One token over rows `r0..r1`, `BAND` rows per kernel call, as a decode band would.
     const BAND: usize = 96;
     let run_t2 = |r0: usize, r1: usize, out: &mut [i32]| {
         for (b, o) in (r0..r1).step_by(BAND).zip(out.chunks_mut(BAND)) {

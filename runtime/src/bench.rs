@@ -169,7 +169,7 @@ pub fn test_name(test: &str, n: usize, depth: usize) -> String {
 
 /// Checks the arguments of [`bench`] before any test runs; returns the positions its
 /// tests need (`depth` plus the longest test).
-pub fn check(model: &Model, pp: &[usize], tg: &[usize], depth: usize, reps: usize) -> Result<usize> {
+pub fn check(model: &Model, pp: &[usize], tg: &[usize], depth: usize, threads: &[usize], reps: usize) -> Result<usize> {
     let max = |v: &[usize]| v.iter().copied().max().unwrap_or(0);
     let (max_pp, max_tg) = (max(pp), max(tg));
     let ctx = depth + max_pp.max(max_tg);
@@ -178,6 +178,9 @@ pub fn check(model: &Model, pp: &[usize], tg: &[usize], depth: usize, reps: usiz
     }
     if reps == 0 {
         bail!("-r must be at least 1");
+    }
+    if threads.contains(&0) {
+        bail!("thread counts must be ≥ 1");
     }
     let positions = model.config().max_positions as usize;
     if ctx > positions {
@@ -203,7 +206,7 @@ pub fn bench(
     kv: KvType,
 ) -> Result<Vec<BenchResult>> {
     let c = model.config();
-    let ctx = check(model, pp, tg, depth, reps)?;
+    let ctx = check(model, pp, tg, depth, threads, reps)?;
     let (pp, tg) = (nonzero(pp), nonzero(tg));
     let max_pp = pp.iter().copied().max().unwrap_or(0);
     let mut st = State::with_kv(c, ctx, DEFAULT_BATCH, kv)?;
@@ -212,9 +215,6 @@ pub fn bench(
     let first = c.bos_id.unwrap_or(0);
     let mut out = Vec::new();
     for &t in threads {
-        if t == 0 {
-            bail!("thread counts must be ≥ 1");
-        }
         // The bandwidth probes beside each tg repetition, on a rayon pool of as many threads.
         let probes = if !tg.is_empty() { Some(rayon::ThreadPoolBuilder::new().num_threads(t).build()?) } else { None };
         let probe =

@@ -312,7 +312,7 @@ fn cmd_bench(path: &Path, sizes: [&[usize]; 3], threads: &[usize], reps: usize, 
     let (model, _) = open_model(path, false)?;
     // Every depth's arguments first, so that a bad one fails before hours of tests.
     for &depth in depths {
-        tern::bench::check(&model, pp, tg, depth, reps)?;
+        tern::bench::check(&model, pp, tg, depth, threads, reps)?;
     }
     let mut results = Vec::new();
     for &depth in depths {

@@ -164,6 +164,7 @@ fn bad_runtime_inputs_are_clean_errors() {
     assert_error(&tern(&["generate", m, "-p", "x", "--stop", ""]), "--stop needs a non-empty string");
     assert_error(&tern(&["bench", m, "-p", "0", "-n", "0"]), "nothing to run: -p and -n are both 0");
     assert_error(&tern(&["bench", m, "-r", "0"]), "-r must be at least 1");
+    assert_error(&tern(&["bench", m, "-t", "1,0"]), "thread counts must be ≥ 1");
     assert_error(
         &tern(&["bench", m, "-d", "100", "-p", "64", "-n", "8"]),
         "-d 100 plus the larger of -p 64 and -n 8 needs 164 positions, but the model's context is 128",
