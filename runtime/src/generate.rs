@@ -51,14 +51,23 @@ pub fn check_context(model: &Model, prompt_len: usize, max_new: usize) -> Result
 }
 
 /// Holds back text that could be the start of a stop string until it is decided.
-struct StopFilter<'s> {
+pub(crate) struct StopFilter<'s> {
     stops: &'s [String],
     pending: String,
 }
 
-impl StopFilter<'_> {
+impl<'s> StopFilter<'s> {
+    pub(crate) fn new(stops: &'s [String]) -> Self {
+        StopFilter { stops, pending: String::new() }
+    }
+
+    /// The text held back so far.
+    pub(crate) fn pending(&self) -> &str {
+        &self.pending
+    }
+
     /// Adds text; returns (text safe to print, whether a stop string was hit).
-    fn push(&mut self, text: &str) -> (String, bool) {
+    pub(crate) fn push(&mut self, text: &str) -> (String, bool) {
         self.pending.push_str(text);
         if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
             let out = self.pending[..at].to_string();
@@ -106,7 +115,7 @@ pub fn generate(
     let mut history = Vec::with_capacity(prompt.len() + opts.max_new);
     history.extend_from_slice(prompt);
     let mut detok = Detokenizer::new(tok, prompt);
-    let mut stop = StopFilter { stops: &opts.stop, pending: String::new() };
+    let mut stop = StopFilter::new(&opts.stop);
 
     let t1 = Instant::now();
     let mut stopped = false;

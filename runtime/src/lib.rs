@@ -5,6 +5,8 @@
 #![deny(unsafe_code)]
 
 pub mod bench;
+pub mod chat;
+pub mod chat_template;
 pub mod cpus;
 pub mod generate;
 #[allow(unsafe_code)] // SIMD intrinsics behind feature detection: see kernels/mod.rs

@@ -1,5 +1,7 @@
 #![forbid(unsafe_code)]
 
+mod chat_cli;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -25,6 +27,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt
     Generate(GenerateArgs),
+    /// Chat with the model, using its own chat template
+    Chat(chat_cli::ChatArgs),
     /// Print logits for given token ids as JSON
     Logits {
         model: PathBuf,
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => with_threads(args.threads, |n| cmd_generate(args, n)),
+        Command::Chat(args) => with_threads(args.threads, |_| chat_cli::run(args)),
         Command::Logits { model, tokens, all, threads } => with_threads(threads, |_| cmd_logits(&model, &tokens, all)),
         Command::Tokenize { model, text } => cmd_tokenize(&model, &text),
         Command::Perplexity { model, text_file, ctx, json, threads, kv } => {

@@ -6,6 +6,8 @@ use anyhow::{anyhow, bail, Result};
 /// A Hugging Face tokenizer loaded from the `tokenizer.json` embedded in a `.tern` file.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
+    /// A copy that treats special-token text as plain text (made on first use).
+    literal: std::sync::OnceLock<tokenizers::Tokenizer>,
 }
 
 impl TextTokenizer {
@@ -17,7 +19,7 @@ impl TextTokenizer {
         if n > vocab_size as usize {
             bail!("embedded tokenizer has {n} tokens but the model's vocabulary is {vocab_size}");
         }
-        Ok(TextTokenizer { inner })
+        Ok(TextTokenizer { inner, literal: std::sync::OnceLock::new() })
     }
 
     /// Encodes as Hugging Face does, with the special tokens its post-processor adds (BOS).
@@ -30,6 +32,37 @@ impl TextTokenizer {
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| anyhow!("cannot tokenize the text: {e}"))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encodes `text` as plain text: special-token strings in it (`<|eot_id|>`) are not
+    /// matched, and no post-processor adds BOS. What a user typed, inside a chat template.
+    pub fn encode_literal(&self, text: &str) -> Result<Vec<u32>> {
+        let literal = self.literal.get_or_init(|| {
+            let mut t = self.inner.clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
+        let enc = literal.encode(text, false).map_err(|e| anyhow!("cannot tokenize the text: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The added tokens (text, id), longest text first: where the tokenizer splits a text
+    /// before its model runs.
+    pub fn added_tokens(&self) -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> =
+            self.inner.get_added_tokens_decoder().into_iter().map(|(id, t)| (t.content, id)).collect();
+        v.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        v
+    }
+
+    /// The id of a token given by its text, if the vocabulary has it.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.inner.token_to_id(text)
+    }
+
+    /// The text of a token id (as the vocabulary spells it), if there is one.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// Decodes, skipping special tokens.
