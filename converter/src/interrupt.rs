@@ -5,6 +5,7 @@
 use crate::output::{abandon, Unfinished};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
+use std::io::IsTerminal;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -30,6 +31,10 @@ fn report(signal: i32, unfinished: &[Unfinished]) {
         SIGTERM => "SIGTERM",
         _ => "SIGHUP",
     };
+    // The progress bar, drawn on a terminal, is left unfinished: start a line of our own.
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
     match unfinished {
         [] => eprintln!("tern-convert: stopped by {name}"),
         [u, ..] => eprintln!(

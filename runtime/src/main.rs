@@ -319,6 +319,9 @@ fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool,
     })?;
     let (model, tok) = open_model(path, false)?;
     let ids = tok.encode_plain(&text)?;
+    if ids.is_empty() {
+        bail!("{}: has no text to score (0 tokens)", text_file.display());
+    }
     let ctx = ctx.unwrap_or(model.config().max_positions as usize);
     let bar = if std::io::stderr().is_terminal() { ProgressBar::new(ids.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tokens {elapsed} eta {eta}").expect("template"));

@@ -98,9 +98,10 @@ fn generate_checks_everything_before_printing() {
     assert!(o.stdout.starts_with(b"It is a truth"));
 }
 
-/// Item 11: `logits` messages name `--tokens`, never `-n` (a flag it does not have).
+/// Item 11: `logits` messages name `--tokens`, never `-n` (a flag it does not have);
+/// `bench` and `perplexity` name their own flag or file too.
 #[test]
-fn logits_messages_name_its_own_flags() {
+fn messages_name_each_commands_own_flags() {
     let (_d, model) = converted("tiny-tied");
     let long = vec!["5"; 129].join(",");
     let o = tern(&["logits", &model, "--tokens", &long]);
@@ -114,6 +115,12 @@ fn logits_messages_name_its_own_flags() {
     let fits = vec!["5"; 128].join(",");
     let o = tern(&["logits", &model, "--tokens", &fits]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    assert_refused(&tern(&["bench", &model, "-t", "1,0"]), "-t: thread counts must be ≥ 1");
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let empty = empty.path().to_str().unwrap();
+    let o = tern(&["perplexity", &model, empty]);
+    assert_refused(&o, &format!("{empty}: has no text to score (0 tokens)"));
 }
 
 /// Item 12: Ctrl-C (SIGINT) during generate stops it, ends the line, prints the stats line
