@@ -260,6 +260,44 @@ fn file_size_limit_mid_write() {
     }
 }
 
+/// Item 5, a full disk: a 256 KiB tmpfs, mounted in a private mount namespace (so nothing
+/// outside the test sees it), that holds an older output (160 KB) but not the new one
+/// (280 KB). Where user namespaces are not available this test says so and passes; the
+/// file-size limit above holds item 5 everywhere.
+#[test]
+fn disk_full_mid_write() {
+    let namespace = ["--user", "--map-root-user", "--mount"];
+    if !Command::new("unshare").args(namespace).arg("true").status().is_ok_and(|s| s.success()) {
+        eprintln!("disk_full_mid_write: no user namespaces here (unshare failed); not run");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let older = reference("tiny-tied", d.path());
+    let mount = d.path().join("disk");
+    std::fs::create_dir(&mount).unwrap();
+    // In the namespace: mount, put the older output there, convert, then report the exit
+    // code, whether the output still equals the older file, and what the folder holds.
+    let script = r#"mount -t tmpfs -o size=256k tmpfs "$2" && cp "$3" "$2/m.tern" || exit 99
+        "$0" "$1" -o "$2/m.tern"; echo "exit $?"
+        cmp -s "$3" "$2/m.tern" && echo "output unchanged"; ls -A "$2""#;
+    let o = Command::new("unshare")
+        .args(namespace)
+        .args(["sh", "-c", script, env!("CARGO_BIN_EXE_tern-convert")])
+        .arg(fixture("tiny-untied"))
+        .arg(&mount)
+        .arg(&older)
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["exit 1", "output unchanged", "m.tern"], "{err}");
+    let target = mount.join("m.tern");
+    assert!(err.starts_with(&format!("tern-convert: error: writing {} (to its temp file ", target.display())), "{err}");
+    assert!(err.trim_end().ends_with("No space left on device (os error 28)"), "{err}");
+    verify(&older);
+}
+
 /// Item 6: `-o -` is refused (a .tern is written by rename); no file named `-` appears.
 #[test]
 fn dash_as_output_is_refused() {
