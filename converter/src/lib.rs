@@ -2,7 +2,7 @@
 //!
 //! The only place in tern that knows Hugging Face tensor names ([`hf_name`]). The output
 //! is written to a temp file of its own beside the output, synced, then renamed over the
-//! output ([`output`]), so a failed or interrupted conversion never leaves a file at the
+//! output (module `output`), so a failed or interrupted conversion never leaves a file at the
 //! output path.
 #![deny(unsafe_code)]
 
