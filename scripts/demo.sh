@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 model_dir=${model_dir:-fixtures/austen-tiny}
 prompt=${2:-It is a truth universally acknowledged, that a single man in possession of a good fortune,}
 out=target/demo.tern
+mkdir -p target
 
 if [[ -z $bin ]]; then
     cargo build --release --quiet -p tern -p tern-convert
