@@ -1,25 +1,31 @@
 //! `tern-convert`: a Hugging Face BitNet b1.58 checkpoint folder -> one `.tern` file.
 //!
 //! The only place in tern that knows Hugging Face tensor names ([`hf_name`]). The output
-//! is written to `OUTPUT.partial` beside the output, synced, then renamed over the
-//! output, so a failed or killed conversion never leaves a file at the output path.
+//! is written to a temp file of its own beside the output, synced, then renamed over the
+//! output (module `output`), so a failed or interrupted conversion never leaves a file at the
+//! output path.
 #![deny(unsafe_code)]
 
 mod aligned;
 #[allow(unsafe_code)] // memory maps: see the SAFETY comments there
 mod checkpoint;
+mod finite;
 mod hf_config;
+pub mod interrupt;
+mod output;
+mod paths;
 
 pub use checkpoint::Checkpoint;
+pub use finite::check_finite;
 pub use hf_config::parse_config;
+pub use output::temp_files;
 
 use aligned::AlignedWriter;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use std::fs::File;
 use std::io::{Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 use tern_format::names::{self, Expected};
 use tern_format::ternary::{self, absmean_scale, pack_row, row_bytes, ternarize};
@@ -208,6 +214,9 @@ fn plan(
 
 /// Converts one tensor's f32 values into its `.tern` bytes and scale; counts zero weights.
 fn encode(values: &[f32], spec: &TensorSpec, hf: &str) -> Result<(Vec<u8>, f32, u64)> {
+    if spec.encoding != Encoding::T2 {
+        check_finite(hf, values)?;
+    }
     match spec.encoding {
         Encoding::F32 => Ok((values.iter().flat_map(|v| v.to_le_bytes()).collect(), 1.0, 0)),
         Encoding::F16 => {
@@ -260,22 +269,11 @@ pub fn quantize_q8(values: &[f32], cols: usize) -> Vec<u8> {
     out
 }
 
-/// The temporary path a conversion to `output` writes before renaming.
-pub fn partial_path(output: &Path) -> PathBuf {
-    let mut name = output.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    output.with_file_name(name)
-}
-
 /// Converts the checkpoint folder `input` into the `.tern` file `output`.
 pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
     let start = Instant::now();
-    if !input.is_dir() {
-        bail!("{}: not a folder (expected a Hugging Face checkpoint folder)", input.display());
-    }
-    if output.is_dir() {
-        bail!("{}: is a folder (expected the path of the .tern file to write)", output.display());
-    }
+    paths::check_input(input)?;
+    paths::check_output(input, output)?;
     let parsed = hf_config::read_config(input)?;
     let mut config = parsed.config;
     let ckpt = Checkpoint::open(input)?;
@@ -285,33 +283,16 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
         eprintln!("warning: {w}");
     }
 
-    let tmp = partial_path(output);
-    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let result = write_all(AlignedWriter::new(file), &ckpt, &config, &tokenizer, &planned, opts)
-        .and_then(|(w, counts)| {
-            let file = w.into_inner()?;
-            file.sync_all()?;
-            let output_bytes = file.metadata()?.len();
-            Ok((counts, output_bytes))
-        })
-        .with_context(|| format!("writing {}", tmp.display()));
-    let ((ternary_weights, zero_weights), output_bytes) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    if let Err(e) = std::fs::rename(&tmp, output) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("renaming {} to {}", tmp.display(), output.display()));
-    }
-    // Make the rename itself durable.
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
+    // Dropped on an error, `out` removes its temp file.
+    let (out, file) = output::AtomicOutput::create(output)?;
+    let ((ternary_weights, zero_weights), file) =
+        write_all(AlignedWriter::new(file), &ckpt, &config, &tokenizer, &planned, opts)
+            .and_then(|(w, counts)| Ok((counts, w.into_inner()?)))
+            .with_context(|| {
+                format!("writing {} (to its temp file {})", output.display(), out.temp_path().display())
+            })?;
+    let output_bytes = file.metadata()?.len();
+    out.commit(file)?;
     Ok(Summary {
         tensors: planned.len(),
         input_bytes: ckpt.data_bytes(),

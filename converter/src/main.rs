@@ -13,7 +13,9 @@ use tern_format::Encoding;
 struct Cli {
     /// Folder with config.json, tokenizer.json and model.safetensors (or a sharded index)
     input: PathBuf,
-    /// The .tern file to write (replaced atomically if it exists)
+    /// The .tern file to write: a new path, or a regular file to replace (atomically, by
+    /// renaming the finished file over it; a symlink there is replaced, not followed).
+    /// Not `-`, a folder, a device, a FIFO or socket, nor a file of the checkpoint
     #[arg(short, long)]
     output: PathBuf,
     /// Encoding of the embedding and (untied) output matrices
@@ -32,6 +34,10 @@ enum EmbedType {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = tern_convert::interrupt::install() {
+        eprintln!("tern-convert: error: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     let opts = Options {
         embed: match (cli.output_q8, cli.embed_type) {
             (true, _) => Encoding::Q8,
@@ -39,7 +45,8 @@ fn main() -> ExitCode {
             (false, EmbedType::F32) => Encoding::F32,
         },
         progress: std::io::stderr().is_terminal(),
-        // Test hook: lets tests interrupt a conversion half-way (see tests/convert.rs).
+        // Test hook, read here only: a pause after each tensor, so that tests can signal or
+        // kill a conversion half-way (tests/convert.rs, tests/safety.rs).
         pause_per_tensor: std::env::var("TERN_CONVERT_PAUSE_MS")
             .ok()
             .and_then(|v| v.parse().ok())

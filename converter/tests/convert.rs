@@ -3,7 +3,7 @@
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
-use tern_convert::{convert, hf_name, partial_path, unpack_matrix, Checkpoint, Options};
+use tern_convert::{convert, hf_name, temp_files, unpack_matrix, Checkpoint, Options};
 use tern_format::names::expected_tensors;
 use tern_format::ternary::{absmean_scale, ternarize};
 use tern_format::{Encoding, Shape, TernFile};
@@ -64,7 +64,7 @@ fn assert_fails(dir: &Path, needle: &str) {
     let err = format!("{:#}", convert(dir, &out, &quiet(Encoding::F16)).unwrap_err());
     assert!(err.contains(needle), "error {err:?} does not mention {needle:?}");
     assert!(!out.exists(), "output written despite the error");
-    assert!(!partial_path(&out).exists(), "temp file left behind");
+    assert_eq!(temp_files(&out), Vec::<PathBuf>::new(), "temp file left behind");
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn overwrite_is_atomic_and_failures_keep_the_old_file() {
     assert_eq!(std::fs::read(&out).unwrap(), b"old contents");
     convert(&fixture("tiny-tied"), &out, &quiet(Encoding::F16)).unwrap();
     TernFile::parse(&std::fs::read(&out).unwrap()).unwrap();
-    assert!(!partial_path(&out).exists());
+    assert_eq!(temp_files(&out), Vec::<PathBuf>::new());
 }
 
 #[test]
@@ -324,14 +324,17 @@ fn no_checkpoint_and_not_a_folder() {
 fn unwritable_output_path() {
     let out = Path::new("/nonexistent-tern-dir/sub/m.tern");
     let err = format!("{:#}", convert(&fixture("tiny-tied"), out, &quiet(Encoding::F16)).unwrap_err());
-    assert!(err.contains("creating /nonexistent-tern-dir/sub/m.tern.partial"), "{err}");
+    assert!(
+        err.contains("/nonexistent-tern-dir/sub/m.tern: cannot create a temp file in /nonexistent-tern-dir/sub"),
+        "{err}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let err = format!("{:#}", convert(&fixture("tiny-tied"), dir.path(), &quiet(Encoding::F16)).unwrap_err());
     assert!(err.contains("is a folder"), "{err}");
 }
 
-/// SIGKILL half-way through a conversion leaves nothing at the output path (only the
-/// clearly named `.partial` file), and the next run replaces that and succeeds.
+/// SIGKILL half-way through a conversion leaves nothing at the output path (only its
+/// clearly named `.partial` temp file), and the next run succeeds.
 #[test]
 fn killed_conversion_leaves_no_output() {
     let d = tempfile::tempdir().unwrap();
@@ -344,9 +347,8 @@ fn killed_conversion_leaves_no_output() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let partial = partial_path(&out);
     let t0 = std::time::Instant::now();
-    while !partial.exists() {
+    while temp_files(&out).is_empty() {
         assert!(t0.elapsed().as_secs() < 20, "conversion never started writing");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -355,10 +357,12 @@ fn killed_conversion_leaves_no_output() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!out.exists());
+    let left = temp_files(&out);
+    assert_eq!(left.len(), 1, "{left:?}");
     // What was left is not a valid file: its header is written last.
-    assert!(TernFile::parse(&std::fs::read(&partial).unwrap()).is_err());
+    assert!(TernFile::parse(&std::fs::read(&left[0]).unwrap()).is_err());
     convert(&fixture("tiny-untied"), &out, &quiet(Encoding::F16)).unwrap();
-    assert!(!partial.exists(), "the next run reuses and renames the temp file");
+    assert_eq!(temp_files(&out), left, "the next run writes and renames a temp file of its own");
     TernFile::parse(&std::fs::read(&out).unwrap()).unwrap().verify().unwrap();
 }
 

@@ -180,7 +180,7 @@ pub fn check(model: &Model, pp: &[usize], tg: &[usize], depth: usize, threads: &
         bail!("-r must be at least 1");
     }
     if threads.contains(&0) {
-        bail!("thread counts must be ≥ 1");
+        bail!("-t: thread counts must be ≥ 1");
     }
     let positions = model.config().max_positions as usize;
     if ctx > positions {

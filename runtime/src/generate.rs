@@ -37,6 +37,19 @@ impl GenStats {
     }
 }
 
+/// An `emit` error that ends generation early (the CLI's Ctrl-C): `generate` then returns
+/// its stats, as after a stop string.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// Checks that a prompt of `prompt_len` tokens plus `max_new` fits the model's context.
 pub fn check_context(model: &Model, prompt_len: usize, max_new: usize) -> Result<usize> {
     let ctx = model.config().max_positions as usize;
@@ -127,8 +140,11 @@ pub fn generate(
         }
         history.push(next);
         let (text, hit) = stop.push(&detok.push(next)?);
-        emit(&text)?;
-        if hit {
+        let interrupted = match emit(&text) {
+            Err(e) if e.is::<Interrupted>() => true,
+            r => r.map(|()| false)?,
+        };
+        if hit || interrupted {
             stopped = true;
             break;
         }

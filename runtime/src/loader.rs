@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use tern_format::{ModelConfig, TensorInfo, TernFile};
+use tern_format::{ModelConfig, TensorInfo, TernFile, MAGIC};
 
 /// A validated, memory-mapped `.tern` file.
 pub struct ModelFile {
@@ -23,11 +23,10 @@ impl ModelFile {
     /// Maps and validates `path`: header, config, directory and tokenizer (with their
     /// checksums). Tensor checksums are checked by [`verify`](ModelFile::verify) only.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        check_path(path)?;
+        let file = open_nonblocking(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        // Checked again on the open file, in case the path was replaced since.
         let meta = file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?;
-        if meta.is_dir() {
-            bail!("{}: is a folder, expected a .tern file", path.display());
-        }
         if !meta.is_file() {
             bail!("{}: is not a regular file", path.display());
         }
@@ -48,6 +47,10 @@ impl ModelFile {
         // cached bring it in as such. A hint: where it is refused, pages stay small.
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage);
+        // A safetensors file: 8 bytes of header length, then its JSON header.
+        if !map.starts_with(&MAGIC) && map.get(8) == Some(&b'{') {
+            bail!(convert_first(path, "a safetensors file", path.parent()));
+        }
         let parsed = TernFile::parse(&map).with_context(|| format!("{}: invalid .tern file", path.display()))?;
         let config = parsed.config().clone();
         let tensors = parsed.tensors().to_vec();
@@ -97,4 +100,48 @@ impl ModelFile {
         // In bounds: `info` came from `TernFile::parse` of this same map.
         &self.map[info.offset as usize..(info.offset + info.length) as usize]
     }
+}
+
+/// Refuses a MODEL path that is not a regular `.tern` file before opening it: a FIFO
+/// would block the open; a folder or a safetensors file is a checkpoint not yet converted.
+fn check_path(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let t = meta.file_type();
+    if t.is_dir() {
+        bail!(convert_first(path, "a folder", Some(path)));
+    }
+    if !t.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        bail!("{}: is {what}, expected a .tern file (a regular file)", path.display());
+    }
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        bail!(convert_first(path, "a safetensors file", path.parent()));
+    }
+    Ok(())
+}
+
+/// The message for a checkpoint given where a `.tern` file was expected.
+fn convert_first(path: &Path, what: &str, folder: Option<&Path>) -> String {
+    let folder = folder.filter(|f| !f.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    format!(
+        "{}: is {what}, not a .tern file; convert the checkpoint folder first: tern-convert {} -o MODEL.tern",
+        path.display(),
+        folder.display()
+    )
+}
+
+/// Opens for reading without blocking: a FIFO put at the path after [`check_path`] then
+/// fails the checks on the open file instead of hanging in `open`.
+fn open_nonblocking(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)
 }

@@ -8,9 +8,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use tern::bench::BenchResult;
-use tern::generate::{generate, GenerateOptions};
+use tern::generate::{generate, GenerateOptions, Interrupted};
 use tern::sampler::SamplerConfig;
 use tern::tokenizer::TextTokenizer;
 use tern::{KvType, Model, ModelFile, State};
@@ -152,6 +154,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Ctrl-C in generate, after the line was ended and the stats printed.
+        Err(e) if e.is::<Interrupted>() => ExitCode::from(130),
         // A closed stdout (e.g. `| head`) is the reader's choice, not a failure.
         Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {
             ExitCode::SUCCESS
@@ -238,7 +242,13 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     if ids.is_empty() {
         ids.extend(c.bos_id);
     }
+    // Every check before anything is written.
+    tern::generate::check_context(&model, ids.len(), args.n)?;
     let opts = GenerateOptions { max_new: args.n, sampler, seed, stop: args.stop.clone(), kv_type: args.kv };
+    let interrupted = stop_on_ctrl_c()?;
+    // Test hook, read here only: a pause after each token, so that tests can press Ctrl-C
+    // half-way through a generation (tests/safety.rs).
+    let pause = std::env::var("TERN_GENERATE_PAUSE_MS").ok().and_then(|v| v.parse().ok());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     out.write_all(prompt.as_bytes())?;
@@ -246,6 +256,12 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let stats = generate(&model, &tok, &ids, &opts, &mut |piece| {
         out.write_all(piece.as_bytes())?;
         out.flush()?;
+        if let Some(ms) = pause {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            return Err(Interrupted.into());
+        }
         Ok(())
     })?;
     writeln!(out)?;
@@ -258,12 +274,33 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         tern::pool::current_name(),
         model.kernels().name(),
     );
+    if interrupted.load(Ordering::SeqCst) {
+        return Err(Interrupted.into());
+    }
     Ok(())
+}
+
+/// From now on, Ctrl-C (SIGINT) sets the returned flag instead of killing the process, so
+/// that generation stops after the current token with its stats; a second Ctrl-C, while
+/// the first is still being handled, exits at once with 130.
+fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+    use signal_hook::{consts::SIGINT, flag};
+    let interrupted = Arc::new(AtomicBool::new(false));
+    // The shutdown goes first: it acts only once the flag is already set.
+    flag::register_conditional_shutdown(SIGINT, 130, Arc::clone(&interrupted)).context("handling Ctrl-C")?;
+    flag::register(SIGINT, Arc::clone(&interrupted)).context("handling Ctrl-C")?;
+    Ok(interrupted)
 }
 
 fn cmd_logits(path: &Path, tokens: &[u32], all: bool) -> Result<()> {
     let (model, _) = open_model(path, false)?;
-    tern::generate::check_context(&model, tokens.len(), 0)?;
+    let c = model.config();
+    if tokens.len() > c.max_positions as usize {
+        bail!("--tokens has {} ids, but the model's context is {} positions", tokens.len(), c.max_positions);
+    }
+    if let Some(bad) = tokens.iter().find(|&&t| t >= c.vocab_size) {
+        bail!("--tokens: token id {bad} is not below the model's vocabulary size {}", c.vocab_size);
+    }
     let mut st = State::new(model.config(), tokens.len(), tern::model::DEFAULT_BATCH)?;
     let mut rows: Vec<Vec<f32>> = Vec::new();
     if all {
@@ -287,6 +324,9 @@ fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool,
     })?;
     let (model, tok) = open_model(path, false)?;
     let ids = tok.encode_plain(&text)?;
+    if ids.is_empty() {
+        bail!("{}: has no text to score (0 tokens)", text_file.display());
+    }
     let ctx = ctx.unwrap_or(model.config().max_positions as usize);
     let bar = if std::io::stderr().is_terminal() { ProgressBar::new(ids.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tokens {elapsed} eta {eta}").expect("template"));
