@@ -4,11 +4,9 @@
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tern::chat::{Chat, ChatOptions, Finish};
 use tern::chat_template;
-use tern::sampler::SamplerConfig;
 use tern::{KvType, Model};
 
 #[derive(clap::Args)]
@@ -23,21 +21,8 @@ pub struct ChatArgs {
     /// Tokens a reply may have at most; -1: until the end of the turn or of the context
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
     n: i64,
-    /// Temperature; 0 is greedy (default: the model file's)
-    #[arg(long, allow_negative_numbers = true)]
-    temp: Option<f32>,
-    /// Keep only the K most likely tokens; 0 = all (default: the model file's)
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Keep the smallest set of tokens whose probability reaches P (default: the model file's)
-    #[arg(long, allow_negative_numbers = true)]
-    top_p: Option<f32>,
-    /// Penalise the last 64 tokens by this factor; 1 = off (default: the model file's)
-    #[arg(long, allow_negative_numbers = true)]
-    repeat_penalty: Option<f32>,
-    /// Random seed (default: from the clock)
-    #[arg(long)]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sampling: crate::sampling_args::SamplingArgs,
     /// Worker threads (default: the physical cores this process may use)
     #[arg(long)]
     pub threads: Option<usize>,
@@ -52,23 +37,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let c = model.config();
     let tok = tern::tokenizer::TextTokenizer::from_json(model.file().tokenizer_json(), c.vocab_size)
         .with_context(|| format!("{}: embedded tokenizer", args.model.display()))?;
-    let g = c.generation;
-    let sampler = SamplerConfig {
-        temperature: args.temp.unwrap_or(g.temperature),
-        top_k: args.top_k.unwrap_or(g.top_k as usize),
-        top_p: args.top_p.unwrap_or(g.top_p),
-        repeat_penalty: args.repeat_penalty.unwrap_or(g.repeat_penalty),
-        repeat_last_n: 64,
-    };
-    if !(sampler.temperature.is_finite() && sampler.temperature >= 0.0) {
-        bail!("--temp must be a number ≥ 0");
-    }
-    if !(sampler.top_p > 0.0 && sampler.top_p <= 1.0) {
-        bail!("--top-p must be in (0, 1]");
-    }
-    if !(sampler.repeat_penalty.is_finite() && sampler.repeat_penalty > 0.0) {
-        bail!("--repeat-penalty must be a number > 0");
-    }
+    let (sampler, seed) = args.sampling.resolve(c.generation)?;
     let max_reply = match args.n {
         -1 => None,
         n if n >= 0 => Some(n as usize),
@@ -79,19 +48,12 @@ pub fn run(args: ChatArgs) -> Result<()> {
     if ctx < 2 || ctx > max_ctx {
         bail!("--ctx-size {ctx} is outside 2..={max_ctx} (the model's context)");
     }
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-    });
     let template = chat_template::for_model(&model, &tok)?;
     let opts = ChatOptions { sampler, seed, max_reply, ctx, kv_type: args.kv, system: args.system.clone() };
     let mut chat = Chat::new(&model, &tok, template, opts)?;
 
     // Ctrl-C while a reply runs stops that reply; a second one before the reply ends exits (130).
-    let cancel = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register_conditional_shutdown(signal_hook::consts::SIGINT, 130, Arc::clone(&cancel))
-        .context("installing the Ctrl-C handler")?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&cancel))
-        .context("installing the Ctrl-C handler")?;
+    let cancel = crate::sampling_args::stop_on_ctrl_c()?;
     if chat.is_fallback() {
         eprintln!(
             "tern: this model file has no chat template; using tern's plain \"Role: text\" fallback (see README)"

@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 
 mod chat_cli;
+mod sampling_args;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -8,12 +9,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tern::bench::BenchResult;
 use tern::generate::{generate, GenerateOptions, Interrupted};
-use tern::sampler::SamplerConfig;
 use tern::tokenizer::TextTokenizer;
 use tern::{KvType, Model, ModelFile, State};
 
@@ -107,21 +106,8 @@ struct GenerateArgs {
     /// Tokens to generate at most
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     n: usize,
-    /// Temperature; 0 is greedy (default: the model file's)
-    #[arg(long, allow_negative_numbers = true)]
-    temp: Option<f32>,
-    /// Keep only the K most likely tokens; 0 = all (default: the model file's)
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Keep the smallest set of tokens whose probability reaches P (default: the model file's)
-    #[arg(long, allow_negative_numbers = true)]
-    top_p: Option<f32>,
-    /// Penalise the last 64 tokens by this factor; 1 = off (default: the model file's)
-    #[arg(long, allow_negative_numbers = true)]
-    repeat_penalty: Option<f32>,
-    /// Random seed (default: from the clock; printed with the stats)
-    #[arg(long)]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sampling: sampling_args::SamplingArgs,
     /// Stop when the text contains this string (repeatable)
     #[arg(long)]
     stop: Vec<String>,
@@ -215,29 +201,10 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let (model, tok) = open_model(&args.model, args.verify)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let c = model.config();
-    let g = c.generation;
-    let sampler = SamplerConfig {
-        temperature: args.temp.unwrap_or(g.temperature),
-        top_k: args.top_k.unwrap_or(g.top_k as usize),
-        top_p: args.top_p.unwrap_or(g.top_p),
-        repeat_penalty: args.repeat_penalty.unwrap_or(g.repeat_penalty),
-        repeat_last_n: 64,
-    };
-    if !(sampler.temperature.is_finite() && sampler.temperature >= 0.0) {
-        bail!("--temp must be a number ≥ 0");
-    }
-    if !(sampler.top_p > 0.0 && sampler.top_p <= 1.0) {
-        bail!("--top-p must be in (0, 1]");
-    }
-    if !(sampler.repeat_penalty.is_finite() && sampler.repeat_penalty > 0.0) {
-        bail!("--repeat-penalty must be a number > 0");
-    }
     if args.stop.iter().any(String::is_empty) {
         bail!("--stop needs a non-empty string (an empty one would end generation before its first token)");
     }
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-    });
+    let (sampler, seed) = args.sampling.resolve(c.generation)?;
     let mut ids = tok.encode(&prompt)?;
     if ids.is_empty() {
         ids.extend(c.bos_id);
@@ -245,7 +212,7 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     // Every check before anything is written.
     tern::generate::check_context(&model, ids.len(), args.n)?;
     let opts = GenerateOptions { max_new: args.n, sampler, seed, stop: args.stop.clone(), kv_type: args.kv };
-    let interrupted = stop_on_ctrl_c()?;
+    let interrupted = sampling_args::stop_on_ctrl_c()?;
     // Test hook, read here only: a pause after each token, so that tests can press Ctrl-C
     // half-way through a generation (tests/safety.rs).
     let pause = std::env::var("TERN_GENERATE_PAUSE_MS").ok().and_then(|v| v.parse().ok());
@@ -278,18 +245,6 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         return Err(Interrupted.into());
     }
     Ok(())
-}
-
-/// From now on, Ctrl-C (SIGINT) sets the returned flag instead of killing the process, so
-/// that generation stops after the current token with its stats; a second Ctrl-C, while
-/// the first is still being handled, exits at once with 130.
-fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
-    use signal_hook::{consts::SIGINT, flag};
-    let interrupted = Arc::new(AtomicBool::new(false));
-    // The shutdown goes first: it acts only once the flag is already set.
-    flag::register_conditional_shutdown(SIGINT, 130, Arc::clone(&interrupted)).context("handling Ctrl-C")?;
-    flag::register(SIGINT, Arc::clone(&interrupted)).context("handling Ctrl-C")?;
-    Ok(interrupted)
 }
 
 fn cmd_logits(path: &Path, tokens: &[u32], all: bool) -> Result<()> {
