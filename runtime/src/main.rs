@@ -103,9 +103,12 @@ struct GenerateArgs {
     /// Read the prompt from a file (`-` for stdin)
     #[arg(long)]
     prompt_file: Option<PathBuf>,
-    /// Tokens to generate at most
-    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
-    n: usize,
+    /// Tokens to generate at most; -1: until EOS or the end of the context
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128, allow_negative_numbers = true)]
+    n: i64,
+    /// Context positions, prompt included (default: the model's)
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<usize>,
     #[command(flatten)]
     sampling: sampling_args::SamplingArgs,
     /// Stop when the text contains this string (repeatable)
@@ -210,8 +213,26 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         ids.extend(c.bos_id);
     }
     // Every check before anything is written.
-    tern::generate::check_context(&model, ids.len(), args.n)?;
-    let opts = GenerateOptions { max_new: args.n, sampler, seed, stop: args.stop.clone(), kv_type: args.kv };
+    let max_ctx = c.max_positions as usize;
+    let ctx = args.ctx_size.unwrap_or(max_ctx);
+    if ctx == 0 || ctx > max_ctx {
+        bail!("--ctx-size {ctx} is outside 1..={max_ctx} (the model's context)");
+    }
+    let max_new = match args.n {
+        -1 => ctx.saturating_sub(ids.len()),
+        n if n >= 0 => n as usize,
+        n => bail!("-n {n}: give a number of tokens ≥ 0, or -1 to generate until EOS or the end of the context"),
+    };
+    if ids.len() + max_new > ctx {
+        bail!(
+            "the prompt ({} tokens) plus -n {max_new} needs {} positions, but --ctx-size is {ctx}; \
+             shorten the prompt, lower -n or raise --ctx-size",
+            ids.len(),
+            ids.len() + max_new
+        );
+    }
+    tern::generate::check_context(&model, ids.len(), max_new)?;
+    let opts = GenerateOptions { max_new, sampler, seed, stop: args.stop.clone(), kv_type: args.kv };
     let interrupted = sampling_args::stop_on_ctrl_c()?;
     // Test hook, read here only: a pause after each token, so that tests can press Ctrl-C
     // half-way through a generation (tests/safety.rs).

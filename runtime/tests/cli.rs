@@ -96,6 +96,20 @@ fn generate_is_reproducible_and_reports_stats() {
 }
 
 #[test]
+fn generate_until_the_context_ends_with_n_minus_one() {
+    let (_d, model) = converted("tiny-tied");
+    let m = model.to_str().unwrap();
+    let ids: Vec<u32> = serde_json::from_str(&stdout(&tern(&["tokenize", m, "It is a truth"]))).unwrap();
+    let o = tern(&["generate", m, "-p", "It is a truth", "-n", "-1", "--ctx-size", "40", "--temp", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = format!("generated {} tok", 40 - ids.len());
+    assert!(stderr(&o).contains(&want), "{} lacks {want}", stderr(&o));
+    assert_error(&tern(&["generate", m, "-p", "It is a truth", "-n", "50", "-c", "40"]), "--ctx-size is 40");
+    assert_error(&tern(&["generate", m, "-p", "It is a truth", "-n", "-2"]), "-n -2");
+    assert_error(&tern(&["generate", m, "-p", "It is a truth", "-c", "100000"]), "--ctx-size 100000");
+}
+
+#[test]
 fn prompt_from_file_and_stdin() {
     let (d, model) = converted("tiny-tied");
     let m = model.to_str().unwrap();
