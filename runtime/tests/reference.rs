@@ -126,7 +126,8 @@ fn bitlinear_is_exact() {
         );
         assert_eq!(dot, want_dot, "{name}: integer dot products");
 
-        let y: Vec<f32> = dot.iter().map(|&d| d as f32 * (info.scale / s_x)).collect();
+        let beta = f.model.config().scale_convention.multiplier(info.scale);
+        let y: Vec<f32> = dot.iter().map(|&d| d as f32 * (beta / s_x)).collect();
         let err = rel_err(&y, &want_y);
         assert!(err < 1e-6, "{name}: BitLinear output relative error {err:e}");
     }
