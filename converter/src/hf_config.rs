@@ -66,11 +66,14 @@ pub fn read_config(dir: &Path) -> Result<ParsedConfig> {
     let generation = read_generation_config(dir)?;
     let mut parsed = parse_config(&text, &path, generation.defaults)?;
     let c = &mut parsed.config;
+    let gen_at = |field: &str| format!("{}: field {field}", dir.join("generation_config.json").display());
     // transformers' generate stops at generation_config.json's eos_token_id when it has one.
     if let Some(eos) = &generation.eos_token_id {
-        let gen_path = dir.join("generation_config.json");
-        (c.eos_id, c.extra_eos) =
-            eos_ids(Some(eos), c.vocab_size, &format!("{}: field eos_token_id", gen_path.display()))?;
+        (c.eos_id, c.extra_eos) = eos_ids(Some(eos), c.vocab_size, &gen_at("eos_token_id"))?;
+    }
+    // Some checkpoints (Falcon3's) name their BOS only there.
+    if let (None, Some(bos)) = (c.bos_id, &generation.bos_token_id) {
+        c.bos_id = Some(token_id(bos, c.vocab_size, &gen_at("bos_token_id"))?);
     }
     c.chat = read_chat_metadata(dir)?;
     Ok(parsed)
@@ -231,6 +234,7 @@ struct HfGenerationConfig {
     top_k: Option<u64>,
     top_p: Option<f64>,
     repetition_penalty: Option<f64>,
+    bos_token_id: Option<Value>,
     eos_token_id: Option<Value>,
 }
 
@@ -240,6 +244,8 @@ struct GenerationFile {
     defaults: GenerationDefaults,
     /// Its `eos_token_id` (an id or a list), which overrides config.json's.
     eos_token_id: Option<Value>,
+    /// Its `bos_token_id`, used when config.json has none.
+    bos_token_id: Option<Value>,
 }
 
 /// Sampling defaults and EOS ids from `generation_config.json`, if present; otherwise
@@ -269,5 +275,6 @@ fn read_generation_config(dir: &Path) -> Result<GenerationFile> {
         g.temperature = 0.0;
     }
     g.validate().with_context(|| format!("{}: sampling defaults out of range", path.display()))?;
-    Ok(GenerationFile { defaults: g, eos_token_id: hf.eos_token_id.filter(|v| !v.is_null()) })
+    let present = |v: Option<Value>| v.filter(|v| !v.is_null());
+    Ok(GenerationFile { defaults: g, eos_token_id: present(hf.eos_token_id), bos_token_id: present(hf.bos_token_id) })
 }

@@ -209,21 +209,25 @@ fn llama_architecture_needs_a_bitnet_quantization_config() {
 }
 
 /// generation_config.json's EOS list and tokenizer_config.json's chat template and special
-/// tokens reach the file; generation_config's list overrides config.json's id.
+/// tokens reach the file; generation_config's list overrides config.json's id, and its BOS
+/// id stands in for a missing one (Falcon3 names it only there).
 #[test]
 fn eos_list_and_chat_template_are_stored() {
-    let dir = packed_folder(Family::BitNet2B, Dtype::F32, |c, _| c["eos_token_id"] = json!([2, 7]));
+    let dir = packed_folder(Family::BitNet2B, Dtype::F32, |c, _| {
+        c["eos_token_id"] = json!([2, 7]);
+        c.as_object_mut().unwrap().remove("bos_token_id");
+    });
     let c = TernFile::parse(&convert_to_bytes(dir.path())).unwrap().config().clone();
-    assert_eq!(c.eos_ids().collect::<Vec<_>>(), [2, 7]);
+    assert_eq!((c.bos_id, c.eos_ids().collect::<Vec<_>>()), (None, vec![2, 7]));
     let template =
         "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ eos_token }}{% endfor %}";
     let tc = json!({"bos_token": "<s>", "eos_token": {"content": "</s>", "special": true}, "chat_template": template});
     std::fs::write(dir.path().join("tokenizer_config.json"), tc.to_string()).unwrap();
-    std::fs::write(dir.path().join("generation_config.json"), r#"{"eos_token_id": [2, 9, 2, 11], "top_p": 0.5}"#)
-        .unwrap();
+    let generation = r#"{"bos_token_id": 1, "eos_token_id": [2, 9, 2, 11], "top_p": 0.5}"#;
+    std::fs::write(dir.path().join("generation_config.json"), generation).unwrap();
     let bytes = convert_to_bytes(dir.path());
     let c = TernFile::parse(&bytes).unwrap().config().clone();
-    assert_eq!((c.eos_ids().collect::<Vec<_>>(), c.generation.top_p), (vec![2, 9, 11], 0.5));
+    assert_eq!((c.bos_id, c.eos_ids().collect::<Vec<_>>(), c.generation.top_p), (Some(1), vec![2, 9, 11], 0.5));
     assert_eq!(c.chat.chat_template.as_deref(), Some(template));
     assert_eq!((c.chat.bos_token.as_deref(), c.chat.eos_token.as_deref()), (Some("<s>"), Some("</s>")));
 
