@@ -38,7 +38,9 @@ struct HfConfig {
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
     pad_token_id: Option<serde_json::Value>,
-    rope_scaling: Option<serde_json::Value>,
+    rope_scaling: Option<Value>,
+    /// transformers 5's spelling of RoPE's settings: `{"rope_type", "rope_theta", ...}`.
+    rope_parameters: Option<Value>,
     quantization_config: Option<Value>,
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
@@ -136,10 +138,15 @@ pub fn parse_config(text: &str, path: &Path, generation: GenerationDefaults) -> 
             at("quantization_config")
         );
     }
-    if let Some(scaling) = hf.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-        let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Value::as_str).unwrap_or("?");
-        bail!("{}: RoPE scaling of type {kind:?} is not supported yet (only null)", at("rope_scaling"));
+    // Plain RoPE only: rope_scaling null (or of type "default"), as in every published BitNet.
+    for (field, v) in [("rope_scaling", &hf.rope_scaling), ("rope_parameters", &hf.rope_parameters)] {
+        let Some(v) = v.as_ref().filter(|v| !v.is_null()) else { continue };
+        let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default");
+        if kind != "default" {
+            bail!("{}: RoPE scaling of type {kind:?} is not supported yet (only null or \"default\")", at(field));
+        }
     }
+    let rope_theta = hf.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(Value::as_f64);
     for (field, v) in [("attention_bias", hf.attention_bias), ("mlp_bias", hf.mlp_bias)] {
         if v == Some(true) {
             bail!("{}: true (projection biases) is not supported; BitNet b1.58 projections have none", at(field));
@@ -212,7 +219,7 @@ pub fn parse_config(text: &str, path: &Path, generation: GenerationDefaults) -> 
         n_kv_heads,
         head_dim,
         max_positions: int("max_position_embeddings", hf.max_position_embeddings)?,
-        rope_theta: float("rope_theta", hf.rope_theta, 10000.0)?,
+        rope_theta: float("rope_theta", rope_theta.or(hf.rope_theta), 10000.0)?,
         rms_eps: float("rms_norm_eps", hf.rms_norm_eps, 1e-5)?,
         bos_id: token("bos_token_id", &hf.bos_token_id)?,
         eos_id,

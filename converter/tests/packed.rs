@@ -204,8 +204,19 @@ fn llama_architecture_needs_a_bitnet_quantization_config() {
         c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
     });
     assert_fails(dir.path(), "field rope_scaling: RoPE scaling of type \"llama3\" is not supported yet");
+    let dir = packed_folder(Family::LlamaBitLinear, Dtype::F32, |c, _| {
+        c["rope_parameters"] = json!({"rope_type": "yarn", "rope_theta": 5e5, "factor": 4.0});
+    });
+    assert_fails(dir.path(), "field rope_parameters: RoPE scaling of type \"yarn\" is not supported yet");
     let dir = packed_folder(Family::LlamaBitLinear, Dtype::F32, |c, _| c["rope_scaling"] = Value::Null);
     convert_to_bytes(dir.path());
+    // transformers 5 writes RoPE's base inside rope_parameters.
+    let dir = packed_folder(Family::LlamaBitLinear, Dtype::F32, |c, _| {
+        c.as_object_mut().unwrap().remove("rope_theta");
+        c["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 1000042.0});
+        c["rope_scaling"] = json!({"rope_type": "default"});
+    });
+    assert_eq!(TernFile::parse(&convert_to_bytes(dir.path())).unwrap().config().rope_theta, 1000042.0);
 }
 
 /// generation_config.json's EOS list and tokenizer_config.json's chat template and special
