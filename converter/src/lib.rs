@@ -195,46 +195,9 @@ fn plan(
             .find(|c| ckpt.get(c).is_some())
             .with_context(|| format!("checkpoint: missing tensor {} (for {name})", candidates.join(" or ")))?
             .clone();
-        let loc = ckpt.get(&hf).expect("found above");
-        let file = ckpt.shard_path(loc).display();
-        let source = match (layout, shape) {
-            (WeightLayout::Packed(_), Shape::Matrix { rows, cols }) if encodings == [Encoding::T2] => {
-                let (scale_name, scale) = packed_scale(ckpt, &hf)?;
-                used.insert(scale_name);
-                let Some(packed_rows) = packed::packed_rows(rows as usize) else {
-                    bail!("{file}: tensor {hf}: {rows} output rows are not a multiple of 4, so it has no packed form");
-                };
-                let want = [packed_rows, cols as usize];
-                if loc.dtype != Dtype::U8 || loc.shape != want {
-                    bail!(
-                        "{file}: tensor {hf} is {:?} {:?}; config.json's quantization_config (pre-packed) and sizes \
-                         expect U8 {want:?} (4 ternary weights per byte along the {rows} output rows)",
-                        loc.dtype,
-                        loc.shape
-                    );
-                }
-                Source::Packed { scale }
-            }
-            _ => {
-                let want: Vec<usize> = match shape {
-                    Shape::Vector(n) => vec![n as usize],
-                    Shape::Matrix { rows, cols } => vec![rows as usize, cols as usize],
-                };
-                if loc.dtype == Dtype::U8 && encodings == [Encoding::T2] {
-                    bail!(
-                        "{file}: tensor {hf} is U8 (pre-packed ternary) but config.json has no quantization_config \
-                         with quant_method \"bitnet\" saying how it is packed and scaled"
-                    );
-                }
-                if loc.shape != want {
-                    bail!("{file}: tensor {hf} has shape {:?}, expected {want:?} from config.json", loc.shape);
-                }
-                if !matches!(loc.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-                    bail!("{file}: tensor {hf} has dtype {:?}; tern-convert reads F32, F16 and BF16", loc.dtype);
-                }
-                Source::Float
-            }
-        };
+        let ternary = encodings == [Encoding::T2];
+        let (source, scale_name) = tensor_source(ckpt, &hf, shape, ternary, layout)?;
+        used.extend(scale_name);
         let encoding = if encodings.contains(&opts.embed) { opts.embed } else { encodings[0] };
         used.insert(hf.clone());
         planned.push(Planned { hf, spec: TensorSpec { name, encoding, shape }, source });
@@ -247,6 +210,53 @@ fn plan(
         }
     }
     Ok((planned, warnings))
+}
+
+/// Checks the checkpoint tensor `hf` against the `.tern` tensor it becomes (`shape`, and
+/// whether it is `ternary`) and the checkpoint's `layout`; returns how to read it, and the
+/// name of the `weight_scale` tensor it also uses, if any.
+fn tensor_source(
+    ckpt: &Checkpoint,
+    hf: &str,
+    shape: Shape,
+    ternary: bool,
+    layout: WeightLayout,
+) -> Result<(Source, Option<String>)> {
+    let loc = ckpt.get(hf).expect("planned from the checkpoint");
+    let file = ckpt.shard_path(loc).display();
+    if let (WeightLayout::Packed(_), Shape::Matrix { rows, cols }, true) = (layout, shape, ternary) {
+        let (scale_name, scale) = packed_scale(ckpt, hf)?;
+        let Some(packed_rows) = packed::packed_rows(rows as usize) else {
+            bail!("{file}: tensor {hf}: {rows} output rows are not a multiple of 4, so it has no packed form");
+        };
+        let want = [packed_rows, cols as usize];
+        if loc.dtype != Dtype::U8 || loc.shape != want {
+            bail!(
+                "{file}: tensor {hf} is {:?} {:?}; config.json's quantization_config (pre-packed) and sizes \
+                 expect U8 {want:?} (4 ternary weights per byte along the {rows} output rows)",
+                loc.dtype,
+                loc.shape
+            );
+        }
+        return Ok((Source::Packed { scale }, Some(scale_name)));
+    }
+    let want: Vec<usize> = match shape {
+        Shape::Vector(n) => vec![n as usize],
+        Shape::Matrix { rows, cols } => vec![rows as usize, cols as usize],
+    };
+    if loc.dtype == Dtype::U8 && ternary {
+        bail!(
+            "{file}: tensor {hf} is U8 (pre-packed ternary) but config.json has no quantization_config \
+             with quant_method \"bitnet\" saying how it is packed and scaled"
+        );
+    }
+    if loc.shape != want {
+        bail!("{file}: tensor {hf} has shape {:?}, expected {want:?} from config.json", loc.shape);
+    }
+    if !matches!(loc.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        bail!("{file}: tensor {hf} has dtype {:?}; tern-convert reads F32, F16 and BF16", loc.dtype);
+    }
+    Ok((Source::Float, None))
 }
 
 /// The `weight_scale` beside the packed weight `hf` (`….weight`): its name and value, a
