@@ -196,4 +196,7 @@ fn version_1_files_still_run() {
     let new = Model::open(&path).unwrap();
     let tokens = golden_tokens();
     assert_eq!(all_logits(&old, &tokens), all_logits(&new, &tokens));
+    let o = Command::new(env!("CARGO_BIN_EXE_tern")).args(["inspect", v1.to_str().unwrap()]).output().unwrap();
+    let s = String::from_utf8(o.stdout).unwrap();
+    assert!(s.contains("bytes, format version 1)") && s.contains("scale         multiply"), "{s}");
 }
