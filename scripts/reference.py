@@ -1,16 +1,25 @@
 #!/usr/bin/env python3
-"""Independent reference forward pass of BitNet b1.58 (1bitLLM BitnetForCausalLM), numpy float64.
+"""Independent reference forward pass of BitNet b1.58, numpy float64.
 
 Written from the model's definition, not from tern's Rust code; reads the Hugging Face
-checkpoint folder directly (never a .tern file).
+checkpoint folder directly (never a .tern file). Three layouts:
 
-  BitLinear  s_w = 1 / max(mean|W|, 1e-5)           (f32, as torch's weight_quant does)
+  1bitLLM (BitnetForCausalLM, no quantization_config): float master weights
+             s_w = 1 / max(mean|W|, 1e-5)           (f32, as torch's weight_quant does)
              Wq  = clamp(round(W * s_w), -1, 1)       (f32, round half to even)
-             s_x = 127 / max(max|x|, 1e-5)            (per token)
+  pre-packed (quantization_config.quant_method "bitnet"; bitnet-b1.58-2B-4T, Falcon3-1.58bit):
+             `.weight` U8 [out/4, in]: byte [r, c] holds in bits 2i..2i+1 the code of
+             Wq[i*out/4 + r, c], code 0/1/2 = -1/0/+1; `.weight_scale` [1] taken as given
+  BitLinear  s_x = 127 / max(max|x|, 1e-5)            (per token)
              xq  = clamp(round(x * s_x), -128, 127)
-             y   = (xq . Wq) / (s_x * s_w)
-  layer      h = x + o_proj(inner_attn_ln(attn(rope(q(n1)), rope(k(n1)), v(n1))))   n1 = input_layernorm(x)
-             out = h + down_proj(ffn_layernorm(silu(gate(n2)) * up(n2)))             n2 = post_attention_layernorm(h)
+             y   = (xq . Wq) / (s_x * s_w)            1bitLLM
+             y   = (xq . Wq) / (s_x * weight_scale)   linear_class "bitlinear" (the default)
+             y   = (xq . Wq) / s_x * weight_scale     linear_class "autobitlinear", offline
+  layer      h = x + o_proj(sub1(attn(rope(q(n1)), rope(k(n1)), v(n1))))   n1 = input_layernorm(x)
+             out = h + down_proj(sub2(act(gate(n2)) * up(n2)))             n2 = post_attention_layernorm(h)
+             sub1 / sub2: the RMSNorms self_attn.inner_attn_ln / mlp.ffn_layernorm (1bitLLM) or
+             self_attn.attn_sub_norm / mlp.ffn_sub_norm (2B-4T), each only when its tensor exists;
+             act: silu or relu2 (relu(g)^2) from hidden_act; head_dim from the config when present
   logits     model.norm, then the tied embed_tokens (or lm_head when present)
 
 Usage: reference.py FIXTURE_DIR [-o golden.json]   (default: FIXTURE_DIR/golden.json)
@@ -27,6 +36,37 @@ import st  # noqa: E402
 
 PROMPT = "It is a truth universally acknowledged, that a single man in possession"
 GREEDY_STEPS = 32
+SUB_NORMS = {
+    "attn": ("self_attn.inner_attn_ln.weight", "self_attn.attn_sub_norm.weight"),
+    "ffn": ("mlp.ffn_layernorm.weight", "mlp.ffn_sub_norm.weight"),
+}
+
+
+def unpack_ternary(packed):
+    """U8 [out/4, in] -> int8 [out, in] in {-1, 0, 1}: row i*(out/4) + r is bits 2i..2i+1 of row r."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    codes = np.concatenate([(packed >> (2 * i)) & 3 for i in range(4)], axis=0)
+    if codes.max(initial=0) > 2:
+        raise ValueError("packed ternary weight holds code 3 (only 0/1/2 = -1/0/+1 are defined)")
+    return codes.astype(np.int8) - 1
+
+
+def packing(c):
+    """'mul' or 'div' (how weight_scale applies) for a pre-packed checkpoint, None for 1bitLLM."""
+    q = c.get("quantization_config")
+    if q is None:
+        return None
+    if q.get("quant_method") != "bitnet":
+        raise ValueError(f"quantization_config.quant_method {q.get('quant_method')!r}: only 'bitnet' is known")
+    linear_class = q.get("linear_class", "bitlinear")
+    mode = q.get("quantization_mode", "offline")
+    if mode != "offline":
+        raise ValueError(f"quantization_config.quantization_mode {mode!r}: only 'offline' (pre-packed) is read")
+    if linear_class not in ("bitlinear", "autobitlinear"):
+        raise ValueError(f"quantization_config.linear_class {linear_class!r}: not 'bitlinear' or 'autobitlinear'")
+    if q.get("use_rms_norm"):
+        raise ValueError("quantization_config.use_rms_norm true is not supported")
+    return "mul" if linear_class == "autobitlinear" else "div"
 
 
 class Reference:
@@ -43,12 +83,23 @@ class Reference:
         self.theta = c.get("rope_theta", 10000.0)
         self.n_layers = c["num_hidden_layers"]
         self.tied = c.get("tie_word_embeddings") is True or "lm_head.weight" not in self.t
+        self.scale_rule = packing(c)
+        self.act = c.get("hidden_act", "silu")
+        if self.act not in ("silu", "relu2"):
+            raise ValueError(f"hidden_act {self.act!r}: only silu and relu2 are known")
         self.act_quant = True
         self._wq = {}
 
     # --- BitLinear -------------------------------------------------------------------
     def ternary(self, name):
-        """(Wq as float64 in {-1,0,1}, s_w) with torch's float32 weight_quant arithmetic."""
+        """(Wq as float64 in {-1,0,1}, s): 1bitLLM's s_w with torch's float32 weight_quant
+        arithmetic, or a pre-packed checkpoint's unpacked weight and its weight_scale."""
+        if name not in self._wq and self.scale_rule is not None:
+            scale = self.t[name + "_scale"]
+            if self.t[name].dtype != np.uint8 or scale.shape != (1,):
+                raise ValueError(f"{name}: want U8 [out/4, in] and a [1] weight_scale, got "
+                                 f"{self.t[name].dtype} {self.t[name].shape} and {scale.shape}")
+            self._wq[name] = (unpack_ternary(self.t[name]).astype(np.float64), float(scale[0]))
         if name not in self._wq:
             w32 = self.t[name].astype(np.float32)
             mean = np.float32(np.abs(w32.astype(np.float64)).mean())
@@ -62,12 +113,30 @@ class Reference:
         s_x = 127.0 / np.maximum(np.abs(x).max(axis=-1, keepdims=True), 1e-5)
         return np.clip(np.round(x * s_x), -128, 127), s_x
 
+    def scaled(self, name, acc, s_x):
+        """The BitLinear output from the integer dot products acc and the activation scale s_x."""
+        wq, s = self.ternary(name)
+        if self.scale_rule == "mul":
+            return acc / s_x * s
+        return acc / (s_x * s)
+
     def bitlinear(self, name, x):
-        wq, s_w = self.ternary(name)
+        wq, s = self.ternary(name)
         if not self.act_quant:
-            return x @ wq.T / s_w
+            return x @ wq.T * s if self.scale_rule == "mul" else x @ wq.T / s
         xq, s_x = self.quantize(x)
-        return (xq @ wq.T) / (s_x * s_w)
+        return self.scaled(name, xq @ wq.T, s_x)
+
+    def sub_norm(self, x, p, which):
+        for name in SUB_NORMS[which]:
+            if f"{p}.{name}" in self.t:
+                return self.rmsnorm(x, f"{p}.{name}")
+        return x
+
+    def activation(self, g):
+        if self.act == "relu2":
+            return np.maximum(g, 0.0) ** 2
+        return g / (1.0 + np.exp(-g))
 
     # --- pieces ----------------------------------------------------------------------
     def rmsnorm(self, x, name):
@@ -100,12 +169,12 @@ class Reference:
         scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
         scores /= scores.sum(axis=-1, keepdims=True)
         att = np.einsum("hts,shd->thd", scores, v).reshape(T, self.n_heads * self.hd)
-        att = self.rmsnorm(att, f"{p}.self_attn.inner_attn_ln.weight")
+        att = self.sub_norm(att, p, "attn")
         h = x + self.bitlinear(f"{p}.self_attn.o_proj.weight", att)
         n2 = self.rmsnorm(h, f"{p}.post_attention_layernorm.weight")
         g = self.bitlinear(f"{p}.mlp.gate_proj.weight", n2)
         u = self.bitlinear(f"{p}.mlp.up_proj.weight", n2)
-        m = self.rmsnorm(g / (1.0 + np.exp(-g)) * u, f"{p}.mlp.ffn_layernorm.weight")
+        m = self.sub_norm(self.activation(g) * u, p, "ffn")
         return h + self.bitlinear(f"{p}.mlp.down_proj.weight", m)
 
     def forward(self, tokens, hidden=None):
@@ -139,9 +208,9 @@ def bitlinear_probe(ref, rng):
         if frac.min() > 1e-3:
             break
     xq, s_x = ref.quantize(x[None])
-    wq, s_w = ref.ternary(name)
+    wq, _ = ref.ternary(name)
     dot = (xq @ wq.T).astype(np.int64)[0]
-    y = dot / (s_x[0, 0] * s_w)
+    y = ref.scaled(name, dot, s_x[0, 0])
     return {
         "tensor": "blk.0.attn_q",
         "x": [float(v) for v in x],
@@ -151,17 +220,15 @@ def bitlinear_probe(ref, rng):
     }
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("fixture")
-    ap.add_argument("-o", "--output")
-    args = ap.parse_args()
+def write_golden(fixture, out, digits=9):
+    """Writes FIXTURE's golden.json to `out`; `digits` significant digits for the logits
+    (the teacher-forced layers keep 9, so that each input is exactly its float32)."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(os.path.join(args.fixture, "tokenizer.json"))
+    tok = Tokenizer.from_file(os.path.join(fixture, "tokenizer.json"))
     tokens = tok.encode(PROMPT).ids
     assert len(tokens) >= 16, len(tokens)
-    ref = Reference(args.fixture)
+    ref = Reference(fixture)
 
     hidden = []
     logits = ref.forward(tokens, hidden)
@@ -183,17 +250,25 @@ def main():
         "about": "scripts/reference.py (numpy float64) on this fixture's Hugging Face checkpoint",
         "prompt": PROMPT,
         "tokens": tokens,
-        "logits": rows(logits),
-        "logits_no_act_quant": rows(logits_noq),
+        "logits": rows(logits, digits),
+        "logits_no_act_quant": rows(logits_noq, digits),
         "greedy": seq[len(tokens):],
         "layers": layers,
         "bitlinear": bitlinear_probe(ref, np.random.default_rng(0)),
     }
-    out = args.output or os.path.join(args.fixture, "golden.json")
     with open(out, "w") as f:
         json.dump(golden, f, separators=(",", ":"))
     top = np.argmax(logits, axis=-1)
     print(f"wrote {out}: {len(tokens)} tokens, argmax {top[:8].tolist()}..., greedy {golden['greedy'][:8]}...")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("fixture")
+    ap.add_argument("-o", "--output")
+    ap.add_argument("--digits", type=int, default=9, help="significant digits of the stored logits")
+    args = ap.parse_args()
+    write_golden(args.fixture, args.output or os.path.join(args.fixture, "golden.json"), args.digits)
 
 
 if __name__ == "__main__":

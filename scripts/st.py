@@ -1,4 +1,4 @@
-"""Minimal safetensors reading and writing with numpy, including BF16.
+"""Minimal safetensors reading and writing with numpy, including BF16 and U8.
 
 numpy has no bfloat16, so BF16 is stored from float32 by rounding to nearest even
 on the top 16 bits, and read back by shifting into the top half of a float32.
@@ -11,7 +11,8 @@ import struct
 
 import numpy as np
 
-DTYPES = {"F32": np.float32, "F16": np.float16}
+DTYPES = {"F32": np.float32, "F16": np.float16, "U8": np.uint8}
+ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1}
 
 
 def to_bf16_bits(a):
@@ -28,7 +29,7 @@ def encode(a, dtype):
 
 
 def itemsize(dtype):
-    return 2 if dtype in ("F16", "BF16") else 4
+    return ITEMSIZE[dtype]
 
 
 def write(path, entries, metadata=None):
@@ -54,7 +55,8 @@ def write(path, entries, metadata=None):
 
 
 def read(path):
-    """Returns {name: float64 array} for every tensor of one safetensors file."""
+    """Returns {name: array} for every tensor of one safetensors file: float64, except U8
+    (packed ternary weights), which stays uint8."""
     with open(path, "rb") as f:
         data = f.read()
     (n,) = struct.unpack("<Q", data[:8])
@@ -67,11 +69,14 @@ def read(path):
         a, b = info["data_offsets"]
         buf = data[base + a : base + b]
         dtype = info["dtype"]
+        if dtype not in ITEMSIZE:
+            raise ValueError(f"{path}: tensor {name}: dtype {dtype} is not one of {sorted(ITEMSIZE)}")
         if dtype == "BF16":
             arr = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
         else:
             arr = np.frombuffer(buf, dtype="<" + np.dtype(DTYPES[dtype]).str[1:])
-        out[name] = arr.reshape(info["shape"]).astype(np.float64)
+        arr = arr.reshape(info["shape"])
+        out[name] = arr.copy() if dtype == "U8" else arr.astype(np.float64)
     return out
 
 

@@ -1,8 +1,8 @@
 //! A Hugging Face safetensors checkpoint, single-file or sharded, memory-mapped.
 //!
-//! Tensors are looked up by their Hugging Face name and read one at a time as f32;
-//! after each tensor its pages are dropped from the process, so peak memory stays
-//! near one tensor rather than the model.
+//! Tensors are looked up by their Hugging Face name and read one at a time, as f32 or as
+//! raw U8 (pre-packed ternary weights); after each tensor its pages are dropped from the
+//! process, so peak memory stays near one tensor rather than the model.
 
 use anyhow::{bail, Context, Result};
 use memmap2::{Mmap, UncheckedAdvice};
@@ -99,16 +99,10 @@ impl Checkpoint {
         let bytes = &shard.map[loc.start..loc.start + loc.len];
         let values: Vec<f32> = match loc.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             other => bail!(
-                "{}: tensor {name} has dtype {other:?}; tern-convert reads F32, F16 and BF16 (pre-packed ternary checkpoints are not supported yet)",
+                "{}: tensor {name} has dtype {other:?}; tern-convert reads F32, F16 and BF16 here",
                 shard.path.display()
             ),
         };
@@ -117,6 +111,18 @@ impl Checkpoint {
         }
         self.release(loc);
         Ok(values)
+    }
+
+    /// Reads a U8 tensor's bytes (a pre-packed ternary weight).
+    pub fn read_u8(&self, name: &str, loc: &TensorLoc) -> Result<Vec<u8>> {
+        let shard = &self.shards[loc.shard];
+        if loc.dtype != Dtype::U8 {
+            bail!("{}: tensor {name} has dtype {:?}, expected U8 (packed ternary)", shard.path.display(), loc.dtype);
+        }
+        // In bounds: safetensors' metadata check ties every range to the file length.
+        let bytes = shard.map[loc.start..loc.start + loc.len].to_vec();
+        self.release(loc);
+        Ok(bytes)
     }
 
     /// Drops the tensor's pages from this process (they stay in the page cache).

@@ -13,17 +13,22 @@ mod finite;
 mod hf_config;
 pub mod interrupt;
 mod output;
+pub mod packed;
 mod paths;
+mod quant_config;
+mod tokenizer_config;
 
 pub use checkpoint::Checkpoint;
 pub use finite::check_finite;
 pub use hf_config::parse_config;
 pub use output::temp_files;
+pub use quant_config::{weight_layout, WeightLayout};
 
 use aligned::AlignedWriter;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
+use safetensors::Dtype;
 use std::io::{Seek, Write};
 use std::path::Path;
 use std::time::Instant;
@@ -122,6 +127,16 @@ fn ignored(hf: &str) -> bool {
 struct Planned {
     hf: String,
     spec: TensorSpec,
+    source: Source,
+}
+
+/// How a planned tensor's values are read.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// F32, F16 or BF16 values (ternary tensors are ternarized with the absmean scale).
+    Float,
+    /// A pre-packed U8 ternary tensor and its checkpoint `weight_scale`, stored as given.
+    Packed { scale: f32 },
 }
 
 /// Reads and checks `tokenizer.json` (required), returning its bytes.
@@ -160,15 +175,23 @@ fn read_tokenizer(dir: &Path, config: &ModelConfig) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Matches the checkpoint's tensors to the `.tern` tensors of `config`; fixes `tied_output`.
+/// Matches the checkpoint's tensors to the `.tern` tensors of `config`; sets `tied_output`
+/// and the sub-norm flags from the tensors; checks each tensor's shape and dtype against
+/// `layout`, and reads and checks each pre-packed tensor's `weight_scale`.
 fn plan(
     ckpt: &Checkpoint,
     config: &mut ModelConfig,
     tie: Option<bool>,
+    layout: WeightLayout,
     opts: &Options,
 ) -> Result<(Vec<Planned>, Vec<String>)> {
     // Tied when the checkpoint has no lm_head (1bitLLM) or the config says so.
     config.tied_output = tie == Some(true) || ckpt.get("lm_head.weight").is_none();
+    // Sub-norms (1bitLLM, 2B-4T: both; the Llama-architecture checkpoints: none) are present
+    // when layer 0 has them; every other layer must then have its own.
+    let has = |tern: &str| hf_name(tern).iter().any(|n| ckpt.get(n).is_some());
+    config.attn_sub_norm = has("blk.0.attn_sub_norm");
+    config.ffn_sub_norm = has("blk.0.ffn_sub_norm");
     let mut planned = Vec::new();
     let mut used = std::collections::HashSet::new();
     for Expected { name, shape, encodings } in names::expected_tensors(config) {
@@ -178,29 +201,12 @@ fn plan(
             .find(|c| ckpt.get(c).is_some())
             .with_context(|| format!("checkpoint: missing tensor {} (for {name})", candidates.join(" or ")))?
             .clone();
-        let loc = ckpt.get(&hf).expect("found above");
-        let want: Vec<usize> = match shape {
-            Shape::Vector(n) => vec![n as usize],
-            Shape::Matrix { rows, cols } => vec![rows as usize, cols as usize],
-        };
-        if loc.shape != want {
-            bail!(
-                "{}: tensor {hf} has shape {:?}, expected {want:?} from config.json",
-                ckpt.shard_path(loc).display(),
-                loc.shape
-            );
-        }
-        use safetensors::Dtype;
-        if !matches!(loc.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-            bail!(
-                "{}: tensor {hf} has dtype {:?}; tern-convert reads F32, F16 and BF16 (pre-packed ternary checkpoints are not supported yet)",
-                ckpt.shard_path(loc).display(),
-                loc.dtype
-            );
-        }
+        let ternary = encodings == [Encoding::T2];
+        let (source, scale_name) = tensor_source(ckpt, &hf, shape, ternary, layout)?;
+        used.extend(scale_name);
         let encoding = if encodings.contains(&opts.embed) { opts.embed } else { encodings[0] };
         used.insert(hf.clone());
-        planned.push(Planned { hf, spec: TensorSpec { name, encoding, shape } });
+        planned.push(Planned { hf, spec: TensorSpec { name, encoding, shape }, source });
     }
     let mut warnings = Vec::new();
     for name in ckpt.names() {
@@ -210,6 +216,95 @@ fn plan(
         }
     }
     Ok((planned, warnings))
+}
+
+/// Checks the checkpoint tensor `hf` against the `.tern` tensor it becomes (`shape`, and
+/// whether it is `ternary`) and the checkpoint's `layout`; returns how to read it, and the
+/// name of the `weight_scale` tensor it also uses, if any.
+fn tensor_source(
+    ckpt: &Checkpoint,
+    hf: &str,
+    shape: Shape,
+    ternary: bool,
+    layout: WeightLayout,
+) -> Result<(Source, Option<String>)> {
+    let loc = ckpt.get(hf).expect("planned from the checkpoint");
+    let file = ckpt.shard_path(loc).display();
+    if let (WeightLayout::Packed(_), Shape::Matrix { rows, cols }, true) = (layout, shape, ternary) {
+        let (scale_name, scale) = packed_scale(ckpt, hf)?;
+        let Some(packed_rows) = packed::packed_rows(rows as usize) else {
+            bail!("{file}: tensor {hf}: {rows} output rows are not a multiple of 4, so it has no packed form");
+        };
+        let want = [packed_rows, cols as usize];
+        if loc.dtype != Dtype::U8 || loc.shape != want {
+            bail!(
+                "{file}: tensor {hf} is {:?} {:?}; config.json's quantization_config (pre-packed) and sizes \
+                 expect U8 {want:?} (4 ternary weights per byte along the {rows} output rows)",
+                loc.dtype,
+                loc.shape
+            );
+        }
+        return Ok((Source::Packed { scale }, Some(scale_name)));
+    }
+    let want: Vec<usize> = match shape {
+        Shape::Vector(n) => vec![n as usize],
+        Shape::Matrix { rows, cols } => vec![rows as usize, cols as usize],
+    };
+    if loc.dtype == Dtype::U8 && ternary {
+        bail!(
+            "{file}: tensor {hf} is U8 (pre-packed ternary) but config.json has no quantization_config \
+             with quant_method \"bitnet\" saying how it is packed and scaled"
+        );
+    }
+    if loc.shape != want {
+        bail!("{file}: tensor {hf} has shape {:?}, expected {want:?} from config.json", loc.shape);
+    }
+    if !matches!(loc.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        bail!("{file}: tensor {hf} has dtype {:?}; tern-convert reads F32, F16 and BF16", loc.dtype);
+    }
+    Ok((Source::Float, None))
+}
+
+/// The `weight_scale` beside the packed weight `hf` (`….weight`): its name and value, a
+/// positive finite number stored as a one-element F32, F16 or BF16 tensor ([1] or []).
+fn packed_scale(ckpt: &Checkpoint, hf: &str) -> Result<(String, f32)> {
+    let name = format!("{}_scale", hf);
+    let loc = ckpt
+        .get(&name)
+        .with_context(|| format!("checkpoint: missing tensor {name} (the scale of the packed weight {hf})"))?;
+    let file = ckpt.shard_path(loc).display();
+    if !(loc.shape.is_empty() || loc.shape == [1]) {
+        bail!("{file}: tensor {name} has shape {:?}, expected [1] (one scale per weight matrix)", loc.shape);
+    }
+    // read_f32 checks the dtype and that the value is finite.
+    let value = ckpt.read_f32(&name, loc)?[0];
+    if value <= 0.0 {
+        bail!("{file}: tensor {name} is {value}; a weight scale must be positive");
+    }
+    Ok((name, value))
+}
+
+/// Reads one planned tensor and converts it into its `.tern` bytes and scale; counts zero
+/// weights. Pre-packed weights keep their values and their checkpoint scale.
+fn convert_tensor(ckpt: &Checkpoint, p: &Planned) -> Result<(Vec<u8>, f32, u64)> {
+    let loc = ckpt.get(&p.hf).expect("planned from the checkpoint");
+    match p.source {
+        Source::Float => encode(&ckpt.read_f32(&p.hf, loc)?, &p.spec, &p.hf),
+        Source::Packed { scale } => {
+            let Shape::Matrix { rows, cols } = p.spec.shape else { unreachable!("packed tensors are matrices") };
+            let bytes = ckpt.read_u8(&p.hf, loc)?;
+            let (t2, zeros) = packed::to_t2(&bytes, rows as usize, cols as usize).map_err(|e| {
+                anyhow!(
+                    "{}: tensor {}: code 3 (not a ternary weight) at row {} column {}",
+                    ckpt.shard_path(loc).display(),
+                    p.hf,
+                    e.row,
+                    e.col
+                )
+            })?;
+            Ok((t2, scale, zeros))
+        }
+    }
 }
 
 /// Converts one tensor's f32 values into its `.tern` bytes and scale; counts zero weights.
@@ -277,7 +372,7 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
     let parsed = hf_config::read_config(input)?;
     let mut config = parsed.config;
     let ckpt = Checkpoint::open(input)?;
-    let (planned, warnings) = plan(&ckpt, &mut config, parsed.tie_word_embeddings, opts)?;
+    let (planned, warnings) = plan(&ckpt, &mut config, parsed.tie_word_embeddings, parsed.layout, opts)?;
     let tokenizer = read_tokenizer(input, &config)?;
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -322,10 +417,7 @@ pub(crate) fn write_all<W: Write + Seek>(
     let (mut ternary_weights, mut zero_weights) = (0u64, 0u64);
     for p in planned {
         bar.set_message(p.spec.name.clone());
-        let loc = ckpt.get(&p.hf).expect("planned from the checkpoint");
-        let values = ckpt.read_f32(&p.hf, loc)?;
-        let (bytes, scale, zeros) = encode(&values, &p.spec, &p.hf)?;
-        drop(values);
+        let (bytes, scale, zeros) = convert_tensor(ckpt, p)?;
         if p.spec.encoding == Encoding::T2 {
             ternary_weights += p.spec.shape.elements().unwrap_or(0);
             zero_weights += zeros;
@@ -383,10 +475,11 @@ mod tests {
     #[test]
     fn disk_full_is_reported() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-tied");
-        let mut config = hf_config::read_config(&dir).unwrap().config;
+        let parsed = hf_config::read_config(&dir).unwrap();
+        let mut config = parsed.config;
         let ckpt = Checkpoint::open(&dir).unwrap();
         let opts = Options { embed: Encoding::F16, progress: false, pause_per_tensor: None };
-        let (planned, _) = plan(&ckpt, &mut config, None, &opts).unwrap();
+        let (planned, _) = plan(&ckpt, &mut config, None, parsed.layout, &opts).unwrap();
         let tok = read_tokenizer(&dir, &config).unwrap();
         for room in [100, 20_000, 100_000] {
             let disk = FullDisk { inner: Cursor::new(Vec::new()), room };

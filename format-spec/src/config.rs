@@ -1,6 +1,7 @@
 //! The model configuration carried in every `.tern` file.
 
 use crate::layout::RawConfig;
+use crate::metadata::ChatMetadata;
 use crate::FormatError;
 use zerocopy::little_endian::{F32, U32};
 
@@ -31,6 +32,65 @@ pub mod flags {
     pub const ALL: u32 = ATTN_SUB_NORM | FFN_SUB_NORM | TIED_OUTPUT;
 }
 
+/// How a ternary tensor's stored scale enters BitLinear's rescale (SPEC.md, "Scale convention").
+///
+/// The scale is stored as the checkpoint gave it; [`multiplier`](ScaleConvention::multiplier)
+/// is the one place a reader turns it into the factor that multiplies `dot / s_x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleConvention {
+    /// The stored scale is `β` and `y = dot · β / s_x`. tern-convert's own absmean
+    /// quantization (`β = max(mean|W|, 1e-5)`), and transformers' `AutoBitLinear` in
+    /// offline mode (`integrations/bitnet.py`, `AutoBitLinear.forward`:
+    /// `output * self.weight_scale`).
+    Multiply = 1,
+    /// The stored scale is `s_w` and `y = dot / (s_w · s_x)`: transformers' `BitLinear`
+    /// (`integrations/bitnet.py`, `BitLinear.post_quant_process`:
+    /// `input / (input_scale * weight_scale)`).
+    Divide = 2,
+}
+
+impl ScaleConvention {
+    /// The factor `β` with `y = dot · β / s_x`, from a tensor's stored scale. Readers
+    /// compute it here, once per tensor at load; for [`Divide`](ScaleConvention::Divide)
+    /// it is the f32 reciprocal of the stored value.
+    pub fn multiplier(self, stored: f32) -> f32 {
+        match self {
+            ScaleConvention::Multiply => stored,
+            ScaleConvention::Divide => 1.0 / stored,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleConvention::Multiply => "multiply (y = dot · scale / s_x)",
+            ScaleConvention::Divide => "divide (y = dot / (scale · s_x))",
+        }
+    }
+}
+
+/// Where a file's ternary weights came from: which path tern-convert took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsSource {
+    /// Full-precision master weights (1bitLLM), ternarized by tern-convert with the
+    /// absmean scale.
+    Master = 1,
+    /// Pre-packed by Hugging Face's BitNet quantization (`quant_method: "bitnet"`): the
+    /// ternary values and each tensor's `weight_scale` are copied as given.
+    Prepacked = 2,
+}
+
+impl WeightsSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightsSource::Master => "master weights, ternarized by tern-convert (absmean)",
+            WeightsSource::Prepacked => "pre-packed ternary weights and weight_scale, copied as given",
+        }
+    }
+}
+
+/// Most end-of-sequence ids beside `eos_id` a file can hold.
+pub const MAX_EXTRA_EOS: usize = 7;
+
 /// Sampling defaults, from `generation_config.json` when the checkpoint has one.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GenerationDefaults {
@@ -50,7 +110,26 @@ impl Default for GenerationDefaults {
     }
 }
 
-/// Everything the runtime needs to know about the model's shape.
+impl GenerationDefaults {
+    /// The range check of the sampling defaults (the only one: the converter calls it on
+    /// `generation_config.json`, [`ModelConfig::validate`] on every file).
+    pub fn validate(&self) -> Result<(), FormatError> {
+        let bad = |field: &'static str, reason: String| Err(FormatError::Config { field, reason });
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad("gen_temperature", format!("{} is not ≥ 0", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("gen_top_p", format!("{} is outside (0, 1]", self.top_p));
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return bad("gen_repeat_penalty", format!("{} is not > 0", self.repeat_penalty));
+        }
+        Ok(())
+    }
+}
+
+/// Everything the runtime needs to know about the model: its shape (the config region),
+/// and the chat metadata (the metadata region, SPEC.md §3a).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     pub arch: Arch,
@@ -69,9 +148,16 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     pub rms_eps: f32,
     pub bos_id: Option<u32>,
+    /// The first end-of-sequence id; generation stops at it and at every `extra_eos` id.
     pub eos_id: Option<u32>,
+    /// Further end-of-sequence ids (at most [`MAX_EXTRA_EOS`]; empty without `eos_id`).
+    pub extra_eos: Vec<u32>,
     pub pad_id: Option<u32>,
     pub generation: GenerationDefaults,
+    pub scale_convention: ScaleConvention,
+    pub weights_source: WeightsSource,
+    /// The chat template and special-token strings (empty for version-1 files).
+    pub chat: ChatMetadata,
 }
 
 /// Stored in place of an absent token id.
@@ -117,24 +203,35 @@ impl ModelConfig {
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
             return bad("rms_eps", format!("{} is not a positive number", self.rms_eps));
         }
-        for (field, id) in [("bos_id", self.bos_id), ("eos_id", self.eos_id), ("pad_id", self.pad_id)] {
+        let ids = [("bos_id", self.bos_id), ("eos_id", self.eos_id), ("pad_id", self.pad_id)];
+        for (field, id) in ids.into_iter().chain(self.extra_eos.iter().map(|&id| ("extra_eos", Some(id)))) {
             if let Some(id) = id {
                 if id >= self.vocab_size {
                     return bad(field, format!("{id} is not below vocab_size {}", self.vocab_size));
                 }
             }
         }
-        let g = &self.generation;
-        if !(g.temperature.is_finite() && g.temperature >= 0.0) {
-            return bad("gen_temperature", format!("{} is not ≥ 0", g.temperature));
+        if self.extra_eos.len() > MAX_EXTRA_EOS {
+            return bad("extra_eos", format!("{} ids (at most {MAX_EXTRA_EOS})", self.extra_eos.len()));
         }
-        if !(g.top_p > 0.0 && g.top_p <= 1.0) {
-            return bad("gen_top_p", format!("{} is outside (0, 1]", g.top_p));
+        if self.eos_id.is_none() && !self.extra_eos.is_empty() {
+            return bad("extra_eos", "further EOS ids without an eos_id".into());
         }
-        if !(g.repeat_penalty.is_finite() && g.repeat_penalty > 0.0) {
-            return bad("gen_repeat_penalty", format!("{} is not > 0", g.repeat_penalty));
+        let all: Vec<u32> = self.eos_ids().collect();
+        if (1..all.len()).any(|i| all[..i].contains(&all[i])) {
+            return bad("extra_eos", format!("{all:?} lists an id twice"));
         }
-        Ok(())
+        self.generation.validate()
+    }
+
+    /// Every end-of-sequence id: `eos_id`, then `extra_eos`.
+    pub fn eos_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.eos_id.into_iter().chain(self.extra_eos.iter().copied())
+    }
+
+    /// Whether generation stops at `id`.
+    pub fn is_eos(&self, id: u32) -> bool {
+        self.eos_ids().any(|e| e == id)
     }
 
     /// Width of the query projection output.
@@ -180,11 +277,15 @@ impl ModelConfig {
             gen_top_k: U32::new(self.generation.top_k),
             gen_top_p: F32::new(self.generation.top_p),
             gen_repeat_penalty: F32::new(self.generation.repeat_penalty),
-            reserved: [0; 48],
+            scale_convention: U32::new(self.scale_convention as u32),
+            weights_source: U32::new(self.weights_source as u32),
+            extra_eos: std::array::from_fn(|i| U32::new(self.extra_eos.get(i).copied().unwrap_or(NO_TOKEN))),
+            reserved: [0; 12],
         }
     }
 
-    pub(crate) fn from_raw(raw: &RawConfig) -> Result<Self, FormatError> {
+    /// The config of a file of format `version` (1 or 2); `chat` comes from its metadata region.
+    pub(crate) fn from_raw(raw: &RawConfig, version: u32, chat: ChatMetadata) -> Result<Self, FormatError> {
         let bad = |field: &'static str, reason: String| FormatError::Config { field, reason };
         let arch = match raw.arch.get() {
             1 => Arch::BitnetLlama,
@@ -203,6 +304,32 @@ impl ModelConfig {
             return Err(bad("reserved", "reserved bytes are not zero".into()));
         }
         let id = |x: U32| (x.get() != NO_TOKEN).then_some(x.get());
+        let (scale_convention, weights_source, extra_eos) = if version == 1 {
+            // Version 1 had 48 reserved bytes here; its converter only ternarized master weights.
+            let zero = raw.scale_convention.get() == 0
+                && raw.weights_source.get() == 0
+                && raw.extra_eos.iter().all(|e| e.get() == 0);
+            if !zero {
+                return Err(bad("reserved", "reserved bytes are not zero".into()));
+            }
+            (ScaleConvention::Multiply, WeightsSource::Master, Vec::new())
+        } else {
+            let scale = match raw.scale_convention.get() {
+                1 => ScaleConvention::Multiply,
+                2 => ScaleConvention::Divide,
+                other => return Err(bad("scale_convention", format!("unknown scale convention code {other}"))),
+            };
+            let source = match raw.weights_source.get() {
+                1 => WeightsSource::Master,
+                2 => WeightsSource::Prepacked,
+                other => return Err(bad("weights_source", format!("unknown weights source code {other}"))),
+            };
+            let used = raw.extra_eos.iter().take_while(|e| e.get() != NO_TOKEN).count();
+            if raw.extra_eos[used..].iter().any(|e| e.get() != NO_TOKEN) {
+                return Err(bad("extra_eos", "an unused slot comes before a used one".into()));
+            }
+            (scale, source, raw.extra_eos[..used].iter().map(|e| e.get()).collect())
+        };
         let config = ModelConfig {
             arch,
             activation,
@@ -221,6 +348,7 @@ impl ModelConfig {
             rms_eps: raw.rms_eps.get(),
             bos_id: id(raw.bos_id),
             eos_id: id(raw.eos_id),
+            extra_eos,
             pad_id: id(raw.pad_id),
             generation: GenerationDefaults {
                 temperature: raw.gen_temperature.get(),
@@ -228,6 +356,9 @@ impl ModelConfig {
                 top_p: raw.gen_top_p.get(),
                 repeat_penalty: raw.gen_repeat_penalty.get(),
             },
+            scale_convention,
+            weights_source,
+            chat,
         };
         config.validate()?;
         Ok(config)

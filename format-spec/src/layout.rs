@@ -8,8 +8,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// The first eight bytes of every `.tern` file.
 pub const MAGIC: [u8; 8] = *b"TERNB158";
-/// The format version this crate writes and the newest it reads.
-pub const VERSION: u32 = 1;
+/// The format version this crate writes and the newest it reads. Version 1 files (no
+/// metadata region, no scale convention, one EOS id) are still read (SPEC.md, "Versioning").
+pub const VERSION: u32 = 2;
 /// Every tensor's data starts at a multiple of this many bytes (SPEC.md, "Alignment").
 pub const TENSOR_ALIGN: u64 = 64;
 
@@ -37,7 +38,10 @@ pub struct RawHeader {
     pub config_checksum: U64,
     pub dir_checksum: U64,
     pub tokenizer_checksum: U64,
-    pub reserved: [u8; 16],
+    /// Version 2: length of the metadata region after the tokenizer. Version 1: zero.
+    pub meta_len: U64,
+    /// Version 2: xxh3-64 of the metadata region. Version 1: zero.
+    pub meta_checksum: U64,
     /// xxh3-64 of header bytes 0..120 (everything before this field).
     pub header_checksum: U64,
 }
@@ -66,7 +70,13 @@ pub struct RawConfig {
     pub gen_top_k: U32,
     pub gen_top_p: F32,
     pub gen_repeat_penalty: F32,
-    pub reserved: [u8; 48],
+    /// Version 2: [`ScaleConvention`](crate::ScaleConvention) code. Version 1: zero.
+    pub scale_convention: U32,
+    /// Version 2: [`WeightsSource`](crate::WeightsSource) code. Version 1: zero.
+    pub weights_source: U32,
+    /// Version 2: further end-of-sequence ids, used slots first, then `NO_TOKEN`. Version 1: zero.
+    pub extra_eos: [U32; 7],
+    pub reserved: [u8; 12],
 }
 
 /// One tensor-directory entry (128 bytes).

@@ -10,15 +10,19 @@
 
 mod config;
 mod layout;
+pub mod metadata;
 pub mod names;
 pub mod ternary;
 mod writer;
 
-pub use config::{flags, Activation, Arch, GenerationDefaults, ModelConfig, NO_TOKEN};
+pub use config::{
+    flags, Activation, Arch, GenerationDefaults, ModelConfig, ScaleConvention, WeightsSource, MAX_EXTRA_EOS, NO_TOKEN,
+};
 pub use layout::{
     align_up, checksum, RawConfig, RawEntry, RawHeader, CONFIG_LEN, ENTRY_LEN, HEADER_LEN, MAGIC, NAME_LEN,
     TENSOR_ALIGN, VERSION,
 };
+pub use metadata::ChatMetadata;
 pub use writer::{TensorSpec, TernWriter};
 
 use layout::HEADER_CHECKSUMMED;
@@ -46,6 +50,8 @@ pub enum FormatError {
     Padding { region: String, offset: u64 },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("metadata: {0}")]
+    Metadata(String),
     #[error("tensor {name}: {reason}")]
     Tensor { name: String, reason: String },
     #[error(transparent)]
@@ -153,7 +159,8 @@ pub struct TensorInfo {
     pub shape: Shape,
     pub offset: u64,
     pub length: u64,
-    /// For `t2`: `max(mean|W|, 1e-5)`, so that `W ≈ scale × Wq`. 1.0 otherwise.
+    /// For `t2`: the tensor scale as stored; the config's [`ScaleConvention`] says how it
+    /// enters the rescale ([`ScaleConvention::multiplier`]). 1.0 otherwise.
     pub scale: f32,
     pub checksum: u64,
 }
@@ -233,7 +240,8 @@ impl<'a> TernFile<'a> {
         if header.header_len.get() as usize != HEADER_LEN {
             return Err(header_err("header_len", format!("{} (expected {HEADER_LEN})", header.header_len)));
         }
-        if header.reserved.iter().any(|&b| b != 0) {
+        if version == 1 && (header.meta_len.get() != 0 || header.meta_checksum.get() != 0) {
+            // Version 1 had 16 reserved bytes where version 2 places the metadata region.
             return Err(header_err("reserved", "reserved bytes are not zero"));
         }
         if header.file_len.get() != file_len {
@@ -266,14 +274,17 @@ impl<'a> TernFile<'a> {
         })?;
         let dir_end = header.dir_offset.get() + dir_len;
         expect("tokenizer_offset", header.tokenizer_offset.get(), dir_end)?;
-        let tok_end = dir_end.checked_add(header.tokenizer_len.get()).filter(|&e| e <= file_len).ok_or_else(|| {
-            FormatError::Truncated {
-                what: "the tokenizer".into(),
-                needed: dir_end.saturating_add(header.tokenizer_len.get()),
+        // The end of a region of `len` bytes at `start`, which must lie inside the file.
+        let end = |start: u64, len: u64, what: &str| {
+            start.checked_add(len).filter(|&e| e <= file_len).ok_or_else(|| FormatError::Truncated {
+                what: what.into(),
+                needed: start.saturating_add(len),
                 actual: file_len,
-            }
-        })?;
-        let data_offset = align_up(tok_end).expect("tok_end <= file_len, far from overflow");
+            })
+        };
+        let tok_end = end(dir_end, header.tokenizer_len.get(), "the tokenizer")?;
+        let meta_end = end(tok_end, header.meta_len.get(), "the metadata")?;
+        let data_offset = align_up(meta_end).expect("meta_end <= file_len, far from overflow");
         expect("data_offset", header.data_offset.get(), data_offset)?;
         if data_offset > file_len {
             return Err(FormatError::Truncated {
@@ -290,9 +301,16 @@ impl<'a> TernFile<'a> {
         check("tensor directory", header.dir_checksum.get(), dir_bytes)?;
         let tok_bytes = region(dir_end, header.tokenizer_len.get());
         check("tokenizer", header.tokenizer_checksum.get(), tok_bytes)?;
+        let chat = if version == 1 {
+            ChatMetadata::default()
+        } else {
+            let meta_bytes = region(tok_end, header.meta_len.get());
+            check("metadata", header.meta_checksum.get(), meta_bytes)?;
+            ChatMetadata::decode(meta_bytes)?
+        };
 
         let raw_config = RawConfig::read_from_bytes(config_bytes).expect("CONFIG_LEN bytes");
-        let config = ModelConfig::from_raw(&raw_config)?;
+        let config = ModelConfig::from_raw(&raw_config, version, chat)?;
         let tokenizer =
             std::str::from_utf8(tok_bytes).map_err(|e| FormatError::Tokenizer(format!("not UTF-8 ({e})")))?;
 
@@ -301,7 +319,7 @@ impl<'a> TernFile<'a> {
         let mut seen = HashSet::with_capacity(entries.len());
         let mut prev_end = data_offset;
         for (index, raw) in entries.iter().enumerate() {
-            let info = parse_entry(index, raw, prev_end, file_len)?;
+            let info = parse_entry(index, raw, prev_end, file_len, config.scale_convention)?;
             if !seen.insert(info.name.clone()) {
                 return Err(FormatError::Entry { index, name: info.name, reason: "duplicate name".into() });
             }
@@ -321,7 +339,8 @@ impl<'a> TernFile<'a> {
     /// returns the first fault. Together with [`parse`](TernFile::parse) this
     /// covers every byte of the file.
     pub fn verify(&self) -> Result<(), FormatError> {
-        let mut pos = self.header.tokenizer_offset.get() + self.header.tokenizer_len.get();
+        let h = &self.header;
+        let mut pos = h.tokenizer_offset.get() + h.tokenizer_len.get() + h.meta_len.get();
         for t in &self.tensors {
             self.check_zero(pos, t.offset, &format!("padding before tensor {}", t.name))?;
             let data = &self.bytes[t.offset as usize..(t.offset + t.length) as usize];
@@ -403,7 +422,13 @@ pub fn find_tensor<'t>(
     Ok(info)
 }
 
-fn parse_entry(index: usize, raw: &RawEntry, min_offset: u64, file_len: u64) -> Result<TensorInfo, FormatError> {
+fn parse_entry(
+    index: usize,
+    raw: &RawEntry,
+    min_offset: u64,
+    file_len: u64,
+    convention: ScaleConvention,
+) -> Result<TensorInfo, FormatError> {
     let name_end = raw.name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
     let lossy = String::from_utf8_lossy(&raw.name[..name_end]).into_owned();
     let err = |reason: String| FormatError::Entry { index, name: lossy.clone(), reason };
@@ -448,6 +473,9 @@ fn parse_entry(index: usize, raw: &RawEntry, min_offset: u64, file_len: u64) -> 
     match encoding {
         Encoding::T2 if !(scale.is_finite() && scale > 0.0) => {
             return Err(err(format!("scale {scale} is not a positive number")));
+        }
+        Encoding::T2 if !convention.multiplier(scale).is_finite() => {
+            return Err(err(format!("scale {scale} has no finite reciprocal")));
         }
         Encoding::F32 | Encoding::F16 | Encoding::Q8 if scale != 1.0 => {
             return Err(err(format!("scale {scale} (expected 1 for {})", encoding.name())));

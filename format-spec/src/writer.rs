@@ -3,7 +3,7 @@
 //! with their checksums are written last.
 
 use crate::layout::{checksum, RawEntry, RawHeader, HEADER_CHECKSUMMED};
-use crate::{align_up, tensor_bytes, Encoding, FormatError, ModelConfig, Shape};
+use crate::{align_up, tensor_bytes, Encoding, FormatError, ModelConfig, ScaleConvention, Shape};
 use crate::{CONFIG_LEN, ENTRY_LEN, HEADER_LEN, MAGIC, NAME_LEN, TENSOR_ALIGN, VERSION};
 use std::io::{Seek, SeekFrom, Write};
 use zerocopy::little_endian::{F32, U32, U64};
@@ -26,6 +26,7 @@ pub struct TernWriter<W: Write + Seek> {
     entries: Vec<RawEntry>,
     next: usize,
     pos: u64,
+    convention: ScaleConvention,
 }
 
 impl<W: Write + Seek> TernWriter<W> {
@@ -36,11 +37,13 @@ impl<W: Write + Seek> TernWriter<W> {
         specs: &[TensorSpec],
     ) -> Result<Self, FormatError> {
         config.validate()?;
+        let meta = config.chat.encode()?;
         let mut entries = Vec::with_capacity(specs.len());
         let dir_offset = (HEADER_LEN + CONFIG_LEN) as u64;
         let tok_offset = dir_offset + (specs.len() * ENTRY_LEN) as u64;
         let tok_end = tok_offset + tokenizer_json.len() as u64;
-        let data_offset = align_up(tok_end).expect("small");
+        let meta_end = tok_end + meta.len() as u64;
+        let data_offset = align_up(meta_end).expect("small");
         let mut offset = data_offset;
         for (index, s) in specs.iter().enumerate() {
             let err = |reason: String| FormatError::Entry { index, name: s.name.clone(), reason };
@@ -88,7 +91,8 @@ impl<W: Write + Seek> TernWriter<W> {
             config_checksum: U64::new(checksum(config_raw.as_bytes())),
             dir_checksum: U64::new(0),
             tokenizer_checksum: U64::new(checksum(tokenizer_json)),
-            reserved: [0; 16],
+            meta_len: U64::new(meta.len() as u64),
+            meta_checksum: U64::new(checksum(&meta)),
             header_checksum: U64::new(0),
         };
         // A zeroed header until `finish`: an interrupted file has no valid magic.
@@ -96,7 +100,8 @@ impl<W: Write + Seek> TernWriter<W> {
         out.write_all(config_raw.as_bytes())?;
         out.write_all(&vec![0u8; specs.len() * ENTRY_LEN])?;
         out.write_all(tokenizer_json)?;
-        let mut w = TernWriter { out, header, entries, next: 0, pos: tok_end };
+        out.write_all(&meta)?;
+        let mut w = TernWriter { out, header, entries, next: 0, pos: meta_end, convention: config.scale_convention };
         w.pad_to(data_offset)?;
         Ok(w)
     }
@@ -117,7 +122,8 @@ impl<W: Write + Seek> TernWriter<W> {
     }
 
     /// Writes the next tensor's bytes (exactly the length its spec implies) and its
-    /// scale: `max(mean|W|, 1e-5)` for `t2`, 1.0 for float encodings.
+    /// scale: for `t2` as the config's scale convention defines it (SPEC.md §6), 1.0 for
+    /// float encodings.
     pub fn write_tensor(&mut self, data: &[u8], scale: f32) -> Result<(), FormatError> {
         let name = self.next_name().ok_or_else(|| FormatError::Tensor {
             name: "(none)".into(),
@@ -131,7 +137,8 @@ impl<W: Write + Seek> TernWriter<W> {
             });
         }
         let float = e.encoding.get() != Encoding::T2 as u32;
-        if (float && scale != 1.0) || !(scale.is_finite() && scale > 0.0) {
+        let valid = scale.is_finite() && scale > 0.0 && self.convention.multiplier(scale).is_finite();
+        if (float && scale != 1.0) || !valid {
             return Err(FormatError::Tensor { name, reason: format!("scale {scale} is not valid for this encoding") });
         }
         e.scale = F32::new(scale);

@@ -25,8 +25,12 @@ fn config() -> ModelConfig {
         rms_eps: 1e-5,
         bos_id: Some(1),
         eos_id: Some(2),
+        extra_eos: vec![],
         pad_id: None,
         generation: GenerationDefaults::default(),
+        scale_convention: ScaleConvention::Multiply,
+        weights_source: WeightsSource::Master,
+        chat: ChatMetadata::default(),
     }
 }
 
@@ -134,7 +138,8 @@ fn a_flip_names_its_region() {
         (t("w") + 5, "checksum mismatch in tensor w"),
         (t("e") + 1, "checksum mismatch in tensor e"),
         (t("n") + 27, "checksum mismatch in tensor n"),
-        (tok_at + TOKENIZER.len(), "non-zero padding byte"),
+        (tok_at + TOKENIZER.len(), "checksum mismatch in metadata"),
+        (tok_at + TOKENIZER.len() + 4, "non-zero padding byte"),
         (e_end + 3, "padding before tensor n"),
     ];
     for (at, want) in cases {
@@ -164,7 +169,7 @@ fn every_truncation_is_a_clean_error() {
 #[test]
 fn newer_version_asks_for_an_upgrade() {
     let mut bytes = sample();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     let err = TernFile::parse(&bytes).unwrap_err().to_string();
     assert!(err.contains("made by a newer tern") && err.contains("upgrade"), "{err}");
 }
@@ -264,6 +269,109 @@ fn config_validation_names_the_field() {
     let mut c = config();
     c.rms_eps = f32::NAN;
     assert!(c.validate().unwrap_err().to_string().contains("rms_eps"));
+    let mut c = config();
+    c.extra_eos = vec![3, 10];
+    assert_eq!(c.validate().unwrap_err().to_string(), "config field extra_eos: 10 is not below vocab_size 10");
+    c.extra_eos = vec![3, 2];
+    assert_eq!(c.validate().unwrap_err().to_string(), "config field extra_eos: [2, 3, 2] lists an id twice");
+    c.extra_eos = vec![3; 8];
+    assert!(c.validate().unwrap_err().to_string().contains("8 ids (at most 7)"));
+    c.extra_eos = vec![3];
+    c.eos_id = None;
+    assert!(c.validate().unwrap_err().to_string().contains("without an eos_id"));
+    let mut c = config();
+    c.generation.top_p = 0.0;
+    assert_eq!(c.validate().unwrap_err().to_string(), "config field gen_top_p: 0 is outside (0, 1]");
+}
+
+/// A pre-packed model's config: divide convention, an EOS list, a chat template.
+fn packed_config() -> ModelConfig {
+    ModelConfig {
+        extra_eos: vec![7, 9],
+        scale_convention: ScaleConvention::Divide,
+        weights_source: WeightsSource::Prepacked,
+        chat: ChatMetadata {
+            chat_template: Some(
+                "{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}".into(),
+            ),
+            bos_token: Some("<|begin_of_text|>".into()),
+            eos_token: Some("<|eot_id|>".into()),
+        },
+        ..config()
+    }
+}
+
+#[test]
+fn version_2_fields_round_trip() {
+    let specs = [TensorSpec { name: "w".into(), encoding: Encoding::T2, shape: Shape::Matrix { rows: 2, cols: 10 } }];
+    let mut w = TernWriter::new(Cursor::new(Vec::new()), &packed_config(), TOKENIZER.as_bytes(), &specs).unwrap();
+    // 1/s_w must be finite: the smallest subnormal's reciprocal is not.
+    assert!(w.write_tensor(&[0x55u8; 128], f32::from_bits(1)).unwrap_err().to_string().contains("not valid"));
+    w.write_tensor(&[0x55u8; 128], 4.0).unwrap();
+    let bytes = w.finish().unwrap().into_inner();
+    let f = TernFile::parse(&bytes).unwrap();
+    f.verify().unwrap();
+    assert_eq!(f.version(), 2);
+    assert_eq!(f.config(), &packed_config());
+    assert_eq!(f.config().eos_ids().collect::<Vec<_>>(), [2, 7, 9]);
+    assert!(f.config().is_eos(9) && !f.config().is_eos(3));
+    let t = f.tensor("w").unwrap();
+    assert_eq!((t.info.scale, f.config().scale_convention.multiplier(t.info.scale)), (4.0, 0.25));
+
+    // Every byte of the metadata region is covered by its checksum.
+    let (h, _) = RawHeader::read_from_prefix(&bytes).unwrap();
+    let meta_at = (h.tokenizer_offset.get() + h.tokenizer_len.get()) as usize;
+    assert!(h.meta_len.get() > 40);
+    for i in 0..h.meta_len.get() as usize {
+        let mut bad = bytes.clone();
+        bad[meta_at + i] ^= 0x20;
+        assert!(TernFile::parse(&bad).unwrap_err().to_string().contains("checksum mismatch in metadata"), "byte {i}");
+    }
+    // A stored scale without a finite reciprocal is refused under the divide convention.
+    let mut bad = bytes.clone();
+    entry_mut(&mut bad, 0).scale.set(f32::from_bits(1));
+    reseal(&mut bad);
+    assert!(TernFile::parse(&bad).unwrap_err().to_string().contains("has no finite reciprocal"));
+    // Used EOS slots come first.
+    let err = parse_err_after_config_edit(&bytes, |raw| raw.extra_eos[0].set(NO_TOKEN));
+    assert!(err.contains("extra_eos: an unused slot comes before"), "{err}");
+    let err = parse_err_after_config_edit(&bytes, |raw| raw.scale_convention.set(3));
+    assert!(err.contains("unknown scale convention code 3"), "{err}");
+}
+
+/// The parse error of `bytes` after `edit` of its config (with every checksum resealed).
+fn parse_err_after_config_edit(bytes: &[u8], edit: impl FnOnce(&mut RawConfig)) -> String {
+    let mut bad = bytes.to_vec();
+    edit(RawConfig::mut_from_bytes(&mut bad[HEADER_LEN..HEADER_LEN + CONFIG_LEN]).unwrap());
+    let sum = checksum(&bad[HEADER_LEN..HEADER_LEN + CONFIG_LEN]);
+    let (mut header, _) = RawHeader::read_from_prefix(&bad).unwrap();
+    header.config_checksum = U64::new(sum);
+    bad[..HEADER_LEN].copy_from_slice(header.as_bytes());
+    reseal(&mut bad);
+    TernFile::parse(&bad).unwrap_err().to_string()
+}
+
+/// A file written by tern-convert at format version 1 (before pre-packed models) still
+/// loads: master weights, the multiply convention, one EOS id, no chat metadata.
+#[test]
+fn version_1_files_keep_loading() {
+    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v1-tiny-odd-gqa-bf16.tern")).unwrap();
+    let f = TernFile::parse(&bytes).unwrap();
+    f.verify().unwrap();
+    assert_eq!(f.version(), 1);
+    let c = f.config();
+    assert_eq!((c.scale_convention, c.weights_source), (ScaleConvention::Multiply, WeightsSource::Master));
+    assert_eq!((c.eos_id, c.extra_eos.len(), &c.chat), (Some(2), 0, &ChatMetadata::default()));
+    assert_eq!((c.hidden_size, c.n_heads, c.n_kv_heads, f.tensors().len()), (96, 6, 2, 24));
+    // Its reserved bytes stay reserved: a version-1 header with metadata fields is damaged.
+    let mut bad = bytes.clone();
+    let (mut h, _) = RawHeader::read_from_prefix(&bad).unwrap();
+    h.meta_len = U64::new(4);
+    bad[..HEADER_LEN].copy_from_slice(h.as_bytes());
+    reseal(&mut bad);
+    assert!(TernFile::parse(&bad).unwrap_err().to_string().contains("header field reserved"));
+    let err = parse_err_after_config_edit(&bytes, |raw| raw.scale_convention.set(2));
+    assert!(err.contains("config field reserved"), "{err}");
 }
 
 /// Without tensors the padding after the tokenizer is the file's last bytes: still checked.
@@ -271,7 +379,8 @@ fn config_validation_names_the_field() {
 fn padding_of_a_file_without_tensors_is_checked() {
     let w = TernWriter::new(Cursor::new(Vec::new()), &config(), b"{}", &[]).unwrap();
     let good = w.finish().unwrap().into_inner();
-    assert_eq!(good.len() as u64, align_up((HEADER_LEN + CONFIG_LEN + 2) as u64).unwrap());
+    // Header, config, a 2-byte tokenizer and the 4-byte empty metadata region, padded.
+    assert_eq!(good.len() as u64, align_up((HEADER_LEN + CONFIG_LEN + 2 + 4) as u64).unwrap());
     full_check(&good).unwrap();
     let mut bad = good.clone();
     *bad.last_mut().unwrap() = 1;

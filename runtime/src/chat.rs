@@ -84,7 +84,7 @@ impl<'m> Chat<'m> {
     pub fn new(model: &'m Model, tok: &'m TextTokenizer, template: ChatTemplate, opts: ChatOptions) -> Result<Self> {
         let c = model.config();
         let st = State::with_kv(c, opts.ctx, DEFAULT_BATCH, opts.kv_type)?;
-        let mut end_ids: Vec<u32> = c.eos_id.into_iter().collect();
+        let mut end_ids: Vec<u32> = c.eos_ids().collect();
         end_ids.extend(END_OF_TURN.iter().filter_map(|t| tok.token_id(t)));
         let stops = if template.is_fallback() { vec![FALLBACK_STOP.to_string()] } else { Vec::new() };
         let sampler = Sampler::new(opts.sampler, opts.seed, c.vocab_size as usize);

@@ -55,11 +55,15 @@ impl Message {
     }
 }
 
-/// The chat template of a model file, or the fallback when it has none.
+/// The chat template of a model file (with the special-token strings stored beside it), or
+/// the fallback when it has none.
 pub fn for_model(model: &Model, tok: &TextTokenizer) -> Result<ChatTemplate> {
     let c = model.config();
+    let stored = &c.chat;
     let text = |id: Option<u32>| id.and_then(|id| tok.token_text(id));
-    ChatTemplate::new(None, text(c.bos_id).as_deref(), text(c.eos_id).as_deref())
+    let bos = stored.bos_token.clone().or_else(|| text(c.bos_id));
+    let eos = stored.eos_token.clone().or_else(|| text(c.eos_id));
+    ChatTemplate::new(stored.chat_template.as_deref(), bos.as_deref(), eos.as_deref())
 }
 
 /// A compiled chat template with the special-token strings it may use.

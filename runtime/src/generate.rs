@@ -135,7 +135,7 @@ pub fn generate(
     loop {
         let next = sampler.sample(&mut logits, &history);
         stats.gen_tokens += 1;
-        if Some(next) == c.eos_id {
+        if c.is_eos(next) {
             break;
         }
         history.push(next);

@@ -456,7 +456,8 @@ fn cmd_inspect(path: &Path) -> Result<()> {
     let file = ModelFile::open(path)?;
     let c = file.config();
     let out = &mut std::io::stdout().lock();
-    writeln!(out, "file          {} ({} bytes, format version {})", path.display(), file.len(), tern_format::VERSION)?;
+    let version = tern_format::read_version(file.bytes())?;
+    writeln!(out, "file          {} ({} bytes, format version {version})", path.display(), file.len())?;
     writeln!(out, "arch          {:?}, activation {:?}", c.arch, c.activation)?;
     writeln!(out, "vocab         {}", c.vocab_size)?;
     writeln!(out, "hidden        {} (intermediate {})", c.hidden_size, c.intermediate_size)?;
@@ -469,8 +470,16 @@ fn cmd_inspect(path: &Path) -> Result<()> {
         "sub-norms     attn {}, ffn {}; output tied to embedding: {}",
         c.attn_sub_norm, c.ffn_sub_norm, c.tied_output
     )?;
+    writeln!(out, "weights       {}", c.weights_source.name())?;
+    writeln!(out, "scale         {}", c.scale_convention.name())?;
     let id = |x: Option<u32>| x.map_or("-".to_string(), |v| v.to_string());
-    writeln!(out, "tokens        bos {}, eos {}, pad {}", id(c.bos_id), id(c.eos_id), id(c.pad_id))?;
+    let eos: Vec<String> = c.eos_ids().map(|e| e.to_string()).collect();
+    let eos = if eos.is_empty() { "-".to_string() } else { eos.join(" ") };
+    writeln!(out, "tokens        bos {}, eos {eos}, pad {}", id(c.bos_id), id(c.pad_id))?;
+    let text = |x: &Option<String>| x.as_deref().map_or("-".to_string(), |t| format!("{t:?}"));
+    writeln!(out, "special text  bos {}, eos {}", text(&c.chat.bos_token), text(&c.chat.eos_token))?;
+    let template = c.chat.chat_template.as_deref().map_or("none".to_string(), |t| format!("{} bytes", t.len()));
+    writeln!(out, "chat template {template}")?;
     let g = c.generation;
     writeln!(
         out,

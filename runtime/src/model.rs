@@ -101,7 +101,9 @@ impl Model {
                 rows: rows as usize,
                 cols: cols as usize,
                 row_bytes: row_bytes(cols as usize),
-                scale: info.scale,
+                // families (issue 24): the stored scale becomes β here, once, by the file's
+                // scale convention (the reciprocal for transformers' BitLinear).
+                scale: config.scale_convention.multiplier(info.scale),
             }
         };
         let float_matrix = |info: &TensorInfo| -> FloatMatrix {

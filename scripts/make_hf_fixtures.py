@@ -1,0 +1,468 @@
+#!/usr/bin/env python3
+"""Synthetic checkpoints in the two published pre-packed BitNet layouts, with goldens from
+Hugging Face transformers itself (the independent oracle of issue 24).
+
+  fixtures/bitnet-2b-tiny/  BitNetForCausalLM as microsoft/bitnet-b1.58-2B-4T, scaled down:
+                            linear_class "autobitlinear", offline (y = x.W * weight_scale),
+                            relu2, attn_sub_norm / ffn_sub_norm, tied embeddings,
+                            hidden 320, intermediate 864, 3 layers, 10 / 5 heads (head_dim 32)
+  fixtures/falcon3-tiny/    LlamaForCausalLM as tiiuae/Falcon3-*-1.58bit, scaled down:
+                            quant_method "bitnet" alone (linear_class "bitlinear":
+                            y = x.W / weight_scale), SiLU, no sub-norms, untied bf16 lm_head,
+                            explicit head_dim 48 with 8 / 4 heads (8 x 48 != hidden 320)
+
+Both: every BitLinear weight is U8 [out/4, in] packed by transformers' own `pack_weights`
+from a random ternary matrix, with a BF16 [1] `weight_scale`; norms, embeddings and
+lm_head are BF16. Each folder gets config.json, generation_config.json, model.safetensors,
+a Llama-3-style byte-level BPE tokenizer.json trained on the Austen corpus (real special
+token names, <|begin_of_text|> prepended by the post-processor), tokenizer_config.json
+with the model's published chat template, and two goldens:
+
+  hf_golden.json  transformers' AutoModelForCausalLM on CPU in float32: logits at every
+                  prompt position, the same with activation quantization patched to the
+                  identity, 32 greedy tokens (argmax with full recompute), and a rendered
+                  chat-template example
+  golden.json     scripts/reference.py (numpy float64, from the formulas, own U8 unpacking)
+
+and the two are cross-checked (argmax at every position, max |dlogit| / max |logit|,
+greedy). Everything is seeded: running it again gives the same bytes.
+
+Regenerate (CPU; PyPI torch transformers accelerate safetensors numpy tokenizers):
+
+  python3 scripts/make_hf_fixtures.py            # both fixtures, then the cross-check
+
+Made with torch 2.15.0, transformers 5.25.0, accelerate 1.16.0, safetensors 0.8.0,
+numpy 2.4.6, tokenizers 0.23.3 (each hf_golden.json records its versions).
+"""
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import corpus  # noqa: E402
+import reference  # noqa: E402
+
+FIXTURES = os.path.normpath(os.path.join(HERE, "..", "fixtures"))
+
+# --- published facts, scaled down ------------------------------------------------------
+# Special tokens of Llama 3 (ids 128000.. there; here right after the learned vocabulary).
+BOS, EOS, SH, EH, EOT = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+)
+SPECIALS = [BOS, EOS, SH, EH, EOT]
+MERGES = 250  # 256 byte tokens + 250 merges + 5 specials = 511 (odd) tokens
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# chat_template of microsoft/bitnet-b1.58-2B-4T's tokenizer_config.json
+BITNET_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = message['role'] | capitalize + ': '+ message['content'] | trim + '<|eot_id|>' %}"
+    "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
+# chat_template of tiiuae's Falcon3 instruct models (Falcon3-*-Instruct[-1.58bit])
+FALCON3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<|system|>\\n' + message['content'] + '\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}"
+    "{% elif message['role'] == 'assistant' %}{% if not loop.last %}"
+    "{{ '<|assistant|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% else %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}"
+)
+CHAT_MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Who is Mr. Darcy?"},
+    {"role": "assistant", "content": "A gentleman of Derbyshire."},
+    {"role": "user", "content": "  And Elizabeth?  "},
+]
+
+SHAPE = dict(hidden=320, inter=864, layers=3)
+FAMILIES = {
+    "bitnet-2b-tiny": dict(
+        seed=7,
+        heads=10,
+        kv=5,
+        head_dim=None,  # 2B-4T's config has none: hidden / heads = 32
+        act="relu2",
+        sub_norms=True,
+        tied=True,
+        linear_class="autobitlinear",
+        # mean|W| of the masters a packed model was made from: the scale multiplies. Large
+        # enough that the layers, not the tied embedding's echo of the input token, decide
+        # the greedy continuation (at half of this it repeats one token); twice this, and
+        # one int8 rounding flip moves the logits by 0.3. The seed was picked for wide
+        # top-2 margins (>= 0.09 at every prompt position and greedy step).
+        scale=(0.04, 0.12),
+        eos_token="<|eot_id|>",
+        chat_template=BITNET_CHAT_TEMPLATE,
+    ),
+    "falcon3-tiny": dict(
+        seed=3003,
+        heads=8,
+        kv=4,
+        head_dim=48,
+        act="silu",
+        sub_norms=False,
+        tied=False,
+        linear_class="bitlinear",
+        # 1 / mean|W| of the masters: the scale divides
+        scale=(15.0, 50.0),
+        eos_token=EOS,
+        chat_template=FALCON3_CHAT_TEMPLATE,
+    ),
+}
+LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+# --- tokenizer ---------------------------------------------------------------------------
+def train_tokenizer(path):
+    """Llama-3-style byte-level BPE: split regex + ByteLevel, ignore_merges, specials at the end."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=256 + MERGES,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+        show_progress=False,
+    )
+    lines = [p for _, train_part, _ in corpus.novels() for p in train_part]
+    tok.train_from_iterator(lines, trainer=trainer)
+    assert tok.get_vocab_size() == 256 + MERGES, tok.get_vocab_size()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    bos = tok.token_to_id(BOS)
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True),
+        processors.TemplateProcessing(
+            single=f"{BOS}:0 $A:0",
+            pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
+            special_tokens=[(BOS, bos)],
+        ),
+    ])
+    tok.save(path)
+    ids = {s: tok.token_to_id(s) for s in SPECIALS}
+    sample = "It is a truth universally acknowledged — naïve, 42!\n"
+    enc = tok.encode(sample)
+    assert enc.ids[0] == ids[BOS] and tok.decode(enc.ids, skip_special_tokens=True) == sample
+    return tok, ids
+
+
+def tokenizer_config(ids, fam):
+    decoder = {
+        str(ids[s]): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
+                      "single_word": False, "special": True}
+        for s in SPECIALS
+    }
+    return {
+        "added_tokens_decoder": decoder,
+        "bos_token": BOS,
+        "chat_template": fam["chat_template"],
+        "clean_up_tokenization_spaces": True,
+        "eos_token": fam["eos_token"],
+        "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": 256,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+
+
+# --- config ------------------------------------------------------------------------------
+def config_json(name, fam, ids, vocab):
+    h = SHAPE["hidden"]
+    if name == "bitnet-2b-tiny":
+        return {
+            "architectures": ["BitNetForCausalLM"],
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "bos_token_id": ids[BOS],
+            "eos_token_id": ids[EOS],
+            "hidden_act": "relu2",
+            "hidden_size": h,
+            "initializer_range": 0.02,
+            "intermediate_size": SHAPE["inter"],
+            "max_position_embeddings": 256,
+            "model_type": "bitnet",
+            "rms_norm_eps": 1e-05,
+            "num_attention_heads": fam["heads"],
+            "num_hidden_layers": SHAPE["layers"],
+            "num_key_value_heads": fam["kv"],
+            "rope_theta": 500000.0,
+            "tie_word_embeddings": True,
+            "torch_dtype": "bfloat16",
+            "use_cache": True,
+            "vocab_size": vocab,
+            "quantization_config": {
+                "quant_method": "bitnet",
+                "linear_class": "autobitlinear",
+                "quantization_mode": "offline",
+            },
+        }
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "eos_token_id": ids[EOS],
+        "head_dim": fam["head_dim"],
+        "hidden_act": "silu",
+        "hidden_size": h,
+        "initializer_range": 0.02,
+        "intermediate_size": SHAPE["inter"],
+        "is_bitnet_config": True,
+        "max_position_embeddings": 256,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": fam["heads"],
+        "num_hidden_layers": SHAPE["layers"],
+        "num_key_value_heads": fam["kv"],
+        "pretraining_tp": 1,
+        "quantization_config": {"modules_to_not_convert": ["lm_head"], "quant_method": "bitnet"},
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 1000042,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": vocab,
+    }
+
+
+def generation_config(name, ids):
+    if name == "bitnet-2b-tiny":  # 2B-4T: generation stops at end_of_text or eot_id
+        return {"bos_token_id": ids[BOS], "eos_token_id": [ids[EOS], ids[EOT]]}
+    return {"bos_token_id": ids[BOS], "eos_token_id": ids[EOS]}  # Falcon3: one id
+
+
+# --- weights -----------------------------------------------------------------------------
+def make_weights(fam, vocab):
+    """{name: torch tensor} in the published dtypes; ternary weights packed by transformers."""
+    import torch
+    from transformers.integrations.bitnet import pack_weights, unpack_weights
+
+    rng = np.random.default_rng(fam["seed"])
+    h, inter = SHAPE["hidden"], SHAPE["inter"]
+    hd = fam["head_dim"] or h // fam["heads"]
+    q, kv = fam["heads"] * hd, fam["kv"] * hd
+    shapes = {
+        "self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+        "self_attn.o_proj": (h, q), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
+        "mlp.down_proj": (h, inter),
+    }
+
+    def bf16(a):
+        return torch.from_numpy(np.asarray(a, dtype=np.float32)).to(torch.bfloat16)
+
+    def norm(n):
+        return bf16(rng.uniform(0.8, 1.2, n))
+
+    out = {"model.embed_tokens.weight": bf16(rng.standard_normal((vocab, h)) * 0.25)}
+    lo, hi = fam["scale"]
+    for l in range(SHAPE["layers"]):
+        p = f"model.layers.{l}"
+        out[f"{p}.input_layernorm.weight"] = norm(h)
+        out[f"{p}.post_attention_layernorm.weight"] = norm(h)
+        if fam["sub_norms"]:
+            out[f"{p}.self_attn.attn_sub_norm.weight"] = norm(h)
+            out[f"{p}.mlp.ffn_sub_norm.weight"] = norm(inter)
+        for lin in LINEARS:
+            w = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=shapes[lin], p=[0.3, 0.4, 0.3])
+            packed = pack_weights(torch.from_numpy(w.copy()))
+            assert packed.dtype == torch.uint8 and tuple(packed.shape) == (w.shape[0] // 4, w.shape[1])
+            back = unpack_weights(packed, dtype=torch.float32).numpy()
+            assert np.array_equal(back, w), f"transformers' unpack_weights does not invert pack_weights on {lin}"
+            assert np.array_equal(reference.unpack_ternary(packed.numpy()), w), f"reference unpack on {lin}"
+            out[f"{p}.{lin}.weight"] = packed
+            out[f"{p}.{lin}.weight_scale"] = bf16([rng.uniform(lo, hi)])
+    out["model.norm.weight"] = norm(h)
+    if not fam["tied"]:
+        out["lm_head.weight"] = bf16(rng.standard_normal((vocab, h)) * 0.25)
+    return out
+
+
+def check_docstring_example():
+    """unpack_weights' docstring example, through transformers and through the reference."""
+    import torch
+    from transformers.integrations.bitnet import pack_weights, unpack_weights
+
+    packed = np.array([[0b10100001, 0b00011000], [0b10010000, 0b00001010]], dtype=np.uint8)
+    want = np.array([[0, -1], [-1, 1], [-1, 1], [-1, 1], [1, 0], [0, -1], [1, -1], [1, -1]])
+    assert np.array_equal(unpack_weights(torch.from_numpy(packed), dtype=torch.float32).numpy(), want)
+    assert np.array_equal(reference.unpack_ternary(packed), want)
+    assert np.array_equal(pack_weights(torch.from_numpy(want.astype(np.int8))).numpy(), packed)
+
+
+# --- goldens from transformers -------------------------------------------------------------
+def hf_goldens(folder, tokens):
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations import bitnet
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    # transformers 5.25 leaves the norms and embeddings of a pre-packed autobitlinear checkpoint
+    # in BF16 despite dtype=float32 (every `weight` goes through BitNetDeserialize, so
+    # get_new_dtype keeps the checkpoint's dtype) and then fails on BF16 x F32; cast them
+    # (exactly: they are BF16 values) so that the whole forward runs in float32.
+    left = sorted({str(t.dtype) for t in model.state_dict().values() if t.is_floating_point()} - {"torch.float32"})
+    torch.nn.Module.float(model).eval()  # PreTrainedModel.float refuses quantized models
+    kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, (bitnet.BitLinear, bitnet.AutoBitLinear))})
+    assert len(kinds) == 1, kinds
+
+    def logits_of(seq):
+        with torch.no_grad():
+            return model(torch.tensor([seq])).logits[0].double().numpy()
+
+    def greedy_of():
+        seq = list(tokens)
+        for _ in range(reference.GREEDY_STEPS):
+            seq.append(int(np.argmax(logits_of(seq)[-1])))
+        return seq[len(tokens):]
+
+    logits, greedy = logits_of(tokens), greedy_of()
+    with torch.no_grad():
+        gen = model.generate(torch.tensor([tokens]), do_sample=False, max_new_tokens=reference.GREEDY_STEPS,
+                             min_new_tokens=reference.GREEDY_STEPS)[0, len(tokens):].tolist()
+
+    # Activation quantization off: ActQuant (AutoBitLinear) and BitLinear.activation_quant
+    # become the identity (x, scale 1); the ternary weights and weight_scale stay.
+    saved_act, saved_bl = bitnet.ActQuant, bitnet.BitLinear.activation_quant
+
+    class NoActQuant:
+        @staticmethod
+        def apply(x):
+            return x
+
+    bitnet.ActQuant = NoActQuant
+    bitnet.BitLinear.activation_quant = lambda self, x, num_bits=8: (x, torch.ones_like(x[..., :1]))
+    try:
+        logits_noq = logits_of(tokens)
+    finally:
+        bitnet.ActQuant, bitnet.BitLinear.activation_quant = saved_act, saved_bl
+
+    # The same model in float64: with no float32 rounding before each int8 activation
+    # rounding, transformers meets the numpy reference to the stored digits.
+    torch.nn.Module.double(model)
+    logits64, greedy64 = logits_of(tokens), greedy_of()
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert tok(reference.PROMPT)["input_ids"] == list(tokens), "AutoTokenizer and tokenizers disagree"
+    rendered = tok.apply_chat_template(CHAT_MESSAGES, tokenize=False, add_generation_prompt=True)
+    return {
+        "about": "transformers AutoModelForCausalLM.from_pretrained(folder, dtype=float32) on CPU "
+                 f"({kinds[0]}; {', '.join(left) or 'no'} tensors left by the loader cast to float32 "
+                 "with torch.nn.Module.float); logits_no_act_quant with the activation quantization patched to the "
+                 "identity; greedy = argmax with full recompute (model.generate with the KV cache "
+                 f"{'agrees' if gen == greedy else 'DISAGREES'}); logits_float64 / greedy_float64: the "
+                 "same model cast to float64 (torch.nn.Module.double) after loading",
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "dtype": "float32",
+        "prompt": reference.PROMPT,
+        "tokens": list(tokens),
+        "logits": reference.rows(logits, 7),
+        "logits_no_act_quant": reference.rows(logits_noq, 7),
+        "greedy": greedy,
+        "greedy_text": tok.decode(greedy),
+        "logits_float64": reference.rows(logits64, 7),
+        "greedy_float64": greedy64,
+        "chat_example": {"messages": CHAT_MESSAGES, "add_generation_prompt": True, "rendered": rendered},
+    }, gen == greedy
+
+
+def write_json(path, obj, compact=False):
+    with open(path, "w", encoding="utf-8") as f:
+        if compact:
+            json.dump(obj, f, separators=(",", ":"), ensure_ascii=False)
+        else:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+
+def make_fixture(name):
+    import torch
+    from safetensors.torch import save_file
+
+    fam = FAMILIES[name]
+    folder = os.path.join(FIXTURES, name)
+    os.makedirs(folder, exist_ok=True)
+    tok, ids = train_tokenizer(os.path.join(folder, "tokenizer.json"))
+    vocab = tok.get_vocab_size()
+    assert vocab % 2 == 1, vocab
+    write_json(os.path.join(folder, "tokenizer_config.json"), tokenizer_config(ids, fam))
+    write_json(os.path.join(folder, "config.json"), config_json(name, fam, ids, vocab))
+    write_json(os.path.join(folder, "generation_config.json"), generation_config(name, ids))
+    weights = make_weights(fam, vocab)
+    save_file(weights, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    del weights, torch  # the model is read back from disk only
+
+    tokens = tok.encode(reference.PROMPT).ids
+    hf, generate_agrees = hf_goldens(folder, tokens)
+    write_json(os.path.join(folder, "hf_golden.json"), hf, compact=True)
+    reference.write_golden(folder, os.path.join(folder, "golden.json"), digits=7)
+    return hf, generate_agrees
+
+
+def cross_check(name):
+    """numpy reference vs transformers on one fixture; returns printable facts."""
+    folder = os.path.join(FIXTURES, name)
+    with open(os.path.join(folder, "golden.json")) as f:
+        ref = json.load(f)
+    with open(os.path.join(folder, "hf_golden.json")) as f:
+        hf = json.load(f)
+    assert ref["tokens"] == hf["tokens"]
+    out = {}
+    for key in ("logits", "logits_no_act_quant"):
+        a, b = np.array(ref[key]), np.array(hf[key])
+        out[key] = dict(
+            argmax_agree=f"{int((a.argmax(-1) == b.argmax(-1)).sum())}/{len(a)}",
+            max_abs=float(np.abs(a - b).max()),
+            rel=float(np.abs(a - b).max() / np.abs(b).max()),
+        )
+    a, q, nq = np.array(ref["logits"]), np.array(hf["logits"]), np.array(hf["logits_no_act_quant"])
+    out["ref_vs_hf_noq_max_abs"] = float(np.abs(a - nq).max())
+    top2 = np.sort(q, axis=-1)[:, -2:]
+    out["min_top2_margin_prompt"] = float((top2[:, 1] - top2[:, 0]).min())
+    f64 = np.array(hf["logits_float64"])
+    out["logits_vs_hf_float64"] = dict(
+        argmax_agree=f"{int((a.argmax(-1) == f64.argmax(-1)).sum())}/{len(a)}", max_abs=float(np.abs(a - f64).max()))
+    for key in ("greedy", "greedy_float64"):
+        out[key + "_match"] = f"{sum(x == y for x, y in zip(ref['greedy'], hf[key]))}/{len(hf[key])}"
+        out[key + "_first_diff"] = next((i for i, (x, y) in enumerate(zip(ref["greedy"], hf[key])) if x != y), None)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("names", nargs="*", default=list(FAMILIES), help="fixtures to make (default: both)")
+    ap.add_argument("--check-only", action="store_true", help="only cross-check the committed goldens")
+    args = ap.parse_args()
+    if not args.check_only:
+        check_docstring_example()
+        for name in args.names:
+            hf, generate_agrees = make_fixture(name)
+            print(f"{name}: {len(hf['tokens'])} tokens, greedy {hf['greedy'][:8]}..., "
+                  f"generate() {'agrees' if generate_agrees else 'DISAGREES'} with the argmax loop")
+    for name in args.names:
+        print(name, json.dumps(cross_check(name), indent=1))
+
+
+if __name__ == "__main__":
+    main()
