@@ -13,14 +13,13 @@
 //! and runs alone while that is clearly faster, the mean cost of those waits included
 //! while they come often.
 //!
-//! `TERN_POOL=rayon` selects rayon instead (for comparison; `tern bench` reports which).
+//! `TERN_POOL=rayon` selects rayon instead (`tern bench` reports which; why it stays:
+//! [`with_threads`]).
 //!
-//! Three rooms: [`workers`] is the pool itself (threads, band claiming, the hand-off of a
-//! region); [`timing`] times each region shape in both modes and decides whether it runs
-//! alone or in parallel; [`split`] cuts a region's output into the bands its jobs write.
+//! Three rooms: `workers` is the pool itself (threads, band claiming, the hand-off of a
+//! region); `timing` times each region shape in both modes and decides whether it runs
+//! alone or in parallel; `split` cuts a region's output into the bands its jobs write.
 //! This module picks the pool and starts regions ([`for_bands`]).
-//!
-//! Why rayon stays as the fallback, and where it loses: see [`with_threads`].
 
 mod split;
 mod timing;
@@ -48,8 +47,16 @@ thread_local! {
 }
 
 /// Runs `f` with `threads` threads for its parallel regions: a [`Pool`], or rayon when
-/// `TERN_POOL=rayon` (kept for comparison). Running the whole of `f` inside means every
-/// region starts on a thread of that pool, with no hand-off from an outside thread.
+/// `TERN_POOL=rayon`. Running the whole of `f` inside means every region starts on a
+/// thread of that pool, with no hand-off from an outside thread.
+///
+/// Why rayon stays: it is the baseline the pool must beat, and the pool does not beat it
+/// everywhere. With one core held by a busy loop the pool runs clearly ahead, and on an
+/// idle machine the two are within noise; but on a machine oversubscribed several times
+/// over (other builds on both cores), rayon ran ahead at 2 threads in every round
+/// measured (BENCHMARKS.md, "Restructure"). Until the pool wins there too, rayon stays one
+/// environment variable away; it also runs the regions of callers that install no pool
+/// (the library's tests).
 pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T, rayon::ThreadPoolBuildError> {
     if std::env::var("TERN_POOL").as_deref() == Ok("rayon") {
         Ok(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?.install(f))

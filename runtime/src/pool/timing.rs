@@ -139,7 +139,7 @@ pub(super) fn stall_excess(ns: u64, typical: u64) -> u64 {
 /// Stalls count in the choice only while [`STALLS_CONTENDED`] of them came within
 /// [`CONTENDED_WINDOW_NS`]. With another process on a worker's core they come every few dozen
 /// parallel regions; on a merely loaded machine a few per second, and reacting to each of
-/// those (a shape alone for hundreds of regions after one) cost 2–4% of tg64 at 2 threads.
+/// those (a shape alone for hundreds of regions after one) slowed decoding (BENCHMARKS.md).
 const STALLS_CONTENDED: usize = 3;
 const CONTENDED_WINDOW_NS: u64 = 500_000_000;
 
