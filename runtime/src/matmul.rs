@@ -6,7 +6,7 @@
 //! matrices that share them, and combines each output row into its destination as a
 //! [`Combine`] says (store, residual add, `act(gate)·up`). The float output projection is
 //! [`FloatMatrix::matvec`]. Here, and only here, a matrix's rows are cut into bands
-//! ([`band_rows`]) and the bands handed to the pool; the kernels compute one band and know
+//! (`band_rows`) and the bands handed to the pool; the kernels compute one band and know
 //! nothing of threads.
 //!
 //! **Rows are rows.** An [`Input`] row is one token's activations and nothing else: no
@@ -90,10 +90,18 @@ impl Input {
     /// The first `n` rows (each `cols` wide) of `src`, RMS-normalised with `gain` when
     /// `norm_eps` is given (else as they are, `gain` being ones), quantized: one parallel
     /// task per row.
-    pub fn quantize(&mut self, k: &Kernels, src: &[f32], n: usize, cols: usize, gain: &[f32], norm_eps: Option<f32>) {
+    pub fn quantize(
+        &mut self,
+        kernels: &Kernels,
+        src: &[f32],
+        n: usize,
+        cols: usize,
+        gain: &[f32],
+        norm_eps: Option<f32>,
+    ) {
         let pc = padded_cols(cols);
         crate::pool::for_each_chunk_mut2(n, &mut self.xq, pc, &mut self.quant, 1, &|t, xq, quant| {
-            quant[0] = k.quantize_normed(&src[t * cols..(t + 1) * cols], gain, norm_eps, xq);
+            quant[0] = kernels.quantize_normed(&src[t * cols..(t + 1) * cols], gain, norm_eps, xq);
         });
         for (t, &(s, sum)) in self.quant[..n].iter().enumerate() {
             self.s_x[t] = s;
@@ -109,7 +117,7 @@ impl Input {
 /// says. Matrices are rescaled in order.
 #[track_caller]
 pub fn bitlinear<const N: usize>(
-    k: &Kernels,
+    kernels: &Kernels,
     file: &[u8],
     ws: [&Ternary; N],
     x: &mut Input,
@@ -124,13 +132,13 @@ pub fn bitlinear<const N: usize>(
         // without a serial pass afterwards).
         let f = ws.map(|w| w.scale / x.s_x[0]);
         let xq = &x.xq[..padded_cols(cols)];
-        return ternary_gemv(k, packed, row_bytes, xq, x.act_sum[0], dsts, how, f);
+        return ternary_gemv(kernels, packed, row_bytes, xq, x.act_sum[0], dsts, how, f);
     }
     let accs = products(&mut x.acc, ws.map(|w| w.rows * n));
-    ternary_gemms(k, packed, row_bytes, &x.xq[..n * padded_cols(cols)], &x.act_sum[..n], accs);
+    ternary_gemms(kernels, packed, row_bytes, &x.xq[..n * padded_cols(cols)], &x.act_sum[..n], accs);
     let mut at = 0;
     for ((w, dst), how) in ws.into_iter().zip(dsts).zip(how) {
-        rescale(k, x, w, dst, how, at);
+        rescale(kernels, x, w, dst, how, at);
         at += w.rows * n;
     }
 }
@@ -140,7 +148,7 @@ pub fn bitlinear<const N: usize>(
 /// formed in `dst` as a store of the gate followed by `act`).
 #[track_caller]
 pub fn bitlinear_gated(
-    k: &Kernels,
+    kernels: &Kernels,
     file: &[u8],
     gate: &Ternary,
     up: &Ternary,
@@ -154,12 +162,12 @@ pub fn bitlinear_gated(
     if n == 1 {
         let f = [gate.scale / x.s_x[0], up.scale / x.s_x[0]];
         let xq = &x.xq[..padded_cols(cols)];
-        return ternary_gemv_gated(k, pg, pu, row_bytes, xq, x.act_sum[0], dst, act, f);
+        return ternary_gemv_gated(kernels, pg, pu, row_bytes, xq, x.act_sum[0], dst, act, f);
     }
     let accs = products(&mut x.acc, [gate.rows * n, up.rows * n]);
-    ternary_gemms(k, [pg, pu], row_bytes, &x.xq[..n * padded_cols(cols)], &x.act_sum[..n], accs);
-    rescale(k, x, gate, dst, Combine::Store, 0);
-    rescale(k, x, up, dst, act, gate.rows * n);
+    ternary_gemms(kernels, [pg, pu], row_bytes, &x.xq[..n * padded_cols(cols)], &x.act_sum[..n], accs);
+    rescale(kernels, x, gate, dst, Combine::Store, 0);
+    rescale(kernels, x, up, dst, act, gate.rows * n);
 }
 
 /// Consecutive pieces of `acc` of the given lengths.
@@ -174,14 +182,14 @@ fn products<const N: usize>(acc: &mut [i32], lens: [usize; N]) -> [&mut [i32]; N
 
 /// The rescale of one matrix whose products are in `x.acc[at..]`, one task per row.
 #[track_caller]
-fn rescale(k: &Kernels, x: &Input, w: &Ternary, dst: &mut [f32], how: Combine, at: usize) {
+fn rescale(kernels: &Kernels, x: &Input, w: &Ternary, dst: &mut [f32], how: Combine, at: usize) {
     let n = x.rows;
     let (acc, s_x) = (&x.acc[at..at + w.rows * n], &x.s_x[..n]);
     let rescale_row = |t: usize, row: &mut [f32]| {
         let f = w.scale / s_x[t];
         let mut r = 0;
         for part in token_outputs(acc, w.row_bytes, w.rows, n, t) {
-            k.rescale(how, &mut row[r..r + part.len()], part, f);
+            kernels.rescale(how, &mut row[r..r + part.len()], part, f);
             r += part.len();
         }
     };
@@ -205,15 +213,15 @@ fn band_rows(row_bytes: usize, n_tok: usize, rows: usize) -> usize {
 /// each token-major: within band `b` of `rows_b` rows, token `t`'s outputs are
 /// `rows_b` consecutive values. [`token_outputs`] walks one token's outputs in row order.
 #[track_caller]
-pub fn ternary_gemm(k: &Kernels, packed: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], acc: &mut [i32]) {
-    ternary_gemms(k, [packed], row_bytes, xq, act_sums, [acc]);
+pub fn ternary_gemm(kernels: &Kernels, packed: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], acc: &mut [i32]) {
+    ternary_gemms(kernels, [packed], row_bytes, xq, act_sums, [acc]);
 }
 
 /// [`ternary_gemm`] of several matrices with the same input (q/k/v, gate/up) in one
 /// parallel region; `accs[i]` receives matrix `i`'s outputs.
 #[track_caller]
 pub fn ternary_gemms<const N: usize>(
-    k: &Kernels,
+    kernels: &Kernels,
     packed: [&[u8]; N],
     row_bytes: usize,
     xq: &[i8],
@@ -227,7 +235,7 @@ pub fn ternary_gemms<const N: usize>(
     crate::pool::for_each_chunk_mut_n(accs, bands.map(|b| b * n_tok), &|i, b, out| {
         let r0 = b * bands[i];
         let r1 = r0 + out.len() / n_tok;
-        k.ternary_band(&packed[i][r0 * row_bytes..r1 * row_bytes], row_bytes, xq, act_sums, out);
+        kernels.ternary_band(&packed[i][r0 * row_bytes..r1 * row_bytes], row_bytes, xq, act_sums, out);
     });
 }
 
@@ -246,7 +254,7 @@ const GEMV_ROWS: usize = 256;
 #[track_caller]
 #[allow(clippy::too_many_arguments)]
 pub fn ternary_gemv<const N: usize>(
-    k: &Kernels,
+    kernels: &Kernels,
     packed: [&[u8]; N],
     row_bytes: usize,
     xq: &[i8],
@@ -263,8 +271,14 @@ pub fn ternary_gemv<const N: usize>(
         for (c, out) in out.chunks_mut(GEMV_ROWS).enumerate() {
             let r0 = b * bands[i] + c * GEMV_ROWS;
             let acc = &mut acc[..out.len()];
-            k.ternary_band(&packed[i][r0 * row_bytes..(r0 + out.len()) * row_bytes], row_bytes, xq, &[act_sum], acc);
-            k.rescale(how[i], out, acc, f[i]);
+            kernels.ternary_band(
+                &packed[i][r0 * row_bytes..(r0 + out.len()) * row_bytes],
+                row_bytes,
+                xq,
+                &[act_sum],
+                acc,
+            );
+            kernels.rescale(how[i], out, acc, f[i]);
         }
     });
 }
@@ -278,7 +292,7 @@ const UP_AHEAD: usize = 8192;
 #[track_caller]
 #[allow(clippy::too_many_arguments)]
 pub fn ternary_gemv_gated(
-    k: &Kernels,
+    kernels: &Kernels,
     gate: &[u8],
     up: &[u8],
     row_bytes: usize,
@@ -301,10 +315,10 @@ pub fn ternary_gemv_gated(
         for (c, out) in out.chunks_mut(GEMV_ROWS).enumerate() {
             let (r0, r1) = (b * band + c * GEMV_ROWS, b * band + c * GEMV_ROWS + out.len());
             let acc = &mut acc[..out.len()];
-            k.ternary_band(&gate[r0 * row_bytes..r1 * row_bytes], row_bytes, xq, &[act_sum], acc);
-            k.rescale(Combine::Store, out, acc, f[0]);
-            k.ternary_band(&up[r0 * row_bytes..r1 * row_bytes], row_bytes, xq, &[act_sum], acc);
-            k.rescale(act, out, acc, f[1]);
+            kernels.ternary_band(&gate[r0 * row_bytes..r1 * row_bytes], row_bytes, xq, &[act_sum], acc);
+            kernels.rescale(Combine::Store, out, acc, f[0]);
+            kernels.ternary_band(&up[r0 * row_bytes..r1 * row_bytes], row_bytes, xq, &[act_sum], acc);
+            kernels.rescale(act, out, acc, f[1]);
         }
     });
 }
@@ -393,16 +407,16 @@ impl FloatMatrix {
 
     /// `out[r] = dot(M[r], x)` for every row, in parallel bands.
     #[track_caller]
-    pub fn matvec(&self, k: &Kernels, file: &[u8], x: &[f32], out: &mut [f32]) {
+    pub fn matvec(&self, kernels: &Kernels, file: &[u8], x: &[f32], out: &mut [f32]) {
         let (rb, base) = (self.row_bytes(), self.values_offset());
         let data = &file[base..base + self.rows * rb];
         crate::pool::for_each_chunk_mut(&mut out[..self.rows], FLOAT_BAND, &|band, out| {
             let bytes = &data[band * FLOAT_BAND * rb..(band * FLOAT_BAND + out.len()) * rb];
             for (i, (o, row)) in out.iter_mut().zip(bytes.chunks_exact(rb)).enumerate() {
                 *o = match self.encoding {
-                    Encoding::F16 => k.dot_f16(row, x),
-                    Encoding::Q8 => k.dot_i8(row, x) * self.q8_scale(file, band * FLOAT_BAND + i),
-                    _ => k.dot_f32(row, x),
+                    Encoding::F16 => kernels.dot_f16(row, x),
+                    Encoding::Q8 => kernels.dot_i8(row, x) * self.q8_scale(file, band * FLOAT_BAND + i),
+                    _ => kernels.dot_f32(row, x),
                 };
             }
         });

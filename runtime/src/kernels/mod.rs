@@ -234,9 +234,9 @@ type ReadFn = unsafe fn(&[u8]) -> u64;
 
 /// An element type of the KV cache: f32, or f16 as its bits (`u16`).
 pub trait CacheElem: attend::KvElem + private::Sealed {
-    /// The attention kernels of `k` for a cache of this type.
-    fn attend_fn(k: &Kernels) -> AttendFn<Self>;
-    fn attend_tokens_fn(k: &Kernels) -> AttendTokensFn<Self>;
+    /// The attention kernels of `kernels` for a cache of this type.
+    fn attend_fn(kernels: &Kernels) -> AttendFn<Self>;
+    fn attend_tokens_fn(kernels: &Kernels) -> AttendTokensFn<Self>;
 }
 
 mod private {
@@ -246,20 +246,20 @@ mod private {
 }
 
 impl CacheElem for f32 {
-    fn attend_fn(k: &Kernels) -> AttendFn<f32> {
-        k.attend
+    fn attend_fn(kernels: &Kernels) -> AttendFn<f32> {
+        kernels.attend
     }
-    fn attend_tokens_fn(k: &Kernels) -> AttendTokensFn<f32> {
-        k.attend_tokens
+    fn attend_tokens_fn(kernels: &Kernels) -> AttendTokensFn<f32> {
+        kernels.attend_tokens
     }
 }
 
 impl CacheElem for u16 {
-    fn attend_fn(k: &Kernels) -> AttendFn<u16> {
-        k.attend_f16
+    fn attend_fn(kernels: &Kernels) -> AttendFn<u16> {
+        kernels.attend_f16
     }
-    fn attend_tokens_fn(k: &Kernels) -> AttendTokensFn<u16> {
-        k.attend_tokens_f16
+    fn attend_tokens_fn(kernels: &Kernels) -> AttendTokensFn<u16> {
+        kernels.attend_tokens_f16
     }
 }
 
@@ -308,8 +308,8 @@ impl Kernels {
     pub fn detect() -> Self {
         let all = Self::available();
         if let Ok(want) = std::env::var("TERN_KERNELS") {
-            if let Some(k) = all.iter().find(|k| k.name == want) {
-                return *k;
+            if let Some(set) = all.iter().find(|set| set.name == want) {
+                return *set;
             }
         }
         all[0]
