@@ -8,7 +8,7 @@ use packed_checkpoint::{packed_config, packed_tensors, without_sub_norms, write_
 use safetensors::Dtype;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use tern_convert::{convert, partial_path, Options};
+use tern_convert::{convert, temp_files, Options};
 use tern_format::{Encoding, ScaleConvention, TernFile, WeightsSource};
 
 const SRC: &str = "tiny-odd-gqa-bf16";
@@ -55,7 +55,7 @@ fn assert_fails(dir: &Path, needle: &str) {
     let out = out_dir.path().join("out.tern");
     let err = format!("{:#}", convert(dir, &out, &quiet()).unwrap_err());
     assert!(err.contains(needle), "error {err:?} does not mention {needle:?}");
-    assert!(!out.exists() && !partial_path(&out).exists(), "output left behind");
+    assert!(!out.exists() && temp_files(&out).is_empty(), "output left behind");
 }
 
 fn tensor<'t>(tensors: &'t mut [Tensor], name: &str) -> &'t mut Tensor {

@@ -13,8 +13,8 @@
 //! (gaps default to 3)
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use tern::kernels::{ternary_gemv, ternary_gemv_gated, Kernels};
-use tern::ops::Combine;
+use tern::kernels::Kernels;
+use tern::matmul::{ternary_gemv, ternary_gemv_gated, Combine};
 use tern::pool::{for_bands, Pool};
 use tern_format::names::BlockTensor;
 use tern_format::ternary::{padded_cols, row_bytes};

@@ -2,7 +2,8 @@
 //! unpacked ternary weights with int8 activations, on random and edge-case inputs.
 
 use proptest::prelude::*;
-use tern::kernels::{self, Kernels};
+use tern::kernels::Kernels;
+use tern::matmul;
 use tern_format::ternary::{pack_row, padded_cols, row_bytes};
 
 /// Packs `rows` ternary rows of `cols` weights.
@@ -46,9 +47,9 @@ fn check_all(w: &[Vec<i8>], x: &[Vec<i8>], cols: usize) {
         assert_eq!(got, want, "kernel {} (cols {cols}, rows {}, tokens {})", k.name(), w.len(), x.len());
         // The parallel driver splits rows into bands, each token-major: same values.
         let mut par = vec![0i32; w.len() * x.len()];
-        kernels::ternary_gemm(&k, &packed, row_bytes(cols), &xq, &sums, &mut par);
+        matmul::ternary_gemm(&k, &packed, row_bytes(cols), &xq, &sums, &mut par);
         let by_token: Vec<i32> = (0..x.len())
-            .flat_map(|t| kernels::token_outputs(&par, row_bytes(cols), w.len(), x.len(), t).flatten().copied())
+            .flat_map(|t| matmul::token_outputs(&par, row_bytes(cols), w.len(), x.len(), t).flatten().copied())
             .collect();
         assert_eq!(by_token, want, "kernel {} through the parallel driver", k.name());
     }
@@ -184,7 +185,7 @@ proptest! {
             Just(hd), Just(kv), Just(g), Just(n), 0..kv * g, 1usize..=kv * g, any::<u32>(),
         ))
     ) {
-        use tern::ops::{
+        use tern::kernels::attend::{
             attend_scratch_len, attend_tokens_scratch_len, partial_len, HeadsAt, ATTEND_TOKENS, KEY_BLOCK, SPAN,
         };
         let count = count.min(kv_heads * group - first);

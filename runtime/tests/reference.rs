@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use tern::kernels::{self, Kernels};
+use tern::kernels::Kernels;
+use tern::matmul;
 use tern::ops::quantize_activations;
 use tern::sampler::argmax;
 use tern::tokenizer::{Detokenizer, TextTokenizer};
@@ -139,7 +140,7 @@ fn bitlinear_is_exact() {
         let Shape::Matrix { rows, cols } = info.shape else { panic!() };
         assert_eq!(cols as usize, x.len());
         let mut dot = vec![0i32; rows as usize];
-        kernels::ternary_gemm(
+        matmul::ternary_gemm(
             &Kernels::portable(),
             f.model.file().data(info),
             row_bytes(x.len()),

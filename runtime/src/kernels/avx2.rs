@@ -279,7 +279,7 @@ struct Dpbusd;
 impl super::RowTokens for Dpbusd {
     // Index loops with constant bounds: unrolled, every accumulator index is a constant and
     // the accumulators stay in registers (a version choosing the chain by a computed index
-    // kept them in memory and ran 5x slower).
+    // kept them in memory, and ran several times slower).
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     unsafe fn row_tokens<const T: usize>(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; T] {
@@ -319,8 +319,8 @@ impl super::RowTokens for Dpbusd {
     /// and the codes are masked where they are (`w & 3·4^g`, one AND per field, not a
     /// shift and an AND) with one accumulator per (row, field), each shifted back by `2g`
     /// at the end (exact: its sum is a multiple of `4^g`; at most 3·64·128 per product,
-    /// so no int32 lane overflows below 2^21 columns). From L2 one core ran 49.5 GB/s
-    /// against 35.8 for one row at a time (masking in place gained nothing there).
+    /// so no int32 lane overflows below 2^21 columns). Faster from L2 than one row at a time
+    /// (masking in place gained nothing there; figures in BENCHMARKS.md).
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     unsafe fn rows2_token(w: *const u8, row_bytes: usize, x: *const i8, blocks: usize) -> [i32; 2] {
@@ -356,8 +356,7 @@ impl super::RowTokens for Dpbusd {
     }
 
     /// Two rows × four tokens: each activation vector is loaded once for both rows (one
-    /// row at a time loaded it once per row, and those loads bounded the kernel: pp128
-    /// +19% with this tile). Eight accumulators, one per (row, token), each taking both
+    /// row at a time loaded it once per row, and those loads bounded the kernel). Eight accumulators, one per (row, token), each taking both
     /// halves of a block; with the two rows' codes of one field and one activation vector,
     /// that fits the 16 registers (no spills in the compiled loop). Index loops with
     /// constant bounds, as in `row_tokens`, so that the accumulators stay in registers.
@@ -473,10 +472,10 @@ pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
 /// `sum(row[i] as i8 * x[i])`.
 ///
 /// Widening a byte to f32 and its multiply-add are three operations per lane group, so
-/// the sums run in four chains (one FMA's latency is four cycles; two chains held the
-/// row to ~13 GB/s hot in cache, four to ~21), and each 64 bytes ask for the line
-/// `PREFETCH` (8 KB) ahead: the output matrix is read once per decoded token, and the
-/// hardware prefetchers alone left this loop at ~70% of a plain read of the same bytes.
+/// the sums run in four chains (one FMA's latency is four cycles: two chains leave the
+/// loop waiting on it), and each 64 bytes ask for the line `PREFETCH` (8 KB) ahead: the
+/// output matrix is read once per decoded token, and the hardware prefetchers alone
+/// leave this loop well short of a plain read of the same bytes (BENCHMARKS.md).
 ///
 /// # Safety
 /// The CPU must support avx2 and fma ([`available`]).
@@ -512,7 +511,7 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
 /// [`available`].
 pub(super) struct F16Lanes;
 
-impl crate::ops::KvRead for F16Lanes {
+impl super::attend::KvRead for F16Lanes {
     type Elem = u16;
     #[inline(always)]
     fn lanes(src: &[u16]) -> [f32; 16] {

@@ -69,8 +69,8 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
 
 /// [`ternary_gemm`] taking the codes out of the packed bytes with GFNI's `vgf2p8affineqb`
 /// (one instruction per code vector instead of a shift and a mask), in the prompt's
-/// 4 × 4 tiles and in the one-token kernels alike. With shifts the decode is about a tenth
-/// of a prompt's time; pp128 ran ~5% faster so, at 1 and at 2 threads (BENCHMARKS.md).
+/// 4 × 4 tiles and in the one-token kernels alike. With shifts, taking the codes out is a
+/// noticeable part of a prompt's time (figures in BENCHMARKS.md).
 ///
 /// # Safety
 /// The CPU must support avx512f, avx512bw, avx512vnni and gfni ([`gfni_available`]).
@@ -224,7 +224,7 @@ unsafe fn tile1x4<const GFNI: bool>(row: *const u8, x: *const i8, padded: usize,
 /// of each row and asks for the next four lines, in address order, of the stretch that
 /// starts [`PREFETCH`] bytes past the group, so over the group the prefetches cover the
 /// same number of lines in one sequential run. (Prefetching each row's own line ahead
-/// instead, four interleaved strided streams, streamed ~10% slower.)
+/// instead, four interleaved strided streams, streamed slower: BENCHMARKS.md.)
 #[inline(always)]
 unsafe fn gemv4<const GFNI: bool>(w: *const u8, row_bytes: usize, x: *const i8, blocks: usize) -> __m512i {
     let mut acc = [_mm512_setzero_si512(); 16];
@@ -364,7 +364,7 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
 /// [`available`].
 pub(super) struct F16Lanes;
 
-impl crate::ops::KvRead for F16Lanes {
+impl super::attend::KvRead for F16Lanes {
     type Elem = u16;
     #[inline(always)]
     fn lanes(src: &[u16]) -> [f32; 16] {

@@ -1,9 +1,13 @@
-//! Compute kernels behind one dispatch point, chosen once at load.
+//! Compute kernels behind one dispatch point, chosen once at load. Nothing here knows of
+//! threads or of the model: a kernel takes slices and computes one band of a product, or
+//! one task of attention; `crate::matmul` and `crate::attention` cut the work into bands
+//! and tasks and run them on the pool.
 //!
 //! The ternary kernel computes exact integer dot products of int8 activations with
 //! packed ternary weights (the `t2` layout of SPEC.md); the float kernels are the dot
-//! products of the embedding / output matrix, and the forward pass's float operations
-//! (attention, quantization, rescale: see `float_ops!`). [`Kernels::detect`] picks the best
+//! products of the embedding / output matrix, and the forward pass's float loops, written
+//! once ([`float`]: quantization, rescale; [`attend`]: attention over the KV cache) and
+//! compiled into each set (see `float_ops!`). [`Kernels::detect`] picks the best
 //! set this CPU runs (x86_64: AVX-512 VNNI with GFNI to take the 2-bit codes out of the
 //! packed bytes, then without, then AVX2 with AVX-VNNI, then AVX2; aarch64:
 //! NEON with `sdot`, then plain NEON; then portable);
@@ -11,25 +15,25 @@
 //! benchmarks and comparisons). Every SIMD kernel is tested against the portable one
 //! (`tests/kernels.rs`).
 
-/// The float operations of the forward pass that are written once in [`crate::ops`] as
+/// The float loops of the forward pass that are written once in [`float`] and [`attend`] as
 /// inline functions (plain loops in a fixed order), compiled into a kernel set with that
 /// set's target features so the compiler vectorises them at its width. The order of
 /// operations does not depend on the width, so every kernel set computes the same bits.
 ///
-/// `$tokens`: how many prompt tokens' attention scores [`crate::ops::attend_tokens`] sums
+/// `$tokens`: how many prompt tokens' attention scores [`attend::attend_tokens`] sums
 /// at once in registers: 4 (AVX2 has 16 vector registers; the portable set), 8 with
 /// AVX-512's 32.
 macro_rules! float_ops {
     ($($feature:literal,)? tokens = $tokens:literal) => {
-        /// [`crate::ops::attend_heads`] for this kernel set, over a KV cache read by `K`.
+        /// [`crate::kernels::attend::attend_heads`] for this kernel set, over a KV cache read by `K`.
         ///
         /// # Safety
         /// The CPU must support this module's features ([`available`]).
         $(#[target_feature(enable = $feature)])?
         #[allow(clippy::too_many_arguments)]
-        pub unsafe fn attend<K: crate::ops::KvRead>(
+        pub unsafe fn attend<K: crate::kernels::attend::KvRead>(
             q: &[f32],
-            at: crate::ops::HeadsAt,
+            at: crate::kernels::attend::HeadsAt,
             keys: &[K::Elem],
             values: &[K::Elem],
             scratch: &mut [f32],
@@ -37,18 +41,18 @@ macro_rules! float_ops {
             end: usize,
             parts: &mut [f32],
         ) {
-            crate::ops::attend_heads::<K>(q, at, keys, values, scratch, start, end, parts)
+            crate::kernels::attend::attend_heads::<K>(q, at, keys, values, scratch, start, end, parts)
         }
 
-        /// [`crate::ops::attend_tokens`] for this kernel set, over a KV cache read by `K`.
+        /// [`crate::kernels::attend::attend_tokens`] for this kernel set, over a KV cache read by `K`.
         ///
         /// # Safety
         /// The CPU must support this module's features ([`available`]).
         $(#[target_feature(enable = $feature)])?
         #[allow(clippy::too_many_arguments)]
-        pub unsafe fn attend_tokens<K: crate::ops::KvRead>(
+        pub unsafe fn attend_tokens<K: crate::kernels::attend::KvRead>(
             q: &[f32],
-            at: crate::ops::HeadsAt,
+            at: crate::kernels::attend::HeadsAt,
             keys: &[K::Elem],
             values: &[K::Elem],
             scratch: &mut [f32],
@@ -56,46 +60,49 @@ macro_rules! float_ops {
             tokens: usize,
             out: &mut [f32],
         ) {
-            crate::ops::attend_tokens::<K, $tokens>(q, at, keys, values, scratch, n0, tokens, out)
+            crate::kernels::attend::attend_tokens::<K, $tokens>(q, at, keys, values, scratch, n0, tokens, out)
         }
 
-        /// [`crate::ops::quantize_normed`] for this kernel set.
+        /// [`crate::kernels::float::quantize_normed`] for this kernel set.
         ///
         /// # Safety
         /// The CPU must support this module's features ([`available`]).
         $(#[target_feature(enable = $feature)])?
         pub unsafe fn quantize_normed(x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32) {
-            crate::ops::quantize_normed(x, gain, norm_eps, xq)
+            crate::kernels::float::quantize_normed(x, gain, norm_eps, xq)
         }
 
-        /// [`crate::ops::rescale`] for this kernel set.
+        /// [`crate::kernels::float::rescale`] for this kernel set.
         ///
         /// # Safety
         /// The CPU must support this module's features ([`available`]).
         $(#[target_feature(enable = $feature)])?
-        pub unsafe fn rescale(how: crate::ops::Combine, dst: &mut [f32], acc: &[i32], f: f32) {
-            crate::ops::rescale(how, dst, acc, f)
+        pub unsafe fn rescale(how: crate::kernels::float::Combine, dst: &mut [f32], acc: &[i32], f: f32) {
+            crate::kernels::float::rescale(how, dst, acc, f)
         }
     };
 }
 
+pub mod attend;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+pub mod float;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod portable;
 
-use crate::ops::{Combine, F16Kv, F32Kv, HeadsAt};
+use attend::{F16Kv, F32Kv, HeadsAt};
+use float::Combine;
 
 /// How far ahead of its reads a one-token x86 kernel asks for weight bytes (in address
 /// order). Decoding streams every weight once per token; without software prefetch the
-/// kernel waits on memory for much of its time (the hardware prefetchers alone lose ~30%
-/// of decode speed here). The AVX-512 kernels ask with the non-temporal hint (NTA): the
-/// weights, read once per token, then pass through without pushing the KV cache out of
-/// the caches (attention 26 -> 21 us per layer; tg64 +2% at 1 thread, +4% at 2). With
-/// AVX2 it measured no faster, so those keep T0.
+/// kernel waits on memory for much of its time (the hardware prefetchers alone fall well
+/// behind). The AVX-512 kernels ask with the non-temporal hint (NTA): the weights, read
+/// once per token, then pass through without pushing the KV cache out of the caches. With
+/// AVX2 it measured no faster, so those keep T0. (Figures: BENCHMARKS.md, "Figures that
+/// were code comments".)
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 8192;
 
@@ -217,19 +224,19 @@ unsafe fn gemm_by_rows<K: RowTokens>(rows: &[u8], row_bytes: usize, xq: &[i8], a
 
 type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
-/// `(q, at, keys, values, scratch, start, end, parts)`: see [`crate::ops::attend_heads`].
+/// `(q, at, keys, values, scratch, start, end, parts)`: see [`attend::attend_heads`].
 type AttendFn<E> = unsafe fn(&[f32], HeadsAt, &[E], &[E], &mut [f32], usize, usize, &mut [f32]);
-/// `(q, at, keys, values, scratch, n0, tokens, out)`: see [`crate::ops::attend_tokens`].
+/// `(q, at, keys, values, scratch, n0, tokens, out)`: see [`attend::attend_tokens`].
 type AttendTokensFn<E> = unsafe fn(&[f32], HeadsAt, &[E], &[E], &mut [f32], usize, usize, &mut [f32]);
 type QuantizeFn = unsafe fn(x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32);
 type RescaleFn = unsafe fn(how: Combine, dst: &mut [f32], acc: &[i32], f: f32);
 type ReadFn = unsafe fn(&[u8]) -> u64;
 
 /// An element type of the KV cache: f32, or f16 as its bits (`u16`).
-pub trait CacheElem: crate::ops::KvElem + private::Sealed {
-    /// The attention kernels of `k` for a cache of this type.
-    fn attend_fn(k: &Kernels) -> AttendFn<Self>;
-    fn attend_tokens_fn(k: &Kernels) -> AttendTokensFn<Self>;
+pub trait CacheElem: attend::KvElem + private::Sealed {
+    /// The attention kernels of `kernels` for a cache of this type.
+    fn attend_fn(kernels: &Kernels) -> AttendFn<Self>;
+    fn attend_tokens_fn(kernels: &Kernels) -> AttendTokensFn<Self>;
 }
 
 mod private {
@@ -239,21 +246,43 @@ mod private {
 }
 
 impl CacheElem for f32 {
-    fn attend_fn(k: &Kernels) -> AttendFn<f32> {
-        k.attend
+    fn attend_fn(kernels: &Kernels) -> AttendFn<f32> {
+        kernels.attend
     }
-    fn attend_tokens_fn(k: &Kernels) -> AttendTokensFn<f32> {
-        k.attend_tokens
+    fn attend_tokens_fn(kernels: &Kernels) -> AttendTokensFn<f32> {
+        kernels.attend_tokens
     }
 }
 
 impl CacheElem for u16 {
-    fn attend_fn(k: &Kernels) -> AttendFn<u16> {
-        k.attend_f16
+    fn attend_fn(kernels: &Kernels) -> AttendFn<u16> {
+        kernels.attend_f16
     }
-    fn attend_tokens_fn(k: &Kernels) -> AttendTokensFn<u16> {
-        k.attend_tokens_f16
+    fn attend_tokens_fn(kernels: &Kernels) -> AttendTokensFn<u16> {
+        kernels.attend_tokens_f16
     }
+}
+
+/// The kernel set of module `$m` (its ternary GEMM, float dots, the `float_ops!` it
+/// compiles, its read probe), its f16 cache read by `$f16`. The one list of a set's
+/// kernels: variants (GFNI, AVX-VNNI, NEON) replace fields of one of these.
+macro_rules! kernel_set {
+    ($name:literal, $m:ident, $f16:ty) => {
+        Kernels {
+            name: $name,
+            ternary_gemm: $m::ternary_gemm,
+            dot_f16: $m::dot_f16,
+            dot_f32: $m::dot_f32,
+            dot_i8: $m::dot_i8,
+            attend: $m::attend::<F32Kv>,
+            attend_f16: $m::attend::<$f16>,
+            attend_tokens: $m::attend_tokens::<F32Kv>,
+            attend_tokens_f16: $m::attend_tokens::<$f16>,
+            quantize_normed: $m::quantize_normed,
+            rescale: $m::rescale,
+            read_sum: $m::read_sum,
+        }
+    };
 }
 
 /// A set of kernels this CPU can run. The fields are private and every constructor checks
@@ -279,8 +308,8 @@ impl Kernels {
     pub fn detect() -> Self {
         let all = Self::available();
         if let Ok(want) = std::env::var("TERN_KERNELS") {
-            if let Some(k) = all.iter().find(|k| k.name == want) {
-                return *k;
+            if let Some(set) = all.iter().find(|set| set.name == want) {
+                return *set;
             }
         }
         all[0]
@@ -292,40 +321,14 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             if avx512::available() {
-                let avx512 = Kernels {
-                    name: "avx512",
-                    ternary_gemm: avx512::ternary_gemm,
-                    dot_f16: avx512::dot_f16,
-                    dot_f32: avx512::dot_f32,
-                    dot_i8: avx512::dot_i8,
-                    attend: avx512::attend::<F32Kv>,
-                    attend_f16: avx512::attend::<avx512::F16Lanes>,
-                    attend_tokens: avx512::attend_tokens::<F32Kv>,
-                    attend_tokens_f16: avx512::attend_tokens::<avx512::F16Lanes>,
-                    quantize_normed: avx512::quantize_normed,
-                    rescale: avx512::rescale,
-                    read_sum: avx512::read_sum,
-                };
+                let avx512 = kernel_set!("avx512", avx512, avx512::F16Lanes);
                 if avx512::gfni_available() {
                     v.push(Kernels { name: "avx512-gfni", ternary_gemm: avx512::ternary_gemm_gfni, ..avx512 });
                 }
                 v.push(avx512);
             }
             if avx2::available() {
-                let avx2 = Kernels {
-                    name: "avx2",
-                    ternary_gemm: avx2::ternary_gemm,
-                    dot_f16: avx2::dot_f16,
-                    dot_f32: avx2::dot_f32,
-                    dot_i8: avx2::dot_i8,
-                    attend: avx2::attend::<F32Kv>,
-                    attend_f16: avx2::attend::<avx2::F16Lanes>,
-                    attend_tokens: avx2::attend_tokens::<F32Kv>,
-                    attend_tokens_f16: avx2::attend_tokens::<avx2::F16Lanes>,
-                    quantize_normed: avx2::quantize_normed,
-                    rescale: avx2::rescale,
-                    read_sum: avx2::read_sum,
-                };
+                let avx2 = kernel_set!("avx2", avx2, avx2::F16Lanes);
                 if avx2::vnni_available() {
                     v.push(Kernels { name: "avxvnni", ternary_gemm: avx2::ternary_gemm_vnni, ..avx2 });
                 }
@@ -344,20 +347,7 @@ impl Kernels {
     }
 
     pub fn portable() -> Self {
-        Kernels {
-            name: "portable",
-            ternary_gemm: portable::ternary_gemm,
-            dot_f16: portable::dot_f16,
-            dot_f32: portable::dot_f32,
-            dot_i8: portable::dot_i8,
-            attend: portable::attend::<F32Kv>,
-            attend_f16: portable::attend::<F16Kv>,
-            attend_tokens: portable::attend_tokens::<F32Kv>,
-            attend_tokens_f16: portable::attend_tokens::<F16Kv>,
-            quantize_normed: portable::quantize_normed,
-            rescale: portable::rescale,
-            read_sum: portable::read_sum,
-        }
+        kernel_set!("portable", portable, F16Kv)
     }
 
     pub fn name(&self) -> &'static str {
@@ -384,7 +374,7 @@ impl Kernels {
     }
 
     /// Partial attention results of one or more query heads over one span of positions of
-    /// a KV cache of f32 or f16 (bits): see [`crate::ops::attend_heads`].
+    /// a KV cache of f32 or f16 (bits): see [`attend::attend_heads`].
     #[allow(clippy::too_many_arguments)]
     pub fn attend<E: CacheElem>(
         &self,
@@ -401,7 +391,7 @@ impl Kernels {
     }
 
     /// Attention of one query head for consecutive prompt tokens: see
-    /// [`crate::ops::attend_tokens`].
+    /// [`crate::kernels::attend::attend_tokens`].
     #[allow(clippy::too_many_arguments)]
     pub fn attend_tokens<E: CacheElem>(
         &self,
@@ -418,13 +408,13 @@ impl Kernels {
         unsafe { E::attend_tokens_fn(self)(q, at, keys, values, scratch, n0, tokens, out) }
     }
 
-    /// See [`crate::ops::quantize_normed`].
+    /// See [`float::quantize_normed`].
     pub fn quantize_normed(&self, x: &[f32], gain: &[f32], norm_eps: Option<f32>, xq: &mut [i8]) -> (f32, i32) {
         // SAFETY: as in `ternary_band`; the function indexes with checked slices.
         unsafe { (self.quantize_normed)(x, gain, norm_eps, xq) }
     }
 
-    /// See [`crate::ops::rescale`].
+    /// See [`float::rescale`].
     pub fn rescale(&self, how: Combine, dst: &mut [f32], acc: &[i32], f: f32) {
         // SAFETY: as in `ternary_band`; the function indexes with checked slices.
         unsafe { (self.rescale)(how, dst, acc, f) }
@@ -441,142 +431,4 @@ impl Kernels {
         // SAFETY: as in `ternary_band`.
         unsafe { (self.dot_i8)(row, x) }
     }
-}
-
-/// Rows per parallel band of a matrix of `rows` rows. Prompt chunks:
-/// about 32 KB of packed weights, which stay in L1/L2 while every token of the chunk
-/// passes over them. One token: up to 128 KB, so a band's stream is long next to its
-/// prefetch distance, but at least 16 bands per matrix, so that the last band to finish
-/// keeps the other threads waiting only briefly. Bands this size still balance when
-/// another process takes a core.
-fn band_rows(row_bytes: usize, n_tok: usize, rows: usize) -> usize {
-    let bytes = if n_tok >= 4 { 32 * 1024 } else { (rows * row_bytes / 16).clamp(32 * 1024, 128 * 1024) };
-    (bytes / row_bytes.max(1)).max(1)
-}
-
-/// Exact `sum_k W[r, k] * xq[t, k]` for every row `r` and token `t`, in parallel bands.
-///
-/// `acc` holds the bands one after another (rows `b·band..`, `band` from [`band_rows`]),
-/// each token-major: within band `b` of `rows_b` rows, token `t`'s outputs are
-/// `rows_b` consecutive values. [`token_outputs`] walks one token's outputs in row order.
-#[track_caller]
-pub fn ternary_gemm(k: &Kernels, packed: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], acc: &mut [i32]) {
-    ternary_gemms(k, [packed], row_bytes, xq, act_sums, [acc]);
-}
-
-/// [`ternary_gemm`] of several matrices with the same input (q/k/v, gate/up) in one
-/// parallel region; `accs[i]` receives matrix `i`'s outputs.
-#[track_caller]
-pub fn ternary_gemms<const N: usize>(
-    k: &Kernels,
-    packed: [&[u8]; N],
-    row_bytes: usize,
-    xq: &[i8],
-    act_sums: &[i32],
-    accs: [&mut [i32]; N],
-) {
-    let n_tok = act_sums.len();
-    let rows = packed.map(|p| p.len() / row_bytes);
-    let bands = rows.map(|r| band_rows(row_bytes, n_tok, r));
-    let accs = prefixes(accs, rows.map(|r| r * n_tok));
-    crate::pool::for_each_chunk_mut_n(accs, bands.map(|b| b * n_tok), &|i, b, out| {
-        let r0 = b * bands[i];
-        let r1 = r0 + out.len() / n_tok;
-        k.ternary_band(&packed[i][r0 * row_bytes..r1 * row_bytes], row_bytes, xq, act_sums, out);
-    });
-}
-
-/// The first `lens[i]` elements of each slice `s[i]`.
-fn prefixes<T, const N: usize>(s: [&mut [T]; N], lens: [usize; N]) -> [&mut [T]; N] {
-    let mut lens = lens.into_iter();
-    s.map(|s| &mut s[..lens.next().expect("one length per slice")])
-}
-
-/// Rows a one-token band computes at a time into a stack buffer before rescaling them.
-const GEMV_ROWS: usize = 256;
-
-/// One token through one or more matrices with the same input (q/k/v): matrix `i`'s
-/// products `acc` become `dsts[i] ⊕= acc · f[i]` as `how[i]` says ([`crate::ops::rescale`]),
-/// each band rescaled by the thread that computed it, so no serial pass follows.
-#[track_caller]
-#[allow(clippy::too_many_arguments)]
-pub fn ternary_gemv<const N: usize>(
-    k: &Kernels,
-    packed: [&[u8]; N],
-    row_bytes: usize,
-    xq: &[i8],
-    act_sum: i32,
-    dsts: [&mut [f32]; N],
-    how: [Combine; N],
-    f: [f32; N],
-) {
-    let rows = packed.map(|p| p.len() / row_bytes);
-    let bands = rows.map(|r| band_rows(row_bytes, 1, r));
-    let dsts = prefixes(dsts, rows);
-    crate::pool::for_each_chunk_mut_n(dsts, bands, &|i, b, out| {
-        let mut acc = [0i32; GEMV_ROWS];
-        for (c, out) in out.chunks_mut(GEMV_ROWS).enumerate() {
-            let r0 = b * bands[i] + c * GEMV_ROWS;
-            let acc = &mut acc[..out.len()];
-            k.ternary_band(&packed[i][r0 * row_bytes..(r0 + out.len()) * row_bytes], row_bytes, xq, &[act_sum], acc);
-            k.rescale(how[i], out, acc, f[i]);
-        }
-    });
-}
-
-/// Bytes of a band's up rows asked for before its gate rows run.
-const UP_AHEAD: usize = 8192;
-
-/// One token through a gated pair (gate, up): `dst = act(gate · f_gate) · (up · f_up)`,
-/// `act` being `GateSilu` or `GateReluSquared`; each band computes both matrices' rows
-/// and combines them, in the same operations as a store of the gate followed by `act`.
-#[track_caller]
-#[allow(clippy::too_many_arguments)]
-pub fn ternary_gemv_gated(
-    k: &Kernels,
-    gate: &[u8],
-    up: &[u8],
-    row_bytes: usize,
-    xq: &[i8],
-    act_sum: i32,
-    dst: &mut [f32],
-    act: Combine,
-    f: [f32; 2],
-) {
-    let rows = gate.len() / row_bytes;
-    let band = band_rows(row_bytes, 1, rows);
-    crate::pool::for_each_chunk_mut(&mut dst[..rows], band, &|b, out| {
-        // The up rows follow the gate rows; the kernel's prefetch runs ahead of the gate
-        // rows only, so ask for the first lines of the up rows now.
-        let up_rows = &up[b * band * row_bytes..(b * band + out.len()) * row_bytes];
-        for line in up_rows.chunks(64).take(UP_AHEAD / 64) {
-            prefetch(line.as_ptr());
-        }
-        let mut acc = [0i32; GEMV_ROWS];
-        for (c, out) in out.chunks_mut(GEMV_ROWS).enumerate() {
-            let (r0, r1) = (b * band + c * GEMV_ROWS, b * band + c * GEMV_ROWS + out.len());
-            let acc = &mut acc[..out.len()];
-            k.ternary_band(&gate[r0 * row_bytes..r1 * row_bytes], row_bytes, xq, &[act_sum], acc);
-            k.rescale(Combine::Store, out, acc, f[0]);
-            k.ternary_band(&up[r0 * row_bytes..r1 * row_bytes], row_bytes, xq, &[act_sum], acc);
-            k.rescale(act, out, acc, f[1]);
-        }
-    });
-}
-
-/// Token `t`'s outputs of [`ternary_gemm`] over `rows` rows and `n_tok` tokens, in row
-/// order, as one contiguous piece per band.
-pub fn token_outputs(
-    acc: &[i32],
-    row_bytes: usize,
-    rows: usize,
-    n_tok: usize,
-    t: usize,
-) -> impl Iterator<Item = &[i32]> {
-    let band = band_rows(row_bytes, n_tok, rows);
-    (0..rows.div_ceil(band)).map(move |b| {
-        let (r0, r1) = (b * band, ((b + 1) * band).min(rows));
-        let (base, width) = (r0 * n_tok, r1 - r0);
-        &acc[base + t * width..base + (t + 1) * width]
-    })
 }

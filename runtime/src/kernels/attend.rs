@@ -1,0 +1,744 @@
+//! Causal softmax attention over one layer's KV cache, as the kernel sets compile it:
+//! the cache's layout ([`KEY_BLOCK`], [`value_at`]), how its elements widen to f32
+//! ([`KvRead`]), one decoded token's heads over one span of positions ([`attend_heads`]),
+//! a prompt's tokens for one head ([`attend_tokens`]), and the join of spans
+//! ([`combine_spans`]). No threads here: `crate::attention` decides which heads, spans and
+//! tokens each task takes.
+
+use super::float::{exp, LANES};
+use super::prefetch;
+
+/// Softmax weights of one span of scores, unnormalised: replaces each score `x` by
+/// `e^(x - m)` and returns `(m, l)`, `m` the span's maximum and `l` the sum of the
+/// weights (with [`exp`] and [`LANES`] running maxima and sums, so that it vectorises).
+#[inline(always)]
+pub fn span_weights(x: &mut [f32]) -> (f32, f32) {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let c = x.chunks_exact(LANES);
+    for &v in c.remainder() {
+        m[0] = m[0].max(v);
+    }
+    for xs in c {
+        for j in 0..LANES {
+            m[j] = m[j].max(xs[j]);
+        }
+    }
+    let max = m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sums = [0.0f32; LANES];
+    let mut c = x.chunks_exact_mut(LANES);
+    for xs in &mut c {
+        for j in 0..LANES {
+            xs[j] = exp(xs[j] - max);
+            sums[j] += xs[j];
+        }
+    }
+    for v in c.into_remainder() {
+        *v = exp(*v - max);
+        sums[0] += *v;
+    }
+    (max, sums.iter().sum::<f32>())
+}
+
+/// Positions per span of attention: a query's positions are taken in spans of this many
+/// (the last one shorter), each giving a partial result ([`partial_len`] floats: the
+/// span's maximum score `m`, its weight sum `l`, its weighted values `o`), which
+/// [`combine_spans`] joins. Spans let one decoded token's attention split by positions
+/// (each task streams a stretch of the cache) and still compute the same bits as a
+/// prompt, whatever the split: the spans are fixed, not the tasks.
+pub const SPAN: usize = 256;
+
+/// Floats of one span's partial result for one head: `m`, `l`, then `head_dim` values.
+pub fn partial_len(head_dim: usize) -> usize {
+    head_dim + 2
+}
+
+/// `out = Σ_j e^(m_j - M) · o_j / Σ_j e^(m_j - M) · l_j` over the `spans` partial results
+/// at `parts[j · stride..]` (`M` the largest `m_j`), in span order: softmax attention
+/// over all the spans' positions.
+#[inline(always)]
+pub fn combine_spans(parts: &[f32], stride: usize, spans: usize, out: &mut [f32]) {
+    let hd = out.len();
+    let part = |j: usize| &parts[j * stride..j * stride + hd + 2];
+    let max = (0..spans).fold(f32::NEG_INFINITY, |a, j| a.max(part(j)[0]));
+    out.fill(0.0);
+    let mut l = 0.0f32;
+    for j in 0..spans {
+        let p = part(j);
+        let w = exp(p[0] - max);
+        l += w * p[1];
+        for (o, &v) in out.iter_mut().zip(&p[2..]) {
+            *o += w * v;
+        }
+    }
+    let inv = 1.0 / l;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// Positions per block of the key cache: one cache line of f32 lanes. The value cache
+/// has blocks of as many positions.
+pub const KEY_BLOCK: usize = 16;
+
+/// Where the values of position `pos` for the kv head whose values start at `kv0`
+/// (`head · head_dim`) begin in a layer's value cache of `kv_dim` floats per position:
+/// blocks of [`KEY_BLOCK`] positions, in a block per kv head its positions' values one
+/// after another. So a kv head's values are contiguous over a block (6 KB for 16 f32
+/// positions of 96 dimensions), and a run of heads over a block one stretch.
+#[inline(always)]
+pub fn value_at(pos: usize, kv0: usize, kv_dim: usize, head_dim: usize) -> usize {
+    pos / KEY_BLOCK * KEY_BLOCK * kv_dim + KEY_BLOCK * kv0 + pos % KEY_BLOCK * head_dim
+}
+
+/// How attention reads the cached keys and values: the cache's element type, and its
+/// widening to f32 ([`KEY_BLOCK`] lanes at a time, or one value). Widening is exact (f16
+/// and f32 values are f32 values), so how a kernel set widens never changes a result.
+pub trait KvRead {
+    type Elem: KvElem;
+    /// Elements per 64-byte cache line (a prefetch's step).
+    const PER_LINE: usize = 64 / std::mem::size_of::<Self::Elem>();
+    /// The first [`KEY_BLOCK`] elements of `src` as f32.
+    fn lanes(src: &[Self::Elem]) -> [f32; KEY_BLOCK];
+}
+
+/// A value of the KV cache: f32, or f16 as its bits.
+pub trait KvElem: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl KvElem for u16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16_to_f32(self)
+    }
+}
+
+/// An f32 cache: read as it is.
+pub struct F32Kv;
+
+impl KvRead for F32Kv {
+    type Elem = f32;
+    #[inline(always)]
+    fn lanes(src: &[f32]) -> [f32; KEY_BLOCK] {
+        let mut out = [0.0; KEY_BLOCK];
+        out.copy_from_slice(&src[..KEY_BLOCK]);
+        out
+    }
+}
+
+/// An f16 cache (IEEE binary16 bits), widened by [`f16_to_f32`] (plain integer and float
+/// operations, which vectorise at any width).
+pub struct F16Kv;
+
+impl KvRead for F16Kv {
+    type Elem = u16;
+    #[inline(always)]
+    fn lanes(src: &[u16]) -> [f32; KEY_BLOCK] {
+        let src: &[u16; KEY_BLOCK] = src[..KEY_BLOCK].try_into().expect("16 lanes");
+        std::array::from_fn(|i| f16_to_f32(src[i]))
+    }
+}
+
+/// The f32 value of IEEE binary16 bits `h`, exactly: its exponent and mantissa moved to
+/// f32 positions form a float 2^-112 times the value (a subnormal one for f16 subnormals),
+/// so one multiplication by 2^112 (exact) gives it; infinities and NaNs get the f32 maximum
+/// exponent instead; then the sign.
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let magnitude = (h & 0x7FFF) << 13;
+    let finite = (f32::from_bits(magnitude) * f32::from_bits(0x7780_0000)).to_bits();
+    let bits = if h & 0x7C00 == 0x7C00 { magnitude | 0x7F80_0000 } else { finite };
+    f32::from_bits(bits | (h & 0x8000) << 16)
+}
+
+/// Floats of attention scratch for `heads` query heads over `n` positions (see
+/// [`attend_heads`]): their scores, then four accumulators per head.
+pub fn attend_scratch_len(heads: usize, head_dim: usize, n: usize) -> usize {
+    heads * (n.next_multiple_of(KEY_BLOCK) + 4 * head_dim)
+}
+
+/// How many positions ahead of its reads a decoded token's attention asks for values: the
+/// same head's values in the next block (four positions ahead measured slower: BENCHMARKS.md).
+const VALUE_AHEAD: usize = KEY_BLOCK;
+
+/// Which query heads an [`attend_heads`] call computes, and where their keys and values are.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadsAt {
+    pub head_dim: usize,
+    /// The first query head in `q`.
+    pub first_head: usize,
+    /// Query heads per kv head.
+    pub group: usize,
+    /// Floats per position of all kv heads.
+    pub kv_dim: usize,
+    /// The score scale, `1/sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+/// Causal attention of the query heads `first_head..` in `q` (`head_dim` floats each) over
+/// one span of positions `start..end` of one layer's cache (`start` a multiple of [`SPAN`],
+/// `end - start` at most `SPAN`): per head, its partial result ([`partial_len`] floats in
+/// `parts`: see [`SPAN`]; [`combine_spans`] of all the spans up to a query's position gives
+/// `softmax(scale · q·k) · v`). Query head `h` reads kv head `h / group`.
+///
+/// The layer's cache is laid out so that positions `0..n` of all kv heads are two
+/// contiguous stretches, which a call for every head reads front to back:
+/// - `keys`: blocks of [`KEY_BLOCK`] positions, `KEY_BLOCK · kv_dim` floats each; in a
+///   block, per kv head, per dimension, one row of 16 lanes (one per position), so a score
+///   needs no horizontal sum. The last block runs past `end` into unused cache; those
+///   scores are ignored.
+/// - `values`: blocks of [`KEY_BLOCK`] positions like the keys (the last one whole),
+///   `KEY_BLOCK · kv_dim` floats each; in a block, per kv head, its positions' `head_dim`
+///   values one after another ([`value_at`]). So a call's run of heads reads one stretch
+///   per block. (Stored per position, all kv heads side by side, the same run was a few
+///   hundred bytes every `kv_dim` floats, and read well below the keys' rate: BENCHMARKS.md.)
+///
+/// `scratch` holds [`attend_scratch_len`] floats. Every lane sums in a fixed order (a score
+/// over the dimensions in order; a span's weighted value in four accumulators that take its
+/// positions in turn, then `(a0 + a1) + (a2 + a3)`), so the result depends neither on how
+/// heads are grouped into calls nor on the vector width: every kernel set inlines this
+/// and computes the same bits, and [`attend_tokens`] the same again.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn attend_heads<K: KvRead>(
+    q: &[f32],
+    heads_at: HeadsAt,
+    keys: &[K::Elem],
+    values: &[K::Elem],
+    scratch: &mut [f32],
+    start: usize,
+    end: usize,
+    parts: &mut [f32],
+) {
+    let HeadsAt { head_dim: hd, first_head, group, kv_dim, scale } = heads_at;
+    assert!(start.is_multiple_of(SPAN) && start < end && end - start <= SPAN, "attend_heads: span {start}..{end}");
+    let heads = q.len() / hd;
+    let (n, pl) = (end - start, partial_len(hd));
+    let parts = &mut parts[..heads * pl];
+    let padded = n.next_multiple_of(KEY_BLOCK);
+    let (scores, acc) = scratch[..attend_scratch_len(heads, hd, n)].split_at_mut(heads * padded);
+    let key_rows = KeyRows::<K> { q, hd, heads, first_head, group, keys, kv_dim, first_block: start / KEY_BLOCK };
+
+    // Scores block by block, each block's heads in turn (the keys front to back), four
+    // (block, head) rows at a time as independent sums.
+    let rows = heads * (padded / KEY_BLOCK);
+    let mut j = 0;
+    while j < rows {
+        j += match rows - j {
+            1 => key_rows.scores::<1>(j, scale, scores, padded),
+            2 => key_rows.scores::<2>(j, scale, scores, padded),
+            3 => key_rows.scores::<3>(j, scale, scores, padded),
+            _ => key_rows.scores::<4>(j, scale, scores, padded),
+        };
+    }
+    for (sc, part) in scores.chunks_exact_mut(padded).zip(parts.chunks_exact_mut(pl)) {
+        let (m, l) = span_weights(&mut sc[..n]);
+        part[0] = m;
+        part[1] = l;
+    }
+
+    // Weighted values: accumulator `u` of a head takes the span's positions 4i + u; a tail
+    // of fewer than four positions goes to accumulator 0.
+    // Position by position, all heads, so the values are read front to back; the
+    // accumulators stay in L1.
+    acc.fill(0.0);
+    let mut s = 0;
+    while s < n {
+        let step = if s + 4 <= n { 4 } else { 1 };
+        for u in 0..step {
+            let p = start + s + u;
+            for h in 0..heads {
+                let (a, v0) = (scores[h * padded + s + u], key_rows.kv_at(h));
+                let ahead = values.as_ptr().wrapping_add(value_at(p + VALUE_AHEAD, v0, kv_dim, hd));
+                for l in (0..hd).step_by(K::PER_LINE) {
+                    prefetch(ahead.wrapping_add(l));
+                }
+                let row = value_at(p, v0, kv_dim, hd);
+                axpy::<K>(&mut acc[(4 * h + u) * hd..(4 * h + u + 1) * hd], a, &values[row..row + hd]);
+            }
+        }
+        s += step;
+    }
+    for (part, a) in parts.chunks_exact_mut(pl).zip(acc.chunks_exact(4 * hd)) {
+        finish(a, &mut part[2..]);
+    }
+}
+
+/// `o = (a0 + a1) + (a2 + a3)` of four accumulators `a` of `o.len()` values each.
+#[inline(always)]
+fn finish(a: &[f32], o: &mut [f32]) {
+    let hd = o.len();
+    let (a01, a23) = a[..4 * hd].split_at(2 * hd);
+    let (a0, a1) = a01.split_at(hd);
+    let (a2, a3) = a23.split_at(hd);
+    for i in 0..hd {
+        o[i] = (a0[i] + a1[i]) + (a2[i] + a3[i]);
+    }
+}
+
+/// Positions per block of values in [`attend_tokens`] (a divisor of [`SPAN`], a multiple of 4).
+pub const VALUE_BLOCK: usize = 32;
+
+/// Dimensions per chunk of a block's widened values in [`attend_tokens`]: two rows of
+/// [`KEY_BLOCK`] lanes, which [`KvRead::lanes`] widens at once.
+const DIM_CHUNK: usize = 32;
+
+/// Query tokens per [`attend_tokens`] call (a multiple of 8).
+pub const ATTEND_TOKENS: usize = 32;
+
+/// Floats of scratch for [`attend_tokens`] over causal lengths up to `n`: the scores of
+/// [`ATTEND_TOKENS`] tokens over one span, four accumulators per token, a block of [`VALUE_BLOCK`]
+/// positions' values, and every token's partial results.
+pub fn attend_tokens_scratch_len(head_dim: usize, n: usize) -> usize {
+    ATTEND_TOKENS * (SPAN + 4 * head_dim + n.div_ceil(SPAN) * partial_len(head_dim)) + VALUE_BLOCK * head_dim
+}
+
+/// Causal attention of one query head (`at.first_head`) for `tokens` ≤ [`ATTEND_TOKENS`]
+/// consecutive positions of a prompt: token `t` (query `q[t · head_dim..]`, output
+/// `out[t · head_dim..]`) attends to positions `0..n0 + t`. `q` holds [`ATTEND_TOKENS`]
+/// rows (those past `tokens` are read but ignored: zeros, say).
+///
+/// Per span, the same arithmetic in the same order as [`attend_heads`] for each token
+/// alone, and the same [`combine_spans`], so the same bits (a prompt equals its tokens
+/// decoded one at a time), but each key row and each value is read once for all the
+/// tokens instead of once per token: a prompt after a long context reads its cache
+/// [`ATTEND_TOKENS`] times less.
+///
+/// `TOKENS_AT_ONCE` (a divisor of [`ATTEND_TOKENS`]) is how many tokens' scores are summed at once in
+/// registers: the kernel set chooses it for its registers; it changes no result.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn attend_tokens<K: KvRead, const TOKENS_AT_ONCE: usize>(
+    q: &[f32],
+    at: HeadsAt,
+    keys: &[K::Elem],
+    values: &[K::Elem],
+    scratch: &mut [f32],
+    n0: usize,
+    tokens: usize,
+    out: &mut [f32],
+) {
+    const {
+        assert!(
+            TOKENS_AT_ONCE > 0 && ATTEND_TOKENS.is_multiple_of(TOKENS_AT_ONCE),
+            "TOKENS_AT_ONCE must divide ATTEND_TOKENS"
+        )
+    };
+    let HeadsAt { head_dim: hd, first_head, group, kv_dim, scale } = at;
+    assert!((1..=ATTEND_TOKENS).contains(&tokens) && n0 >= 1, "attend_tokens: {tokens} tokens from length {n0}");
+    let n_max = n0 + tokens - 1;
+    let (spans, pl) = (n_max.div_ceil(SPAN), partial_len(hd));
+    let (scores, rest) = scratch[..attend_tokens_scratch_len(hd, n_max)].split_at_mut(ATTEND_TOKENS * SPAN);
+    let (acc, rest) = rest.split_at_mut(ATTEND_TOKENS * 4 * hd);
+    let (block, parts) = rest.split_at_mut(VALUE_BLOCK * hd);
+    let kv0 = first_head / group * hd;
+    let q: &[f32] = &q[..ATTEND_TOKENS * hd];
+    // Token `t`'s positions in a span that ends at `end`: up to `n0 + t`.
+    let length = |t: usize, end: usize| (n0 + t).min(end);
+
+    for j in 0..spans {
+        let (start, end) = (j * SPAN, ((j + 1) * SPAN).min(n_max));
+        // Scores, block by block (each block's key rows come from memory once, then from
+        // L1), `TOKENS_AT_ONCE` tokens at a time in registers; lane `i` of a token sums `q[d] · key`
+        // over `d` in order, as `attend_heads`.
+        for b in 0..(end - start).div_ceil(KEY_BLOCK) {
+            let first = (start / KEY_BLOCK + b) * KEY_BLOCK * kv_dim + kv0 * KEY_BLOCK;
+            let rows = &keys[first..first + hd * KEY_BLOCK];
+            // This head's rows of the next block: a few kilobytes further on than the
+            // prefetchers look.
+            let next = keys.as_ptr().wrapping_add(first + KEY_BLOCK * kv_dim);
+            for l in (0..hd * KEY_BLOCK).step_by(K::PER_LINE) {
+                prefetch(next.wrapping_add(l));
+            }
+            for t0 in (0..tokens).step_by(TOKENS_AT_ONCE) {
+                let qs: [&[f32]; TOKENS_AT_ONCE] = std::array::from_fn(|t| &q[(t0 + t) * hd..(t0 + t + 1) * hd]);
+                let mut sum = [[0f32; KEY_BLOCK]; TOKENS_AT_ONCE];
+                for d in 0..hd {
+                    let key = K::lanes(&rows[d * KEY_BLOCK..(d + 1) * KEY_BLOCK]);
+                    for (sum, q) in sum.iter_mut().zip(qs) {
+                        let qd = q[d];
+                        for i in 0..KEY_BLOCK {
+                            sum[i] += qd * key[i];
+                        }
+                    }
+                }
+                for (t, sum) in sum.iter().enumerate().take(tokens - t0) {
+                    let at = (t0 + t) * SPAN + b * KEY_BLOCK;
+                    for (sc, a) in scores[at..at + KEY_BLOCK].iter_mut().zip(sum) {
+                        *sc = a * scale;
+                    }
+                }
+            }
+        }
+        for t in 0..tokens {
+            let n = length(t, end);
+            if start < n {
+                let (m, l) = span_weights(&mut scores[t * SPAN..t * SPAN + n - start]);
+                parts[(t * spans + j) * pl] = m;
+                parts[(t * spans + j) * pl + 1] = l;
+            }
+        }
+
+        // Weighted values: as in `attend_heads`, accumulator `u` of a token whose span
+        // holds `start..n` takes positions `start + 4i + u` below `4 · (n / 4)`,
+        // accumulator 0 the rest, each in position order.
+        let acc = &mut acc[..tokens * 4 * hd];
+        acc.fill(0.0);
+        if hd % DIM_CHUNK == 0 {
+            // Blocks of `VALUE_BLOCK` positions: their values widened once into `block` (per
+            // 32 dimensions, the block's rows in turn), then per pair of tokens 8
+            // dimensions at a time, or per token 32, with the four accumulators in
+            // registers.
+            let block = &mut block[..VALUE_BLOCK * hd];
+            for s0 in (start..end).step_by(VALUE_BLOCK) {
+                let m = (s0 + VALUE_BLOCK).min(end) - s0;
+                for j in 0..m {
+                    let row = value_at(s0 + j, kv0, kv_dim, hd);
+                    let row = &values[row..row + hd];
+                    for (c, v) in row.chunks_exact(DIM_CHUNK).enumerate() {
+                        let dst = &mut block[(c * VALUE_BLOCK + j) * DIM_CHUNK..(c * VALUE_BLOCK + j + 1) * DIM_CHUNK];
+                        dst[..KEY_BLOCK].copy_from_slice(&K::lanes(&v[..KEY_BLOCK]));
+                        dst[KEY_BLOCK..].copy_from_slice(&K::lanes(&v[KEY_BLOCK..]));
+                    }
+                }
+                // The next block's values.
+                for s in s0 + VALUE_BLOCK..(s0 + 2 * VALUE_BLOCK).min(n_max) {
+                    let at = values.as_ptr().wrapping_add(value_at(s, kv0, kv_dim, hd));
+                    for l in (0..hd).step_by(K::PER_LINE) {
+                        prefetch(at.wrapping_add(l));
+                    }
+                }
+                // Tokens whose groups of four cover the whole block (a suffix of them: a
+                // token's length grows with `t`) go two at a time; the others, and an odd
+                // one left over, one at a time.
+                let full = |t: usize| length(t, end) / 4 * 4 >= s0 + VALUE_BLOCK;
+                let first_full = (0..tokens).find(|&t| full(t)).unwrap_or(tokens);
+                let pairs_end = first_full + (tokens - first_full) / 2 * 2;
+                for t in (first_full..pairs_end).step_by(2) {
+                    let p0 = &scores[t * SPAN + s0 - start..t * SPAN + s0 - start + VALUE_BLOCK];
+                    let p1 = &scores[(t + 1) * SPAN + s0 - start..(t + 1) * SPAN + s0 - start + VALUE_BLOCK];
+                    let (acc0, acc1) = acc[4 * t * hd..4 * (t + 2) * hd].split_at_mut(4 * hd);
+                    // `PAIR_DIMS` dimensions of both tokens' four accumulators in registers (eight
+                    // 8-lane vectors, which leaves AVX2's other eight for the values and
+                    // the two tokens' weights).
+                    const PAIR_DIMS: usize = 8;
+                    for d0 in (0..hd).step_by(PAIR_DIMS) {
+                        let (c, w) = (d0 / DIM_CHUNK, d0 % DIM_CHUNK);
+                        let vc = &block[c * VALUE_BLOCK * DIM_CHUNK..(c + 1) * VALUE_BLOCK * DIM_CHUNK];
+                        let mut r0: [[f32; PAIR_DIMS]; 4] = [[0.0; PAIR_DIMS]; 4];
+                        let mut r1: [[f32; PAIR_DIMS]; 4] = [[0.0; PAIR_DIMS]; 4];
+                        for u in 0..4 {
+                            r0[u].copy_from_slice(&acc0[u * hd + d0..u * hd + d0 + PAIR_DIMS]);
+                            r1[u].copy_from_slice(&acc1[u * hd + d0..u * hd + d0 + PAIR_DIMS]);
+                        }
+                        for ((a0, a1), v4) in
+                            p0.chunks_exact(4).zip(p1.chunks_exact(4)).zip(vc.chunks_exact(4 * DIM_CHUNK))
+                        {
+                            for u in 0..4 {
+                                let v = &v4[u * DIM_CHUNK + w..u * DIM_CHUNK + w + PAIR_DIMS];
+                                for i in 0..PAIR_DIMS {
+                                    r0[u][i] += a0[u] * v[i];
+                                    r1[u][i] += a1[u] * v[i];
+                                }
+                            }
+                        }
+                        for u in 0..4 {
+                            acc0[u * hd + d0..u * hd + d0 + PAIR_DIMS].copy_from_slice(&r0[u]);
+                            acc1[u * hd + d0..u * hd + d0 + PAIR_DIMS].copy_from_slice(&r1[u]);
+                        }
+                    }
+                }
+                for t in (0..first_full).chain(pairs_end..tokens) {
+                    let n = length(t, end);
+                    if s0 >= n {
+                        continue;
+                    }
+                    // Positions s0 + i: i < main in groups of four, then main..stop one at a time.
+                    let stop = (s0 + VALUE_BLOCK).min(n) - s0;
+                    let main = (n / 4 * 4).clamp(s0, s0 + stop) - s0;
+                    let p = &scores[t * SPAN + s0 - start..t * SPAN + s0 - start + VALUE_BLOCK];
+                    let acc = &mut acc[4 * t * hd..4 * (t + 1) * hd];
+                    for (c, vc) in block.chunks_exact(VALUE_BLOCK * DIM_CHUNK).enumerate() {
+                        let mut r = [[0f32; DIM_CHUNK]; 4];
+                        for (u, r) in r.iter_mut().enumerate() {
+                            r.copy_from_slice(&acc[u * hd + c * DIM_CHUNK..u * hd + (c + 1) * DIM_CHUNK]);
+                        }
+                        for (a4, v4) in p[..main].chunks_exact(4).zip(vc.chunks_exact(4 * DIM_CHUNK)) {
+                            for (u, r) in r.iter_mut().enumerate() {
+                                let (a, v) = (a4[u], &v4[u * DIM_CHUNK..(u + 1) * DIM_CHUNK]);
+                                for i in 0..DIM_CHUNK {
+                                    r[i] += a * v[i];
+                                }
+                            }
+                        }
+                        for (&a, v) in p[main..stop].iter().zip(vc[main * DIM_CHUNK..].chunks_exact(DIM_CHUNK)) {
+                            for i in 0..DIM_CHUNK {
+                                r[0][i] += a * v[i];
+                            }
+                        }
+                        for (u, r) in r.iter().enumerate() {
+                            acc[u * hd + c * DIM_CHUNK..u * hd + (c + 1) * DIM_CHUNK].copy_from_slice(r);
+                        }
+                    }
+                }
+            }
+        } else {
+            for s in start..end {
+                let row = value_at(s, kv0, kv_dim, hd);
+                let row = &values[row..row + hd];
+                for t in 0..tokens {
+                    let n = length(t, end);
+                    if s < n {
+                        let u = if s < n / 4 * 4 { s % 4 } else { 0 };
+                        let a = scores[t * SPAN + s - start];
+                        axpy::<K>(&mut acc[(4 * t + u) * hd..(4 * t + u + 1) * hd], a, row);
+                    }
+                }
+            }
+        }
+        for t in 0..tokens {
+            if start < length(t, end) {
+                let at = (t * spans + j) * pl + 2;
+                finish(&acc[4 * t * hd..4 * (t + 1) * hd], &mut parts[at..at + hd]);
+            }
+        }
+    }
+    for t in 0..tokens {
+        let spans_t = (n0 + t).div_ceil(SPAN);
+        combine_spans(&parts[t * spans * pl..], pl, spans_t, &mut out[t * hd..(t + 1) * hd]);
+    }
+}
+
+/// `acc += a · v`, 16 lanes at a time (so a width like 96 takes whole vectors).
+#[inline(always)]
+fn axpy<K: KvRead>(acc: &mut [f32], a: f32, v: &[K::Elem]) {
+    let mut acc16 = acc.chunks_exact_mut(KEY_BLOCK);
+    let mut v16 = v.chunks_exact(KEY_BLOCK);
+    for (x, v) in (&mut acc16).zip(&mut v16) {
+        let v = K::lanes(v);
+        for i in 0..KEY_BLOCK {
+            x[i] += a * v[i];
+        }
+    }
+    for (x, &v) in acc16.into_remainder().iter_mut().zip(v16.remainder()) {
+        *x += a * v.to_f32();
+    }
+}
+
+/// The key rows and queries of [`attend_heads`]: row `j` is block `j / heads`, head `j % heads`.
+struct KeyRows<'a, K: KvRead> {
+    q: &'a [f32],
+    hd: usize,
+    heads: usize,
+    first_head: usize,
+    group: usize,
+    keys: &'a [K::Elem],
+    kv_dim: usize,
+    /// The block of the span's first position.
+    first_block: usize,
+}
+
+impl<K: KvRead> KeyRows<'_, K> {
+    /// Where the kv head of query head `first_head + h` starts in a key block's or a
+    /// position's values.
+    #[inline(always)]
+    fn kv_at(&self, h: usize) -> usize {
+        (self.first_head + h) / self.group * self.hd
+    }
+
+    /// Scores of rows `j..j + ROWS_AT_ONCE` into `scores` (`padded` per head); returns `ROWS_AT_ONCE`. Lane `i`
+    /// of a row sums `q[d] · key` over `d` in order.
+    #[inline(always)]
+    fn scores<const ROWS_AT_ONCE: usize>(&self, j: usize, scale: f32, scores: &mut [f32], padded: usize) -> usize {
+        let (hd, heads) = (self.hd, self.heads);
+        let block_head = |u: usize| ((j + u) / heads, (j + u) % heads);
+        let rows: [&[K::Elem]; ROWS_AT_ONCE] = std::array::from_fn(|u| {
+            let (b, h) = block_head(u);
+            let start = (self.first_block + b) * KEY_BLOCK * self.kv_dim + self.kv_at(h) * KEY_BLOCK;
+            &self.keys[start..start + hd * KEY_BLOCK]
+        });
+        let qs: [&[f32]; ROWS_AT_ONCE] =
+            std::array::from_fn(|u| &self.q[block_head(u).1 * hd..(block_head(u).1 + 1) * hd]);
+        // The same heads' rows in the next block, which this call's task reads after the
+        // rest of its heads in this block: the hardware prefetchers alone leave these reads
+        // waiting, and a task's heads are only part of each block.
+        let ahead: [*const K::Elem; ROWS_AT_ONCE] = std::array::from_fn(|u| {
+            let (b, h) = block_head(u);
+            self.keys
+                .as_ptr()
+                .wrapping_add((self.first_block + b + 1) * KEY_BLOCK * self.kv_dim + self.kv_at(h) * KEY_BLOCK)
+        });
+        // Prefetch a line per dimension of f32 keys; of f16 keys, every other dimension.
+        let line = K::PER_LINE / KEY_BLOCK;
+        let mut acc = [[0f32; KEY_BLOCK]; ROWS_AT_ONCE];
+        for d in 0..hd {
+            if heads > 1 && d % line.max(1) == 0 {
+                for p in ahead {
+                    prefetch(p.wrapping_add(d * KEY_BLOCK));
+                }
+            }
+            for u in 0..ROWS_AT_ONCE {
+                let (qd, key) = (qs[u][d], K::lanes(&rows[u][d * KEY_BLOCK..(d + 1) * KEY_BLOCK]));
+                for i in 0..KEY_BLOCK {
+                    acc[u][i] += qd * key[i];
+                }
+            }
+        }
+        for (u, acc) in acc.iter().enumerate() {
+            let (b, h) = block_head(u);
+            for (sc, a) in scores[h * padded + b * KEY_BLOCK..h * padded + (b + 1) * KEY_BLOCK].iter_mut().zip(acc) {
+                *sc = a * scale;
+            }
+        }
+        ROWS_AT_ONCE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random attention inputs in the cache layout of `attend_heads`.
+    fn attention_case(hd: usize, n_heads: usize, group: usize, n: usize, seed: u32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let mut s = seed;
+        let mut rnd = move || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1 << 24) as f32 * 2.0 - 1.0
+        };
+        let kv_dim = n_heads / group * hd;
+        let q = (0..n_heads * hd).map(|_| rnd() * 3.0).collect();
+        let keys = (0..n.next_multiple_of(KEY_BLOCK) * kv_dim).map(|_| rnd()).collect();
+        let values = (0..n.next_multiple_of(KEY_BLOCK) * kv_dim).map(|_| rnd()).collect();
+        (q, keys, values)
+    }
+
+    /// Attention of the query heads in `q` over positions `0..n` as a decoded token runs
+    /// it: every span's partial results for all heads in one call, then combined.
+    fn attend_spans<K: KvRead>(q: &[f32], at: HeadsAt, keys: &[K::Elem], values: &[K::Elem], n: usize) -> Vec<f32> {
+        let (hd, heads, pl) = (at.head_dim, q.len() / at.head_dim, partial_len(at.head_dim));
+        let spans = n.div_ceil(SPAN);
+        let mut parts = vec![f32::NAN; spans * heads * pl];
+        let mut scratch = vec![f32::NAN; attend_scratch_len(heads, hd, SPAN)];
+        for (j, part) in parts.chunks_exact_mut(heads * pl).enumerate() {
+            attend_heads::<K>(q, at, keys, values, &mut scratch, j * SPAN, ((j + 1) * SPAN).min(n), part);
+        }
+        let mut out = vec![0.0; heads * hd];
+        for (h, out) in out.chunks_exact_mut(hd).enumerate() {
+            combine_spans(&parts[h * pl..], heads * pl, spans, out);
+        }
+        out
+    }
+
+    /// Attention over a cache of `K`, against the f64 definition over the values the cache
+    /// holds, and head by head against all heads at once (the same bits).
+    fn check_attention<K: KvRead>(narrow: impl Fn(f32) -> K::Elem) {
+        let cases = [(96, 4, 1, 37), (24, 6, 2, 1), (16, 4, 4, 16), (40, 2, 1, 70), (32, 3, 3, 5), (32, 2, 1, 600)];
+        for (hd, n_heads, group, n) in cases {
+            let (q, keys, values) = attention_case(hd, n_heads, group, n, (hd * n) as u32);
+            let (keys, values): (Vec<K::Elem>, Vec<K::Elem>) =
+                (keys.into_iter().map(&narrow).collect(), values.into_iter().map(&narrow).collect());
+            let kv_dim = n_heads / group * hd;
+            let scale = 1.0 / (hd as f32).sqrt();
+            let at = |first_head| HeadsAt { head_dim: hd, first_head, group, kv_dim, scale };
+            let all = attend_spans::<K>(&q, at(0), &keys, &values, n);
+            for h in 0..n_heads {
+                // One head alone: the same bits.
+                let one = attend_spans::<K>(&q[h * hd..(h + 1) * hd], at(h), &keys, &values, n);
+                assert_eq!(one, all[h * hd..(h + 1) * hd], "hd {hd} head {h}");
+                // The definition in f64, from the layout's description.
+                let kvh = h / group;
+                let key =
+                    |p: usize, d: usize| f64::from(keys[p / 16 * 16 * kv_dim + (kvh * hd + d) * 16 + p % 16].to_f32());
+                let sc: Vec<f64> = (0..n)
+                    .map(|p| (0..hd).map(|d| f64::from(q[h * hd + d]) * key(p, d)).sum::<f64>() * f64::from(scale))
+                    .collect();
+                let max = sc.iter().cloned().fold(f64::MIN, f64::max);
+                let w: Vec<f64> = sc.iter().map(|x| (x - max).exp()).collect();
+                let total: f64 = w.iter().sum();
+                for d in 0..hd {
+                    let value =
+                        |p: usize| f64::from(values[p / 16 * 16 * kv_dim + (kvh * 16 + p % 16) * hd + d].to_f32());
+                    let want: f64 = (0..n).map(|p| w[p] / total * value(p)).sum();
+                    assert!((f64::from(all[h * hd + d]) - want).abs() < 1e-5, "hd {hd} head {h} dim {d}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_matches_the_definition_however_heads_are_grouped() {
+        check_attention::<F32Kv>(|x| x);
+        check_attention::<F16Kv>(|x| half::f16::from_f32(x).to_bits());
+    }
+
+    /// A prompt's tokens attended together give the bits of each token decoded alone.
+    fn check_tokens_together<K: KvRead, const TOKENS_AT_ONCE: usize>(narrow: impl Fn(f32) -> K::Elem) {
+        for (hd, n_heads, group, n0, tokens) in [
+            (64, 4, 1, 1, 8),
+            (64, 2, 2, 30, 3),
+            (24, 6, 2, 5, 8),
+            (40, 2, 1, 70, 1),
+            (96, 3, 3, 17, 5),
+            (16, 2, 1, 3, 8),
+            (64, 2, 1, 40, 32),
+            (32, 2, 2, 9, 19),
+            (96, 1, 1, 1, 32),
+            (64, 2, 1, 240, 32),
+            (40, 2, 2, 500, 27),
+        ] {
+            let n = n0 + tokens - 1;
+            let (q, keys, values) = attention_case(hd, n_heads * ATTEND_TOKENS, group, n, (hd * n + tokens) as u32);
+            let kv_dim = n_heads / group * hd;
+            let keys: Vec<K::Elem> =
+                keys[..n.next_multiple_of(KEY_BLOCK) * kv_dim].iter().map(|&x| narrow(x)).collect();
+            let values: Vec<K::Elem> =
+                values[..n.next_multiple_of(KEY_BLOCK) * kv_dim].iter().map(|&x| narrow(x)).collect();
+            let scale = 1.0 / (hd as f32).sqrt();
+            for h in 0..n_heads {
+                let at = HeadsAt { head_dim: hd, first_head: h, group, kv_dim, scale };
+                let q = &q[h * ATTEND_TOKENS * hd..(h + 1) * ATTEND_TOKENS * hd];
+                // Whatever the scratch holds must not matter.
+                let mut scratch = vec![f32::NAN; attend_tokens_scratch_len(hd, n)];
+                let mut together = vec![f32::NAN; ATTEND_TOKENS * hd];
+                attend_tokens::<K, TOKENS_AT_ONCE>(q, at, &keys, &values, &mut scratch, n0, tokens, &mut together);
+                for t in 0..tokens {
+                    let alone = attend_spans::<K>(&q[t * hd..(t + 1) * hd], at, &keys, &values, n0 + t);
+                    assert_eq!(alone, together[t * hd..(t + 1) * hd], "hd {hd} head {h} token {t} of {tokens}");
+                }
+                assert!(together[tokens * hd..].iter().all(|v| v.is_nan()), "wrote past its tokens");
+            }
+        }
+    }
+
+    #[test]
+    fn prompt_tokens_attended_together_equal_each_alone() {
+        // Every kernel set's number of tokens in registers (see `float_ops!`).
+        check_tokens_together::<F32Kv, 4>(|x| x);
+        check_tokens_together::<F16Kv, 4>(|x| half::f16::from_f32(x).to_bits());
+        check_tokens_together::<F32Kv, 8>(|x| x);
+        check_tokens_together::<F16Kv, 8>(|x| half::f16::from_f32(x).to_bits());
+    }
+
+    #[test]
+    fn f16_widening_is_exact_for_every_value() {
+        for h in 0..=u16::MAX {
+            let (got, want) = (f16_to_f32(h), half::f16::from_bits(h).to_f32());
+            if want.is_nan() {
+                assert!(got.is_nan() && got.to_bits() >> 31 == want.to_bits() >> 31, "{h:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
+            }
+        }
+        let lanes: Vec<u16> = (0..16).map(|i| 0x3C00 + 0x0401 * i).collect();
+        let want: Vec<f32> = lanes.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
+        assert_eq!(F16Kv::lanes(&lanes), want[..]);
+    }
+}
