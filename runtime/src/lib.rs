@@ -4,7 +4,9 @@
 //! behind one dispatch) -> [`generate`] (tokenizer, sampler, streaming) -> the `tern` CLI.
 #![deny(unsafe_code)]
 
+pub mod args;
 pub mod bench;
+pub mod chat;
 pub mod cpus;
 pub mod generate;
 #[allow(unsafe_code)] // SIMD intrinsics behind feature detection: see kernels/mod.rs
@@ -17,6 +19,7 @@ pub mod perplexity;
 #[allow(unsafe_code)] // lifetime-erased jobs and disjoint band writes: see pool.rs
 pub mod pool;
 pub mod sampler;
+pub mod session;
 pub mod tokenizer;
 
 pub use loader::ModelFile;

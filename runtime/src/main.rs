@@ -7,11 +7,12 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
+use tern::args::Sampling;
 use tern::bench::BenchResult;
-use tern::generate::{generate, GenerateOptions};
-use tern::sampler::SamplerConfig;
+use tern::generate::generate;
+use tern::session::{Request, Session};
 use tern::tokenizer::TextTokenizer;
-use tern::{KvType, Model, ModelFile, State};
+use tern::{KvType, Model, ModelFile};
 
 /// Run BitNet b1.58 models from a packed .tern file.
 #[derive(Parser)]
@@ -172,13 +173,8 @@ fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce(usize) -> Result
 }
 
 fn open_model(path: &Path, verify: bool) -> Result<(Model, TextTokenizer)> {
-    let file = ModelFile::open(path)?;
-    if verify {
-        file.verify()?;
-    }
-    let tok = TextTokenizer::from_json(file.tokenizer_json(), file.config().vocab_size)
-        .with_context(|| format!("{}: embedded tokenizer", path.display()))?;
-    Ok((Model::from_file(file)?, tok))
+    let s = Session::open(path, verify)?;
+    Ok((s.model, s.tok))
 }
 
 fn read_prompt(args: &GenerateArgs) -> Result<String> {
@@ -203,42 +199,18 @@ fn read_prompt(args: &GenerateArgs) -> Result<String> {
 fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let prompt = read_prompt(&args)?;
     let t0 = Instant::now();
-    let (model, tok) = open_model(&args.model, args.verify)?;
+    let session = Session::open(&args.model, args.verify)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let c = model.config();
-    let g = c.generation;
-    let sampler = SamplerConfig {
-        temperature: args.temp.unwrap_or(g.temperature),
-        top_k: args.top_k.unwrap_or(g.top_k as usize),
-        top_p: args.top_p.unwrap_or(g.top_p),
-        repeat_penalty: args.repeat_penalty.unwrap_or(g.repeat_penalty),
-        repeat_last_n: 64,
-    };
-    if !(sampler.temperature.is_finite() && sampler.temperature >= 0.0) {
-        bail!("--temp must be a number ≥ 0");
-    }
-    if !(sampler.top_p > 0.0 && sampler.top_p <= 1.0) {
-        bail!("--top-p must be in (0, 1]");
-    }
-    if !(sampler.repeat_penalty.is_finite() && sampler.repeat_penalty > 0.0) {
-        bail!("--repeat-penalty must be a number > 0");
-    }
-    if args.stop.iter().any(String::is_empty) {
-        bail!("--stop needs a non-empty string (an empty one would end generation before its first token)");
-    }
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-    });
-    let mut ids = tok.encode(&prompt)?;
-    if ids.is_empty() {
-        ids.extend(c.bos_id);
-    }
-    let opts = GenerateOptions { max_new: args.n, sampler, seed, stop: args.stop.clone(), kv_type: args.kv };
+    let sampling =
+        Sampling { temperature: args.temp, top_k: args.top_k, top_p: args.top_p, repeat_penalty: args.repeat_penalty };
+    let req = Request { max_new: args.n, sampling, seed: args.seed, stop: args.stop.clone(), kv_type: args.kv };
+    let (ids, opts) = session.prepare(&prompt, &req, session.model.config().max_positions as usize)?;
+    let (model, tok, seed) = (&session.model, &session.tok, opts.seed);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     out.write_all(prompt.as_bytes())?;
     out.flush()?;
-    let stats = generate(&model, &tok, &ids, &opts, &mut |piece| {
+    let stats = generate(model, tok, &ids, &opts, &mut |piece| {
         out.write_all(piece.as_bytes())?;
         out.flush()?;
         Ok(())
@@ -258,14 +230,8 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
 
 fn cmd_logits(path: &Path, tokens: &[u32], all: bool) -> Result<()> {
     let (model, _) = open_model(path, false)?;
-    tern::generate::check_context(&model, tokens.len(), 0)?;
-    let mut st = State::new(model.config(), tokens.len(), tern::model::DEFAULT_BATCH)?;
-    let mut rows: Vec<Vec<f32>> = Vec::new();
-    if all {
-        model.forward_all(&mut st, tokens, 0, &mut |_, l| rows.push(l.to_vec()))?;
-    } else {
-        rows.push(model.forward(&mut st, tokens, 0)?.to_vec());
-    }
+    let l = tern::session::logits(&model, tokens, all, model.config().max_positions as usize)?;
+    let rows: Vec<&[f32]> = l.data.chunks(l.vocab).collect();
     let json = serde_json::json!({ "tokens": tokens, "logits": rows });
     writeln!(std::io::stdout().lock(), "{json}")?;
     Ok(())
