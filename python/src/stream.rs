@@ -88,6 +88,7 @@ impl Drop for Generation {
 
 #[pymethods]
 impl Generation {
+    /// The generation itself (it is its own iterator).
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
     }

@@ -74,3 +74,24 @@ def test_bad_files_are_exceptions(tmp_path, model_path):
         tern.Model(garbage)
     with pytest.raises(tern.TernError, match="is a folder"):
         tern.Model(tmp_path)
+
+
+def test_every_public_function_has_a_docstring():
+    names = ["convert", "verify", "TernError", "Model", "Generation"]
+    assert all((getattr(tern, n).__doc__ or "").strip() for n in names)
+    for cls in (tern.Model, tern.Generation):
+        for name in dir(cls):
+            if name.startswith("__") and name not in ("__init__", "__next__", "__iter__"):
+                continue
+            attr = getattr(cls, name)
+            if name == "__init__":
+                continue  # the class docstring says how to call it
+            assert (attr.__doc__ or "").strip(), f"{cls.__name__}.{name} has no docstring"
+
+
+def test_package_files_are_installed():
+    from pathlib import Path
+
+    root = Path(tern.__file__).parent
+    assert (root / "py.typed").is_file()
+    assert "def logits" in (root / "__init__.pyi").read_text()

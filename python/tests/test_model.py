@@ -110,3 +110,17 @@ def test_perplexity_from_logits_matches_a_log_softmax(model):
     ppl = float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
     # The demo model knows its Austen: far below the 3072 of a uniform guess.
     assert 1.0 < ppl < 100.0, ppl
+
+
+def mapped(path) -> bool:
+    with open("/proc/self/maps") as f:
+        return any(line.rstrip().endswith(str(path)) for line in f)
+
+
+def test_dropping_a_model_unmaps_its_file(tmp_path, model_path):
+    copy = tmp_path / "copy.tern"
+    copy.write_bytes(model_path.read_bytes())
+    m = tern.Model(copy)
+    assert mapped(copy)
+    del m
+    assert not mapped(copy)
