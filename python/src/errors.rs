@@ -50,7 +50,7 @@ pub fn count(name: &str, value: i64, min: usize) -> PyResult<usize> {
         .ok_or_else(|| arg_error(format!("{name} must be at least {min} (got {value})")))
 }
 
-/// Token ids from Python integers: each must index the vocabulary of `vocab` tokens
+/// Token ids from Python integers: each must index the model's vocabulary
 /// (the runtime's check, so the message is the CLI's).
 pub fn token_ids(ids: &[i64], config: &tern_format::ModelConfig) -> PyResult<Vec<u32>> {
     let ids: Vec<u32> = ids
