@@ -11,7 +11,8 @@
 //! When the context fills, the oldest turns after the system prompt are dropped and the
 //! conversation is processed again from the first difference.
 
-use crate::chat_template::{ChatTemplate, Message, FALLBACK_STOP};
+pub use crate::chat_template::Message;
+use crate::chat_template::{ChatTemplate, FALLBACK_STOP};
 use crate::generate::StopFilter;
 use crate::model::{KvType, Model, State, DEFAULT_BATCH};
 use crate::sampler::{Sampler, SamplerConfig};

@@ -37,7 +37,9 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let c = model.config();
     let tok = tern::tokenizer::TextTokenizer::from_json(model.file().tokenizer_json(), c.vocab_size)
         .with_context(|| format!("{}: embedded tokenizer", args.model.display()))?;
-    let (sampler, seed) = args.sampling.resolve(c.generation)?;
+    let (sampling, seed) = args.sampling.request();
+    let sampler = sampling.resolve(&c.generation)?;
+    let seed = tern::args::seed_or_clock(seed);
     let max_reply = match args.n {
         -1 => None,
         n if n >= 0 => Some(n as usize),

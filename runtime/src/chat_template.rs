@@ -18,21 +18,50 @@
 //! `apply_chat_template(tokenize=True)`. `trim`/`strip` see through the markers (they trim
 //! the content inside them), so templates that trim messages render as in Python.
 
+use crate::args::ArgError;
 use crate::model::Model;
 use crate::tokenizer::TextTokenizer;
 use anyhow::{anyhow, bail, Result};
 use minijinja::value::Value;
 use minijinja::{Environment, Error, ErrorKind, State};
 
-/// The template used when a model file has none: plain "Role: text" paragraphs, then
-/// `Assistant:`. A base model (such as the demo) continues it as text; replies end at
-/// [`FALLBACK_STOP`], where the model starts the next user turn itself.
+/// The template used when a model file has none: BOS, one `Role: text` line per message
+/// (`System: `, `User: `, `Assistant: `), then `Assistant:`. A base model (such as the
+/// demo) continues it as text; replies end at [`FALLBACK_STOP`], where the model starts
+/// the next user line itself.
 pub const FALLBACK_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}\
-{{ message['role'] | capitalize + ': ' + message['content'] | trim + '\n\n' }}\
+{{ message['role'] | capitalize + ': ' + message['content'] | trim + '\n' }}\
 {% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
 
-/// Where a reply under [`FALLBACK_TEMPLATE`] ends: the start of a next turn.
-pub const FALLBACK_STOP: &str = "\n\nUser:";
+/// Where a reply under [`FALLBACK_TEMPLATE`] ends: the start of a next user line.
+pub const FALLBACK_STOP: &str = "\nUser:";
+
+/// Checks a conversation given by a caller (Python, a server): at least one message, and
+/// roles that chat templates know.
+pub fn check_messages(messages: &[Message]) -> Result<(), ArgError> {
+    if messages.is_empty() {
+        return Err(ArgError("messages is empty: a chat needs at least one message".into()));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        if !["system", "user", "assistant"].contains(&m.role.as_str()) {
+            return Err(ArgError(format!(
+                "messages[{i}]: role {:?} is not one of \"system\", \"user\", \"assistant\"",
+                m.role
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The token ids of `messages` rendered for the model's reply (its template, or the
+/// fallback), and the stop strings the reply needs (the fallback's).
+pub fn prompt_ids(model: &Model, tok: &TextTokenizer, messages: &[Message]) -> Result<(Vec<u32>, Vec<String>)> {
+    check_messages(messages)?;
+    let template = for_model(model, tok)?;
+    let ids = template.encode(tok, messages, true)?;
+    let stops = if template.is_fallback() { vec![FALLBACK_STOP.to_string()] } else { Vec::new() };
+    Ok((ids, stops))
+}
 
 /// Marks the start and the end of a message's content in a rendered template. Private-use
 /// characters; any in a message are replaced by U+FFFD before rendering.
@@ -227,8 +256,8 @@ mod tests {
     fn fallback_renders_plain_turns() {
         let t = ChatTemplate::new(None, Some("<s>"), Some("</s>")).unwrap();
         let msgs = [Message::new("system", "Be brief."), Message::new("user", "  Hello \n")];
-        assert_eq!(t.render(&msgs, true).unwrap(), "<s>System: Be brief.\n\nUser: Hello\n\nAssistant:");
-        assert_eq!(t.render(&msgs, false).unwrap(), "<s>System: Be brief.\n\nUser: Hello\n\n");
+        assert_eq!(t.render(&msgs, true).unwrap(), "<s>System: Be brief.\nUser: Hello\nAssistant:");
+        assert_eq!(t.render(&msgs, false).unwrap(), "<s>System: Be brief.\nUser: Hello\n");
     }
 
     /// Meta's Llama 3 template as published in its tokenizer_config.json.

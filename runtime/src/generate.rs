@@ -25,6 +25,20 @@ pub struct GenStats {
     pub gen_tokens: usize,
     pub gen_secs: f64,
     pub kv_cache_bytes: usize,
+    /// Why generation ended.
+    pub finish: Finish,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Finish {
+    /// The model sampled its end-of-sequence token.
+    #[default]
+    Eos,
+    /// The text reached a stop string.
+    Stop,
+    /// `max_new` tokens were generated.
+    Length,
 }
 
 impl GenStats {
@@ -52,15 +66,7 @@ impl std::error::Error for Interrupted {}
 
 /// Checks that a prompt of `prompt_len` tokens plus `max_new` fits the model's context.
 pub fn check_context(model: &Model, prompt_len: usize, max_new: usize) -> Result<usize> {
-    let ctx = model.config().max_positions as usize;
-    let need = prompt_len + max_new;
-    if need > ctx {
-        bail!(
-            "the prompt ({prompt_len} tokens) plus -n {max_new} needs {need} positions, but the model's context is {ctx}; \
-             shorten the prompt or lower -n"
-        );
-    }
-    Ok(need)
+    Ok(crate::args::check_context(prompt_len, max_new, model.config().max_positions as usize)?)
 }
 
 /// Holds back text that could be the start of a stop string until it is decided.
@@ -121,6 +127,7 @@ pub fn generate(
     stats.prompt_secs = t0.elapsed().as_secs_f64();
     // With -n 0 the prompt still runs (as in llama.cpp), so its timing is real.
     if opts.max_new == 0 {
+        stats.finish = Finish::Length;
         return Ok(stats);
     }
     let mut logits = prompt_logits.to_vec();
@@ -149,11 +156,14 @@ pub fn generate(
             break;
         }
         if stats.gen_tokens == opts.max_new {
+            stats.finish = Finish::Length;
             break;
         }
         logits.copy_from_slice(model.forward(&mut st, &[next], history.len() - 1)?);
     }
-    if !stopped {
+    if stopped {
+        stats.finish = Finish::Stop;
+    } else {
         let (text, _) = stop.push(&detok.flush()?);
         emit(&text)?;
         emit(&stop.pending)?;

@@ -9,6 +9,7 @@
 //! run their tasks on [`pool`], and use [`ops`] (per-token operations).
 #![deny(unsafe_code)]
 
+pub mod args;
 pub mod attention;
 pub mod bench;
 pub mod chat;
@@ -26,6 +27,7 @@ pub mod perplexity;
 #[allow(unsafe_code)] // lifetime-erased jobs and disjoint band writes: see pool/
 pub mod pool;
 pub mod sampler;
+pub mod session;
 pub mod tokenizer;
 
 pub use loader::ModelFile;

@@ -12,9 +12,10 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tern::bench::BenchResult;
-use tern::generate::{generate, GenerateOptions, Interrupted};
+use tern::generate::{generate, Interrupted};
+use tern::session::{Request, Session};
 use tern::tokenizer::TextTokenizer;
-use tern::{KvType, Model, ModelFile, State};
+use tern::{KvType, Model, ModelFile};
 
 /// Run BitNet b1.58 models from a packed .tern file.
 #[derive(Parser)]
@@ -170,13 +171,8 @@ fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce(usize) -> Result
 }
 
 fn open_model(path: &Path, verify: bool) -> Result<(Model, TextTokenizer)> {
-    let file = ModelFile::open(path)?;
-    if verify {
-        file.verify()?;
-    }
-    let tok = TextTokenizer::from_json(file.tokenizer_json(), file.config().vocab_size)
-        .with_context(|| format!("{}: embedded tokenizer", path.display()))?;
-    Ok((Model::from_file(file)?, tok))
+    let s = Session::open(path, verify)?;
+    Ok((s.model, s.tok))
 }
 
 fn read_prompt(args: &GenerateArgs) -> Result<String> {
@@ -201,38 +197,31 @@ fn read_prompt(args: &GenerateArgs) -> Result<String> {
 fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let prompt = read_prompt(&args)?;
     let t0 = Instant::now();
-    let (model, tok) = open_model(&args.model, args.verify)?;
+    let session = Session::open(&args.model, args.verify)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let c = model.config();
-    if args.stop.iter().any(String::is_empty) {
-        bail!("--stop needs a non-empty string (an empty one would end generation before its first token)");
-    }
-    let (sampler, seed) = args.sampling.resolve(c.generation)?;
-    let mut ids = tok.encode(&prompt)?;
-    if ids.is_empty() {
-        ids.extend(c.bos_id);
-    }
-    // Every check before anything is written.
-    let max_ctx = c.max_positions as usize;
+    let max_ctx = session.model.config().max_positions as usize;
     let ctx = args.ctx_size.unwrap_or(max_ctx);
     if ctx == 0 || ctx > max_ctx {
         bail!("--ctx-size {ctx} is outside 1..={max_ctx} (the model's context)");
     }
+    let n_prompt = session.prompt_ids(&prompt)?.len();
     let max_new = match args.n {
-        -1 => ctx.saturating_sub(ids.len()),
+        -1 => ctx.saturating_sub(n_prompt),
         n if n >= 0 => n as usize,
         n => bail!("-n {n}: give a number of tokens ≥ 0, or -1 to generate until EOS or the end of the context"),
     };
-    if ids.len() + max_new > ctx {
+    if args.ctx_size.is_some() && n_prompt + max_new > ctx {
         bail!(
-            "the prompt ({} tokens) plus -n {max_new} needs {} positions, but --ctx-size is {ctx}; \
+            "the prompt ({n_prompt} tokens) plus -n {max_new} needs {} positions, but --ctx-size is {ctx}; \
              shorten the prompt, lower -n or raise --ctx-size",
-            ids.len(),
-            ids.len() + max_new
+            n_prompt + max_new
         );
     }
-    tern::generate::check_context(&model, ids.len(), max_new)?;
-    let opts = GenerateOptions { max_new, sampler, seed, stop: args.stop.clone(), kv_type: args.kv };
+    let (sampling, seed) = args.sampling.request();
+    let req = Request { max_new, sampling, seed, stop: args.stop.clone(), kv_type: args.kv };
+    // Every check before anything is written.
+    let (ids, opts) = session.prepare(&prompt, &req, ctx)?;
+    let (model, tok, seed) = (&session.model, &session.tok, opts.seed);
     let interrupted = sampling_args::stop_on_ctrl_c()?;
     // Test hook, read here only: a pause after each token, so that tests can press Ctrl-C
     // half-way through a generation (tests/safety.rs).
@@ -241,7 +230,7 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let mut out = stdout.lock();
     out.write_all(prompt.as_bytes())?;
     out.flush()?;
-    let stats = generate(&model, &tok, &ids, &opts, &mut |piece| {
+    let stats = generate(model, tok, &ids, &opts, &mut |piece| {
         out.write_all(piece.as_bytes())?;
         out.flush()?;
         if let Some(ms) = pause {
@@ -277,13 +266,8 @@ fn cmd_logits(path: &Path, tokens: &[u32], all: bool) -> Result<()> {
     if let Some(bad) = tokens.iter().find(|&&t| t >= c.vocab_size) {
         bail!("--tokens: token id {bad} is not below the model's vocabulary size {}", c.vocab_size);
     }
-    let mut st = State::new(model.config(), tokens.len(), tern::model::DEFAULT_BATCH)?;
-    let mut rows: Vec<Vec<f32>> = Vec::new();
-    if all {
-        model.forward_all(&mut st, tokens, 0, &mut |_, l| rows.push(l.to_vec()))?;
-    } else {
-        rows.push(model.forward(&mut st, tokens, 0)?.to_vec());
-    }
+    let l = tern::session::logits(&model, tokens, all, c.max_positions as usize)?;
+    let rows: Vec<&[f32]> = l.data.chunks(l.vocab).collect();
     let json = serde_json::json!({ "tokens": tokens, "logits": rows });
     writeln!(std::io::stdout().lock(), "{json}")?;
     Ok(())

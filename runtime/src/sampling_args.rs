@@ -1,11 +1,10 @@
-//! The sampling flags that `generate` and `chat` share, resolved against the model file's
-//! defaults and checked once; and Ctrl-C turned into a flag.
+//! The sampling flags that `generate` and `chat` share (resolved and checked by
+//! [`tern::args::Sampling`], as for Python); and Ctrl-C turned into a flag.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use tern::sampler::SamplerConfig;
-use tern_format::GenerationDefaults;
+use tern::args::Sampling;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SamplingArgs {
@@ -27,28 +26,16 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// The sampler settings (flags over the model file's defaults), checked, and the seed.
-    pub fn resolve(&self, g: GenerationDefaults) -> Result<(SamplerConfig, u64)> {
-        let sampler = SamplerConfig {
-            temperature: self.temp.unwrap_or(g.temperature),
-            top_k: self.top_k.unwrap_or(g.top_k as usize),
-            top_p: self.top_p.unwrap_or(g.top_p),
-            repeat_penalty: self.repeat_penalty.unwrap_or(g.repeat_penalty),
-            repeat_last_n: 64,
+    /// The flags as the library takes them (checked there against the model's defaults),
+    /// and the seed if one was given.
+    pub fn request(&self) -> (Sampling, Option<u64>) {
+        let s = Sampling {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repeat_penalty: self.repeat_penalty,
         };
-        if !(sampler.temperature.is_finite() && sampler.temperature >= 0.0) {
-            bail!("--temp must be a number ≥ 0");
-        }
-        if !(sampler.top_p > 0.0 && sampler.top_p <= 1.0) {
-            bail!("--top-p must be in (0, 1]");
-        }
-        if !(sampler.repeat_penalty.is_finite() && sampler.repeat_penalty > 0.0) {
-            bail!("--repeat-penalty must be a number > 0");
-        }
-        let seed = self.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-        });
-        Ok((sampler, seed))
+        (s, self.seed)
     }
 }
 
