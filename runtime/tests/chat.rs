@@ -186,3 +186,27 @@ fn cli_chat_exits_130_on_ctrl_c_while_waiting() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
 }
+
+/// The stored templates of the pre-packed fixtures render as transformers'
+/// `apply_chat_template` rendered them (`hf_golden.json`'s `chat_example`, written by
+/// scripts/make_hf_fixtures.py), and encode to the ids its tokenizer gives that text.
+#[test]
+fn stored_templates_render_as_transformers() {
+    for name in ["bitnet-2b-tiny", "falcon3-tiny"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name);
+        let hf: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("hf_golden.json")).unwrap()).unwrap();
+        let example = &hf["chat_example"];
+        let messages: Vec<Message> = serde_json::from_value(example["messages"].clone()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("m.tern");
+        tern_convert::convert(&dir, &out, &tern_convert::Options { progress: false, ..Default::default() }).unwrap();
+        let (model, tok) = load(&out);
+        let t = tern::chat_template::for_model(&model, &tok).unwrap();
+        assert!(!t.is_fallback(), "{name}: the file stores its template");
+        let rendered = example["rendered"].as_str().unwrap();
+        let add = example["add_generation_prompt"].as_bool().unwrap();
+        assert_eq!(t.render(&messages, add).unwrap(), rendered, "{name}");
+        assert_eq!(t.encode(&tok, &messages, add).unwrap(), tok.encode_plain(rendered).unwrap(), "{name}");
+    }
+}
