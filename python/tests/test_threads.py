@@ -93,8 +93,15 @@ SCRIPT = textwrap.dedent(
     mode = sys.argv[2]
 
     def generate_threads():
-        return [n for n in os.listdir("/proc/self/task")
-                if open(f"/proc/self/task/{n}/comm").read().strip() == "tern-generate"]
+        found = []
+        for n in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{n}/comm") as f:
+                    if f.read().strip() == "tern-generate":
+                        found.append(n)
+            except FileNotFoundError:  # a thread (the timer's) ended between listing and reading
+                pass
+        return found
 
     if mode == "stream":
         g = m.generate("It is", max_tokens=250, temperature=0, stream=True)
