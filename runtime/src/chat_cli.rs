@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use tern::chat::{Chat, ChatOptions, Finish};
 use tern::chat_template;
-use tern::{KvType, Model};
+use tern::KvType;
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
@@ -33,10 +33,9 @@ pub struct ChatArgs {
 
 /// Runs the conversation until `/exit`, end of input, or a second Ctrl-C while a reply runs.
 pub fn run(args: ChatArgs) -> Result<()> {
-    let model = Model::open(&args.model)?;
+    let session = tern::session::Session::open(&args.model, false)?;
+    let (model, tok) = (&session.model, &session.tok);
     let c = model.config();
-    let tok = tern::tokenizer::TextTokenizer::from_json(model.file().tokenizer_json(), c.vocab_size)
-        .with_context(|| format!("{}: embedded tokenizer", args.model.display()))?;
     let (sampling, seed) = args.sampling.request();
     let sampler = sampling.resolve(&c.generation)?;
     let seed = tern::args::seed_or_clock(seed);
@@ -50,9 +49,9 @@ pub fn run(args: ChatArgs) -> Result<()> {
     if ctx < 2 || ctx > max_ctx {
         bail!("--ctx-size {ctx} is outside 2..={max_ctx} (the model's context)");
     }
-    let template = chat_template::for_model(&model, &tok)?;
+    let template = chat_template::for_model(model, tok)?;
     let opts = ChatOptions { sampler, seed, max_reply, ctx, kv_type: args.kv, system: args.system.clone() };
-    let mut chat = Chat::new(&model, &tok, template, opts)?;
+    let mut chat = Chat::new(model, tok, template, opts)?;
 
     // Ctrl-C while a reply runs stops that reply; a second one before the reply ends exits (130).
     let cancel = crate::sampling_args::stop_on_ctrl_c()?;

@@ -204,7 +204,8 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     if ctx == 0 || ctx > max_ctx {
         bail!("--ctx-size {ctx} is outside 1..={max_ctx} (the model's context)");
     }
-    let n_prompt = session.prompt_ids(&prompt)?.len();
+    let ids = session.prompt_ids(&prompt)?;
+    let n_prompt = ids.len();
     let max_new = match args.n {
         -1 => ctx.saturating_sub(n_prompt),
         n if n >= 0 => n as usize,
@@ -220,7 +221,7 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let (sampling, seed) = args.sampling.request();
     let req = Request { max_new, sampling, seed, stop: args.stop.clone(), kv_type: args.kv };
     // Every check before anything is written.
-    let (ids, opts) = session.prepare(&prompt, &req, ctx)?;
+    let (ids, opts) = session.prepare_ids(ids, &req, ctx)?;
     let (model, tok, seed) = (&session.model, &session.tok, opts.seed);
     let interrupted = sampling_args::stop_on_ctrl_c()?;
     // Test hook, read here only: a pause after each token, so that tests can press Ctrl-C

@@ -8,6 +8,8 @@ pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     /// A copy that treats special-token text as plain text (made on first use).
     literal: std::sync::OnceLock<tokenizers::Tokenizer>,
+    /// The added tokens, longest first (listed on first use).
+    added: std::sync::OnceLock<Vec<(String, u32)>>,
 }
 
 impl TextTokenizer {
@@ -19,7 +21,7 @@ impl TextTokenizer {
         if n > vocab_size as usize {
             bail!("embedded tokenizer has {n} tokens but the model's vocabulary is {vocab_size}");
         }
-        Ok(TextTokenizer { inner, literal: std::sync::OnceLock::new() })
+        Ok(TextTokenizer { inner, literal: std::sync::OnceLock::new(), added: std::sync::OnceLock::new() })
     }
 
     /// Encodes as Hugging Face does, with the special tokens its post-processor adds (BOS).
@@ -48,11 +50,13 @@ impl TextTokenizer {
 
     /// The added tokens (text, id), longest text first: where the tokenizer splits a text
     /// before its model runs.
-    pub fn added_tokens(&self) -> Vec<(String, u32)> {
-        let mut v: Vec<(String, u32)> =
-            self.inner.get_added_tokens_decoder().into_iter().map(|(id, t)| (t.content, id)).collect();
-        v.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
-        v
+    pub fn added_tokens(&self) -> &[(String, u32)] {
+        self.added.get_or_init(|| {
+            let mut v: Vec<(String, u32)> =
+                self.inner.get_added_tokens_decoder().into_iter().map(|(id, t)| (t.content, id)).collect();
+            v.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+            v
+        })
     }
 
     /// The id of a token given by its text, if the vocabulary has it.
