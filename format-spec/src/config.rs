@@ -77,6 +77,9 @@ pub enum WeightsSource {
     /// Pre-packed by Hugging Face's BitNet quantization (`quant_method: "bitnet"`): the
     /// ternary values and each tensor's `weight_scale` are copied as given.
     Prepacked = 2,
+    /// Imported from a bitnet.cpp I2_S GGUF file: the ternary values and each tensor's
+    /// trailing f32 scale (which multiplies) are copied as given.
+    I2sGguf = 3,
 }
 
 impl WeightsSource {
@@ -84,6 +87,7 @@ impl WeightsSource {
         match self {
             WeightsSource::Master => "master weights, ternarized by tern-convert (absmean)",
             WeightsSource::Prepacked => "pre-packed ternary weights and weight_scale, copied as given",
+            WeightsSource::I2sGguf => "I2_S GGUF (bitnet.cpp): ternary weights and per-tensor scale, copied as given",
         }
     }
 }
@@ -322,6 +326,7 @@ impl ModelConfig {
             let source = match raw.weights_source.get() {
                 1 => WeightsSource::Master,
                 2 => WeightsSource::Prepacked,
+                3 => WeightsSource::I2sGguf,
                 other => return Err(bad("weights_source", format!("unknown weights source code {other}"))),
             };
             let used = raw.extra_eos.iter().take_while(|e| e.get() != NO_TOKEN).count();

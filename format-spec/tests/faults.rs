@@ -337,6 +337,24 @@ fn version_2_fields_round_trip() {
     assert!(err.contains("extra_eos: an unused slot comes before"), "{err}");
     let err = parse_err_after_config_edit(&bytes, |raw| raw.scale_convention.set(3));
     assert!(err.contains("unknown scale convention code 3"), "{err}");
+    let err = parse_err_after_config_edit(&bytes, |raw| raw.weights_source.set(4));
+    assert!(err.contains("weights_source: unknown weights source code 4"), "{err}");
+}
+
+#[test]
+fn i2s_gguf_weights_source_round_trips() {
+    let config = ModelConfig {
+        scale_convention: ScaleConvention::Multiply,
+        weights_source: WeightsSource::I2sGguf,
+        ..packed_config()
+    };
+    let specs = [TensorSpec { name: "w".into(), encoding: Encoding::T2, shape: Shape::Matrix { rows: 2, cols: 10 } }];
+    let mut w = TernWriter::new(Cursor::new(Vec::new()), &config, TOKENIZER.as_bytes(), &specs).unwrap();
+    w.write_tensor(&[0x55u8; 128], 0.5).unwrap();
+    let bytes = w.finish().unwrap().into_inner();
+    let f = TernFile::parse(&bytes).unwrap();
+    assert_eq!(f.config().weights_source, WeightsSource::I2sGguf);
+    assert!(f.config().weights_source.name().starts_with("I2_S GGUF"));
 }
 
 /// The parse error of `bytes` after `edit` of its config (with every checksum resealed).
