@@ -10,6 +10,7 @@ mod aligned;
 #[allow(unsafe_code)] // memory maps: see the SAFETY comments there
 mod checkpoint;
 mod finite;
+mod gguf;
 mod hf_config;
 pub mod interrupt;
 mod output;
@@ -308,7 +309,7 @@ fn convert_tensor(ckpt: &Checkpoint, p: &Planned) -> Result<(Vec<u8>, f32, u64)>
 }
 
 /// Converts one tensor's f32 values into its `.tern` bytes and scale; counts zero weights.
-fn encode(values: &[f32], spec: &TensorSpec, hf: &str) -> Result<(Vec<u8>, f32, u64)> {
+pub(crate) fn encode(values: &[f32], spec: &TensorSpec, hf: &str) -> Result<(Vec<u8>, f32, u64)> {
     if spec.encoding != Encoding::T2 {
         check_finite(hf, values)?;
     }
@@ -365,8 +366,12 @@ pub fn quantize_q8(values: &[f32], cols: usize) -> Vec<u8> {
 }
 
 /// Converts the checkpoint folder `input` into the `.tern` file `output`.
+/// A `.gguf` file (or any file that starts with `GGUF`) is imported as bitnet.cpp's I2_S GGUF.
 pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
     let start = Instant::now();
+    if gguf::is_gguf(input) {
+        return gguf::convert(input, output, opts);
+    }
     paths::check_input(input)?;
     paths::check_output(input, output)?;
     let parsed = hf_config::read_config(input)?;
@@ -378,16 +383,9 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
         eprintln!("warning: {w}");
     }
 
-    // Dropped on an error, `out` removes its temp file.
-    let (out, file) = output::AtomicOutput::create(output)?;
-    let ((ternary_weights, zero_weights), file) =
-        write_all(AlignedWriter::new(file), &ckpt, &config, &tokenizer, &planned, opts)
-            .and_then(|(w, counts)| Ok((counts, w.into_inner()?)))
-            .with_context(|| {
-                format!("writing {} (to its temp file {})", output.display(), out.temp_path().display())
-            })?;
-    let output_bytes = file.metadata()?.len();
-    out.commit(file)?;
+    let specs: Vec<TensorSpec> = planned.iter().map(|p| p.spec.clone()).collect();
+    let (output_bytes, (ternary_weights, zero_weights)) =
+        write_atomically(output, &config, &tokenizer, &specs, |i| convert_tensor(&ckpt, &planned[i]), opts)?;
     Ok(Summary {
         tensors: planned.len(),
         input_bytes: ckpt.data_bytes(),
@@ -399,27 +397,47 @@ pub fn convert(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
     })
 }
 
-/// Streams every planned tensor into `out`; returns the writer and (ternary, zero) weight counts.
-pub(crate) fn write_all<W: Write + Seek>(
-    out: W,
-    ckpt: &Checkpoint,
+/// Writes the `.tern` file `output` through its temp file (removed on an error) and renames
+/// it into place; returns its size and the (ternary, zero) weight counts.
+pub(crate) fn write_atomically(
+    output: &Path,
     config: &ModelConfig,
     tokenizer: &[u8],
-    planned: &[Planned],
+    specs: &[TensorSpec],
+    tensor: impl Fn(usize) -> Result<(Vec<u8>, f32, u64)>,
+    opts: &Options,
+) -> Result<(u64, (u64, u64))> {
+    // Dropped on an error, `out` removes its temp file.
+    let (out, file) = output::AtomicOutput::create(output)?;
+    let (counts, file) = write_all(AlignedWriter::new(file), config, tokenizer, specs, tensor, opts)
+        .and_then(|(w, counts)| Ok((counts, w.into_inner()?)))
+        .with_context(|| format!("writing {} (to its temp file {})", output.display(), out.temp_path().display()))?;
+    let output_bytes = file.metadata()?.len();
+    out.commit(file)?;
+    Ok((output_bytes, counts))
+}
+
+/// Streams every tensor of `specs` into `out`, the bytes, scale and zero count of tensor `i`
+/// made by `tensor(i)`; returns the writer and (ternary, zero) weight counts.
+pub(crate) fn write_all<W: Write + Seek>(
+    out: W,
+    config: &ModelConfig,
+    tokenizer: &[u8],
+    specs: &[TensorSpec],
+    tensor: impl Fn(usize) -> Result<(Vec<u8>, f32, u64)>,
     opts: &Options,
 ) -> Result<(W, (u64, u64))> {
-    let specs: Vec<TensorSpec> = planned.iter().map(|p| p.spec.clone()).collect();
-    let mut writer = TernWriter::new(out, config, tokenizer, &specs)?;
-    let bar = if opts.progress { ProgressBar::new(planned.len() as u64) } else { ProgressBar::hidden() };
+    let mut writer = TernWriter::new(out, config, tokenizer, specs)?;
+    let bar = if opts.progress { ProgressBar::new(specs.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {elapsed} {msg}").expect("valid template"),
     );
     let (mut ternary_weights, mut zero_weights) = (0u64, 0u64);
-    for p in planned {
-        bar.set_message(p.spec.name.clone());
-        let (bytes, scale, zeros) = convert_tensor(ckpt, p)?;
-        if p.spec.encoding == Encoding::T2 {
-            ternary_weights += p.spec.shape.elements().unwrap_or(0);
+    for (i, spec) in specs.iter().enumerate() {
+        bar.set_message(spec.name.clone());
+        let (bytes, scale, zeros) = tensor(i)?;
+        if spec.encoding == Encoding::T2 {
+            ternary_weights += spec.shape.elements().unwrap_or(0);
             zero_weights += zeros;
         }
         writer.write_tensor(&bytes, scale)?;
@@ -483,7 +501,9 @@ mod tests {
         let tok = read_tokenizer(&dir, &config).unwrap();
         for room in [100, 20_000, 100_000] {
             let disk = FullDisk { inner: Cursor::new(Vec::new()), room };
-            let err = write_all(disk, &ckpt, &config, &tok, &planned, &opts).err().expect("must fail");
+            let specs: Vec<TensorSpec> = planned.iter().map(|p| p.spec.clone()).collect();
+            let tensor = |i| convert_tensor(&ckpt, &planned[i]);
+            let err = write_all(disk, &config, &tok, &specs, tensor, &opts).err().expect("must fail");
             assert!(format!("{err:#}").contains("No space left on device"), "{err:#}");
         }
     }
