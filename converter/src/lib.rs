@@ -10,7 +10,7 @@ mod aligned;
 #[allow(unsafe_code)] // memory maps: see the SAFETY comments there
 mod checkpoint;
 mod finite;
-mod gguf;
+pub mod gguf;
 mod hf_config;
 pub mod interrupt;
 mod output;

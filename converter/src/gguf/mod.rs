@@ -10,11 +10,11 @@ mod i2s;
 mod model_config;
 mod tokenizer;
 
-pub use container::Gguf;
+pub use container::{type_name, Gguf, TensorInfo, Value};
 
 use crate::{encode, write_atomically, Options, Summary};
 use anyhow::{bail, Context, Result};
-use container::{type_name, TensorInfo, BF16, F16, F32, I2_S};
+use container::{BF16, F16, F32, I2_S};
 use memmap2::Mmap;
 use model_config::GgufArch;
 use std::os::unix::fs::MetadataExt;
