@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzz the .tern reader, config.json parsing and safetensors ingestion.
+# Fuzz the .tern reader, config.json parsing, safetensors ingestion and GGUF import.
 #   scripts/fuzz.sh SECONDS_PER_TARGET      (needs cargo-fuzz: `cargo install cargo-fuzz`)
 # Seeds come from the fixtures. cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1
 # lets the stable toolchain provide them. A crash leaves its input in fuzz/artifacts/.
@@ -13,7 +13,7 @@ TMPDIR=$(mktemp -d "${TMPDIR:-/tmp}/tern-fuzz.XXXXXX")
 export TMPDIR
 trap 'rm -rf "$TMPDIR"' EXIT
 seeds=fuzz/seeds
-mkdir -p "$seeds"/tern_reader "$seeds"/hf_config "$seeds"/safetensors_ingest
+mkdir -p "$seeds"/tern_reader "$seeds"/hf_config "$seeds"/safetensors_ingest "$seeds"/gguf_ingest
 cargo build --release --quiet -p tern-convert
 for f in fixtures/tiny-*/; do
   n=$(basename "$f")
@@ -21,7 +21,9 @@ for f in fixtures/tiny-*/; do
   cp "$f/config.json" "$seeds/hf_config/$n.json"
 done
 cp fixtures/tiny-tied/model.safetensors "$seeds/safetensors_ingest/tiny-tied.safetensors"
-for target in tern_reader hf_config safetensors_ingest; do
+# Longer than -max_len: libFuzzer keeps the first 400000 bytes (header, metadata, infos, some data).
+cp fixtures/gguf/*.gguf "$seeds/gguf_ingest/"
+for target in tern_reader hf_config safetensors_ingest gguf_ingest; do
   mkdir -p "fuzz/corpus/$target"
   log="fuzz/$target.log"
   if ! cargo fuzz run "$target" "fuzz/corpus/$target" "$seeds/$target" -- \

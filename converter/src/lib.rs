@@ -1,4 +1,5 @@
-//! `tern-convert`: a Hugging Face BitNet b1.58 checkpoint folder -> one `.tern` file.
+//! `tern-convert`: a Hugging Face BitNet b1.58 checkpoint folder (or bitnet.cpp's I2_S GGUF
+//! file, module `gguf`) -> one `.tern` file.
 //!
 //! The only place in tern that knows Hugging Face tensor names ([`hf_name`]). The output
 //! is written to a temp file of its own beside the output, synced, then renamed over the

@@ -7,11 +7,13 @@ use std::process::ExitCode;
 use tern_convert::{convert, Options};
 use tern_format::Encoding;
 
-/// Convert a BitNet b1.58 Hugging Face checkpoint folder into one packed `.tern` file.
+/// Convert a BitNet b1.58 Hugging Face checkpoint folder (or a bitnet.cpp I2_S GGUF file) into
+/// one packed `.tern` file.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
-    /// Folder with config.json, tokenizer.json and model.safetensors (or a sharded index)
+    /// Folder with config.json, tokenizer.json and model.safetensors (or a sharded index),
+    /// or a bitnet.cpp I2_S .gguf file
     input: PathBuf,
     /// The .tern file to write: a new path, or a regular file to replace (atomically, by
     /// renaming the finished file over it; a symlink there is replaced, not followed).

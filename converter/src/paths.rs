@@ -1,6 +1,6 @@
 //! The two paths a conversion is given, checked before anything is read or written: the
-//! input must be a checkpoint folder, and the output a path whose replacement destroys
-//! nothing but an older file at that path.
+//! input must be a checkpoint folder (a GGUF file is taken before this check, in lib.rs),
+//! and the output a path whose replacement destroys nothing but an older file at that path.
 
 use anyhow::{bail, Context, Result};
 use std::fs::{FileType, Metadata};
@@ -8,7 +8,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use tern_format::MAGIC;
 
-const EXPECTED_INPUT: &str = "a Hugging Face checkpoint folder (config.json, tokenizer.json, model.safetensors)";
+const EXPECTED_INPUT: &str =
+    "a Hugging Face checkpoint folder (config.json, tokenizer.json, model.safetensors) or a bitnet.cpp I2_S .gguf file";
 
 /// What a path that is not a regular file is, for messages ("a FIFO").
 pub(crate) fn kind(t: FileType) -> &'static str {

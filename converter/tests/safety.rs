@@ -354,7 +354,7 @@ fn input_that_is_not_a_folder() {
     std::fs::copy(&converted, &renamed).unwrap();
     let missing = d.path().join("missing");
     let expected = "not a folder; tern-convert reads a Hugging Face checkpoint folder (config.json, \
-                    tokenizer.json, model.safetensors)";
+                    tokenizer.json, model.safetensors) or a bitnet.cpp I2_S .gguf file";
     let parent = format!("; give the folder that holds it, {}", ckpt.display());
     let tern = "is a .tern file (already converted: run it with `tern generate`), ";
     let cases = [
