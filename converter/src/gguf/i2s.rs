@@ -158,7 +158,7 @@ mod tests {
         assert!(err.contains("scale 0 (the f32 at byte 64) is not a positive"), "{err}");
         let err = decode("x", &encode(&w, 1.0)[..90], 2, 128, &|r| r).err().unwrap().to_string();
         assert!(err.contains("90 bytes, expected n/4 + 32 = 96"), "{err}");
-        let err = decode("x", &vec![0u8; 24 + 32], 1, 96, &|r| r).err().unwrap().to_string();
+        let err = decode("x", &[0u8; 24 + 32], 1, 96, &|r| r).err().unwrap().to_string();
         assert!(err.contains("96 weights, not a multiple of 128"), "{err}");
     }
 

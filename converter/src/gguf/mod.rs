@@ -161,7 +161,7 @@ fn convert_tensor(g: &Gguf, p: &Planned) -> Result<(Vec<u8>, f32, u64)> {
     let d = match p.unpermute {
         None => i2s::decode(&t.name, data, rows as usize, cols as usize, &|r| r)?,
         Some(head_dim) => {
-            if head_dim % 2 != 0 || rows as usize % head_dim != 0 {
+            if !(rows as usize).is_multiple_of(head_dim) {
                 bail!("tensor {}: {rows} rows are not whole heads of {head_dim}", t.name);
             }
             i2s::decode(&t.name, data, rows as usize, cols as usize, &|r| i2s::unpermuted_row(r, head_dim))?

@@ -83,7 +83,7 @@ pub fn model_config(g: &Gguf, arch_name: &str, arch: GgufArch, vocab: u32) -> Re
     let n_kv_heads = int("attention.head_count_kv", Some(n_heads))?;
     let head_dim = match get("attention.key_length") {
         Some(_) => int("attention.key_length", None)?,
-        None if hidden % n_heads == 0 => hidden / n_heads,
+        None if hidden.is_multiple_of(n_heads) => hidden / n_heads,
         None => bail!(
             "metadata key {}: missing, and embedding_length {hidden} is not divisible by head_count {n_heads}",
             key("attention.key_length")
