@@ -244,7 +244,9 @@ impl<'a> Gguf<'a> {
 
 /// Bytes a tensor of `elements` takes, for the types this importer reads. I2_S is bitnet.cpp's
 /// x86 layout: n/4 bytes of 2-bit codes, then 32 bytes whose first 4 are the f32 scale
-/// (microsoft/BitNet `src/ggml-bitnet-mad.cpp`, `quantize_i2_s`: `return nrow * row_size / 4 + 32`).
+/// (microsoft/BitNet `src/ggml-bitnet-mad.cpp`, `quantize_i2_s`: `return nrow * row_size / 4 + 32`;
+/// its llama.cpp fork, branch merge-dev, `ggml/src/ggml.c` `ggml_nbytes`: `nbytes / 4 + 32` for
+/// I2_S, which sets the offsets its GGUF writer gives the tensors).
 fn byte_size(ggml_type: u32, elements: u64) -> Option<u64> {
     match ggml_type {
         F32 => elements.checked_mul(4),
