@@ -186,3 +186,25 @@ fn truncated_or_corrupted_files_never_panic() {
         }
     }
 }
+
+/// Float tensors may be F32 as well as F16 (or BF16): the same values give the same file.
+#[test]
+fn f32_embedding_and_norms_import_the_same() {
+    let d = tempfile::tempdir().unwrap();
+    let bytes = edited(FALCON_E, |f| {
+        for name in ["token_embd.weight", "output.weight"] {
+            let t = f.tensor(name);
+            assert_eq!(t.ggml_type, 1);
+            t.data = t
+                .data
+                .chunks_exact(2)
+                .flat_map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32().to_le_bytes())
+                .collect();
+            t.ggml_type = 0;
+        }
+    });
+    let a = convert_bytes(&bytes, d.path()).unwrap();
+    let b = d.path().join("b.tern");
+    convert(&fixture(FALCON_E), &b, &opts()).unwrap();
+    assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "the two .tern files differ");
+}
