@@ -12,6 +12,7 @@
 //! `general.alignment` (default 32) after the infos, and every offset is a multiple of it.
 
 use anyhow::{bail, Result};
+use std::collections::HashSet;
 
 /// `"GGUF"` as the file's first four bytes.
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -146,9 +147,10 @@ impl<'a> Gguf<'a> {
         // rest of the file cannot hold is refused before anything is allocated for it.
         r.check_count(n_kv, 12, "key/value pairs")?;
         let mut kv: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
+        let mut seen = HashSet::new();
         for i in 0..n_kv {
             let key = r.string(&format!("the name of key {i}"))?;
-            if kv.iter().any(|(k, _)| *k == key) {
+            if !seen.insert(key.clone()) {
                 bail!("metadata key {key} appears twice");
             }
             let t = r.u32(&format!("the type of key {key}"))?;
@@ -157,9 +159,10 @@ impl<'a> Gguf<'a> {
         }
         r.check_count(n_tensors, 24, "tensor infos")?;
         let mut infos = Vec::with_capacity(n_tensors as usize);
+        let mut seen = HashSet::new();
         for i in 0..n_tensors {
             let name = r.string(&format!("the name of tensor {i}"))?;
-            if infos.iter().any(|(n, ..): &(String, Vec<u64>, u32, u64)| *n == name) {
+            if !seen.insert(name.clone()) {
                 bail!("tensor {name} appears twice");
             }
             let n_dims = r.u32(&format!("tensor {name}: the dimension count"))?;
@@ -203,7 +206,7 @@ impl<'a> Gguf<'a> {
                 );
             }
             // The next tensor's start, or the end of the file, bounds this one.
-            let next = ends.iter().copied().find(|&o| o > offset).unwrap_or(data_len);
+            let next = ends.get(ends.partition_point(|&o| o <= offset)).copied().unwrap_or(data_len);
             let room = (next - offset) as usize;
             let size = byte_size(ggml_type, elements);
             let range = match size {

@@ -125,8 +125,9 @@ fn import(g: &Gguf, opts: &Options) -> Result<Import> {
         planned.push(Planned { spec: TensorSpec { name, encoding, shape }, tensor: t.clone(), unpermute });
     }
     let mut warnings = Vec::new();
+    let used: std::collections::HashSet<&str> = planned.iter().map(|p| p.tensor.name.as_str()).collect();
     for t in &g.tensors {
-        if planned.iter().any(|p| p.tensor.name == t.name) {
+        if used.contains(t.name.as_str()) {
             continue;
         }
         // A scale tensor beside a weight (bitnet.cpp's TL1/TL2 files) or RoPE frequency
