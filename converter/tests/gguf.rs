@@ -208,3 +208,28 @@ fn f32_embedding_and_norms_import_the_same() {
     convert(&fixture(FALCON_E), &b, &opts()).unwrap();
     assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "the two .tern files differ");
 }
+
+/// The older 2B-4T upload: architecture `bitnet-25`, with an `output.weight` (untied).
+#[test]
+fn bitnet_25_with_an_output_matrix() {
+    let d = tempfile::tempdir().unwrap();
+    let bytes = edited(BITNET, |f| {
+        for (k, v) in f.kv.iter_mut() {
+            if let Some(rest) = k.strip_prefix("bitnet-b1.58.") {
+                *k = format!("bitnet-25.{rest}");
+            }
+            if k == "general.architecture" {
+                *v = Value::Str("bitnet-25".into());
+            }
+        }
+        let embd = f.tensor("token_embd.weight");
+        let output = gguf_file::Tensor { name: "output.weight".into(), ..embd.clone() };
+        f.tensors.push(output);
+    });
+    let out = convert_bytes(&bytes, d.path()).unwrap();
+    let bytes = std::fs::read(out).unwrap();
+    let file = TernFile::parse(&bytes).unwrap();
+    assert!(!file.config().tied_output);
+    assert_eq!(file.config().activation, tern_format::Activation::ReluSquared);
+    assert!(file.tensor("output").unwrap().data == file.tensor("token_embd").unwrap().data);
+}

@@ -3,6 +3,7 @@
 
 use tern_convert::gguf::{Gguf, Value};
 
+#[derive(Clone)]
 pub struct Tensor {
     pub name: String,
     pub dims: Vec<u64>,
