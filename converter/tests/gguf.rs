@@ -233,3 +233,30 @@ fn bitnet_25_with_an_output_matrix() {
     assert_eq!(file.config().activation, tern_format::Activation::ReluSquared);
     assert!(file.tensor("output").unwrap().data == file.tensor("token_embd").unwrap().data);
 }
+
+/// The Falcon-E-style fixture's q/k rows really are in llama.cpp's permuted order (so the
+/// equality above tests the un-permute): its I2_S row 2i + t of each head is Hugging Face's
+/// row t·d/2 + i, and row r is not row r.
+#[test]
+fn falcon_e_fixture_rows_are_permuted() {
+    let d = tempfile::tempdir().unwrap();
+    let st = d.path().join("st.tern");
+    convert(&fixture("falcon3-tiny"), &st, &opts()).unwrap();
+    let st = std::fs::read(st).unwrap();
+    let st = TernFile::parse(&st).unwrap();
+    let gguf = File::read(&std::fs::read(fixture(FALCON_E)).unwrap());
+    let (head_dim, cols) = (48, 320);
+    for (name, rows) in [("blk.0.attn_q", 384), ("blk.1.attn_k", 192)] {
+        let hf = tern_convert::unpack_matrix(st.tensor(name).unwrap().data, rows, cols).unwrap();
+        let i2s = &gguf.tensors.iter().find(|t| t.name == format!("{name}.weight")).unwrap().data;
+        // I2_S: element e in block e/128, byte e%32 of it, shift 6 - 2·((e%128)/32); code w + 1.
+        let w = |e: usize| ((i2s[e / 128 * 32 + e % 32] >> (6 - 2 * (e % 128 / 32))) & 3) as i8 - 1;
+        let row = |r: usize| (0..cols).map(|c| w(r * cols + c)).collect::<Vec<i8>>();
+        let half = head_dim / 2;
+        let permuted = |r: usize| r / head_dim * head_dim + 2 * (r % half) + r % head_dim / half;
+        for r in 0..rows {
+            assert_eq!(row(permuted(r)), hf[r * cols..(r + 1) * cols], "{name} row {r}");
+        }
+        assert!((0..rows).any(|r| row(r) != hf[r * cols..(r + 1) * cols]), "{name}: rows are not permuted");
+    }
+}
