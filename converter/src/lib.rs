@@ -252,7 +252,6 @@ fn tensor_source(
     let loc = ckpt.get(hf).expect("planned from the checkpoint");
     let file = ckpt.shard_path(loc).display();
     if let (WeightLayout::Packed(_), Shape::Matrix { rows, cols }, true) = (layout, shape, ternary) {
-        let (scale_name, scale) = packed_scale(ckpt, hf)?;
         let Some(packed_rows) = packed::packed_rows(rows as usize) else {
             bail!("{file}: tensor {hf}: {rows} output rows are not a multiple of 4, so it has no packed form");
         };
@@ -271,6 +270,7 @@ fn tensor_source(
                 }
             );
         }
+        let (scale_name, scale) = packed_scale(ckpt, hf)?;
         return Ok((Source::Packed { scale }, Some(scale_name)));
     }
     let want: Vec<usize> = match shape {

@@ -200,3 +200,32 @@ fn version_1_files_still_run() {
     let s = String::from_utf8(o.stdout).unwrap();
     assert!(s.contains("bytes, format version 1)") && s.contains("scale         multiply"), "{s}");
 }
+
+/// `tern inspect` says which path the converter took for bf16 master weights, and shows
+/// the per-linear norms and biases (issue 30).
+#[test]
+fn inspect_shows_masters_and_per_linear_extras() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inspect = |name: &str| {
+        let (path, _) = convert(&fixture(name), tmp.path(), name);
+        let o = Command::new(env!("CARGO_BIN_EXE_tern")).args(["inspect", path.to_str().unwrap()]).output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let s = inspect("bitnet-2b-bf16-tiny");
+    for want in [
+        "format version 3)",
+        "weights       master weights, ternarized by tern-convert (absmean)",
+        "scale         multiply (y = dot · scale / s_x)",
+        "per-linear    input norms none; bias attn false, mlp false",
+    ] {
+        assert!(s.contains(want), "{want:?} missing from:\n{s}");
+    }
+    let s = inspect("bitnet-rmsnorm-bias-tiny");
+    for want in [
+        "weights       pre-packed ternary weights and weight_scale, copied as given",
+        "per-linear    input norms eps 0.00001; bias attn true, mlp true",
+    ] {
+        assert!(s.contains(want), "{want:?} missing from:\n{s}");
+    }
+}
