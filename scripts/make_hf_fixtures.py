@@ -11,7 +11,19 @@ Hugging Face transformers itself (the independent oracle of issue 24).
                             y = x.W / weight_scale), SiLU, no sub-norms, untied bf16 lm_head,
                             explicit head_dim 48 with 8 / 4 heads (8 x 48 != hidden 320)
 
-Both: every BitLinear weight is U8 [out/4, in] packed by transformers' own `pack_weights`
+Issue 30 (ISSUE30 below; transformers' goldens only, no numpy reference golden):
+
+  fixtures/bitnet-2b-bf16-tiny/          BitNetForCausalLM with bf16 master linears quantized at
+                                         every call (autobitlinear, quantization_mode "online"),
+                                         as microsoft/bitnet-b1.58-2B-4T-bf16
+  fixtures/bitnet-rmsnorm-bias-tiny/     LlamaForCausalLM, bitlinear (bias after the scale),
+                                         use_rms_norm with rms_norm_eps 1e-5, attention and mlp bias
+  fixtures/bitnet-2b-rmsnorm-bias-tiny/  BitNetForCausalLM, offline autobitlinear (bias before the
+                                         multiplication by weight_scale), use_rms_norm, attention bias
+  fixtures/falcon-e-tiny/                Falcon-E-1B's head ratios (16 q heads on 2 kv heads,
+                                         head_dim = hidden / heads), bitlinear, ChatML template
+
+Pre-packed ones: every BitLinear weight is U8 [out/4, in] packed by transformers' own `pack_weights`
 from a random ternary matrix, with a BF16 [1] `weight_scale`; norms, embeddings and
 lm_head are BF16. Each folder gets config.json, generation_config.json, model.safetensors,
 a Llama-3-style byte-level BPE tokenizer.json trained on the Austen corpus (real special
@@ -29,7 +41,8 @@ greedy). Everything is seeded: running it again gives the same bytes.
 
 Regenerate (CPU; PyPI torch transformers accelerate safetensors numpy tokenizers):
 
-  python3 scripts/make_hf_fixtures.py            # both fixtures, then the cross-check
+  python3 scripts/make_hf_fixtures.py            # every fixture, then the cross-check
+  python3 scripts/make_hf_fixtures.py falcon-e-tiny   # one
 
 Made with torch 2.15.0, transformers 5.25.0, accelerate 1.16.0, safetensors 0.8.0,
 numpy 2.4.6, tokenizers 0.23.3 (each hf_golden.json records its versions).
@@ -147,7 +160,7 @@ ISSUE30 = {
     # BitNetForCausalLM, offline AutoBitLinear (bias added before the multiplication by
     # weight_scale), use_rms_norm with the default eps, attention_bias (BitNetMLP has none).
     "bitnet-2b-rmsnorm-bias-tiny": dict(
-        seed=30_3, shape=dict(hidden=160, inter=432, layers=2), heads=10, kv=5, head_dim=None,
+        seed=30_31, shape=dict(hidden=160, inter=432, layers=2), heads=10, kv=5, head_dim=None,
         arch="bitnet", act="relu2", sub_norms=True, tied=True, linear_class="autobitlinear",
         mode="offline", masters=False, scale=(0.04, 0.12), use_rms_norm=True, bias=True, bias_sd=0.3,
         eos_token="<|eot_id|>", chat_template=BITNET_CHAT_TEMPLATE,
