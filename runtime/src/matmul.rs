@@ -460,3 +460,26 @@ impl FloatMatrix {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bias comes after the scale, then the output combines as without one.
+    #[test]
+    fn biased_rescale_adds_after_the_scale() {
+        let (acc, f, bias) = ([4i32, -6], 0.5f32, [1.0f32, -0.25]);
+        let bias_bytes: Vec<u8> = bias.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let y = [4.0 * 0.5 + 1.0, -6.0 * 0.5 - 0.25]; // 3, -3.25
+        let run = |how, start: [f32; 2]| {
+            let mut dst = start;
+            rescale_biased(how, &mut dst, &acc, f, &bias_bytes);
+            dst
+        };
+        assert_eq!(run(Combine::Store, [9.0, 9.0]), y);
+        assert_eq!(run(Combine::Add, [1.0, 2.0]), [4.0, -1.25]);
+        assert_eq!(run(Combine::GateReluSquared, [2.0, -1.0]), [4.0 * y[0], 0.0 * y[1]]);
+        let silu = |g: f32| crate::kernels::float::silu(g);
+        assert_eq!(run(Combine::GateSilu, [2.0, -1.0]), [silu(2.0) * y[0], silu(-1.0) * y[1]]);
+    }
+}
