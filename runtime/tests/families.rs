@@ -221,6 +221,13 @@ fn inspect_shows_masters_and_per_linear_extras() {
     ] {
         assert!(s.contains(want), "{want:?} missing from:\n{s}");
     }
+    // The Python binding's Model.config shows the same.
+    let (_, model) = convert(&fixture("bitnet-rmsnorm-bias-tiny"), tmp.path(), "py");
+    let c = tern::session::config_json(model.file());
+    assert_eq!(
+        (c["linear_norm_eps"].as_f64(), &c["attn_bias"], &c["mlp_bias"]),
+        (Some(1e-5f32 as f64), &json!(true), &json!(true))
+    );
     let s = inspect("bitnet-rmsnorm-bias-tiny");
     for want in [
         "weights       pre-packed ternary weights and weight_scale, copied as given",
