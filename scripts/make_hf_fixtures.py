@@ -20,6 +20,8 @@ Issue 30 (ISSUE30 below; transformers' goldens only, no numpy reference golden):
                                          use_rms_norm with rms_norm_eps 1e-5, attention and mlp bias
   fixtures/bitnet-2b-rmsnorm-bias-tiny/  BitNetForCausalLM, offline autobitlinear (bias before the
                                          multiplication by weight_scale), use_rms_norm, attention bias
+  fixtures/bitnet-online-rmsnorm-bias-tiny/  LlamaForCausalLM, autobitlinear online (float masters,
+                                         bias after the product), use_rms_norm, attention and mlp bias
   fixtures/falcon-e-tiny/                Falcon-E-1B's head ratios (16 q heads on 2 kv heads,
                                          head_dim = hidden / heads), bitlinear, ChatML template
 
@@ -164,6 +166,14 @@ ISSUE30 = {
         arch="bitnet", act="relu2", sub_norms=True, tied=True, linear_class="autobitlinear",
         mode="offline", masters=False, scale=(0.04, 0.12), use_rms_norm=True, bias=True, bias_sd=0.3,
         eos_token="<|eot_id|>", chat_template=BITNET_CHAT_TEMPLATE,
+    ),
+    # Llama architecture, float master weights quantized online (AutoBitLinear: the bias after
+    # the ternary product, no weight_scale), use_rms_norm, attention and mlp bias.
+    "bitnet-online-rmsnorm-bias-tiny": dict(
+        seed=30_5, shape=dict(hidden=160, inter=432, layers=2), heads=10, kv=5, head_dim=16,
+        arch="llama", act="silu", sub_norms=False, tied=False, linear_class="autobitlinear",
+        mode="online", masters=True, scale=(0.05, 0.15), use_rms_norm=True, bias=True, bias_sd=0.03,
+        eos_token=EOS, chat_template=FALCON3_CHAT_TEMPLATE,
     ),
     # tiiuae/Falcon-E-1B's shape, scaled down: LlamaForCausalLM, bitlinear, packed U8,
     # no per-linear norms, 16 query heads on 2 KV heads (8:1) with head_dim = hidden / heads,

@@ -124,10 +124,15 @@ fn mismatched_weights_and_modes_are_refused() {
 
 /// Per-linear norms and biases: `use_rms_norm` sets the flag and its eps (the
 /// quantization_config's, not the model's), every projection gets `_in_norm` and `_bias`
-/// as given; BitLinear's bias is stored as is, offline AutoBitLinear's times weight_scale.
+/// as given; BitLinear's and online AutoBitLinear's bias is stored as is, offline
+/// AutoBitLinear's times weight_scale.
 #[test]
 fn per_linear_norms_and_biases_are_stored() {
-    let cases = [("bitnet-rmsnorm-bias-tiny", 1e-5, true, false), ("bitnet-2b-rmsnorm-bias-tiny", 1e-6, false, true)];
+    let cases = [
+        ("bitnet-rmsnorm-bias-tiny", 1e-5, true, false),
+        ("bitnet-2b-rmsnorm-bias-tiny", 1e-6, false, true),
+        ("bitnet-online-rmsnorm-bias-tiny", 1e-6, true, false),
+    ];
     for (name, eps, mlp_bias, scaled) in cases {
         let bytes = convert_to_bytes(&fixture(name));
         let f = TernFile::parse(&bytes).unwrap();
@@ -143,8 +148,8 @@ fn per_linear_norms_and_biases_are_stored() {
                 assert!(!mlp_bias && f.tensor(&format!("{tern}_bias")).is_none(), "{name} {tern}");
                 continue;
             };
-            let scale = values(tensor(&ts, &format!("{hf}.weight_scale")))[0];
-            let want: Vec<f32> = values(bias).iter().map(|b| if scaled { b * scale } else { *b }).collect();
+            let scale = if scaled { values(tensor(&ts, &format!("{hf}.weight_scale")))[0] } else { 1.0 };
+            let want: Vec<f32> = values(bias).iter().map(|b| b * scale).collect();
             assert_eq!(stored(&f, &format!("{tern}_bias")), want, "{name} {tern}");
         }
     }

@@ -27,14 +27,15 @@ const FIXTURES: [&str; 7] = [
 
 /// The fixtures with goldens from transformers itself (`hf_golden.json`): the pre-packed
 /// ones above, and (issue 30, transformers' goldens only) bf16 master weights quantized
-/// online, per-linear norms with biases after (BitLinear) and before (offline
-/// AutoBitLinear) the scale, and a Falcon-E-shaped checkpoint.
-const HF_FIXTURES: [&str; 6] = [
+/// online, per-linear norms with biases after (BitLinear, online AutoBitLinear) and before
+/// (offline AutoBitLinear) the scale, and a Falcon-E-shaped checkpoint.
+const HF_FIXTURES: [&str; 7] = [
     "bitnet-2b-tiny",
     "falcon3-tiny",
     "bitnet-2b-bf16-tiny",
     "bitnet-rmsnorm-bias-tiny",
     "bitnet-2b-rmsnorm-bias-tiny",
+    "bitnet-online-rmsnorm-bias-tiny",
     "falcon-e-tiny",
 ];
 
