@@ -141,8 +141,10 @@ class Reference:
         wq, s = self.ternary(name)
         b = self.t.get(base + ".bias")
         if self.scale_rule == "mul" and b is not None:
-            acc = self.quantize(x)[0] @ wq.T / self.quantize(x)[1] if self.act_quant else x @ wq.T
-            return (acc + b) * s
+            if self.act_quant:
+                xq, s_x = self.quantize(x)
+                return (xq @ wq.T / s_x + b) * s
+            return (x @ wq.T + b) * s
         if not self.act_quant:
             y = x @ wq.T * s if self.scale_rule == "mul" else x @ wq.T / s
         else:
