@@ -11,7 +11,22 @@ Hugging Face transformers itself (the independent oracle of issue 24).
                             y = x.W / weight_scale), SiLU, no sub-norms, untied bf16 lm_head,
                             explicit head_dim 48 with 8 / 4 heads (8 x 48 != hidden 320)
 
-Both: every BitLinear weight is U8 [out/4, in] packed by transformers' own `pack_weights`
+Issue 30 (ISSUE30 below; transformers' goldens only: the numpy reference is run against them
+and its agreement printed, but its golden.json is not stored, to keep each folder near 2 MB):
+
+  fixtures/bitnet-2b-bf16-tiny/          BitNetForCausalLM with bf16 master linears quantized at
+                                         every call (autobitlinear, quantization_mode "online"),
+                                         as microsoft/bitnet-b1.58-2B-4T-bf16
+  fixtures/bitnet-rmsnorm-bias-tiny/     LlamaForCausalLM, bitlinear (bias after the scale),
+                                         use_rms_norm with rms_norm_eps 1e-5, attention and mlp bias
+  fixtures/bitnet-2b-rmsnorm-bias-tiny/  BitNetForCausalLM, offline autobitlinear (bias before the
+                                         multiplication by weight_scale), use_rms_norm, attention bias
+  fixtures/bitnet-online-rmsnorm-bias-tiny/  LlamaForCausalLM, autobitlinear online (float masters,
+                                         bias after the product), use_rms_norm, attention and mlp bias
+  fixtures/falcon-e-tiny/                Falcon-E-1B's head ratios (16 q heads on 2 kv heads,
+                                         head_dim = hidden / heads), bitlinear, ChatML template
+
+Pre-packed ones: every BitLinear weight is U8 [out/4, in] packed by transformers' own `pack_weights`
 from a random ternary matrix, with a BF16 [1] `weight_scale`; norms, embeddings and
 lm_head are BF16. Each folder gets config.json, generation_config.json, model.safetensors,
 a Llama-3-style byte-level BPE tokenizer.json trained on the Austen corpus (real special
@@ -29,7 +44,8 @@ greedy). Everything is seeded: running it again gives the same bytes.
 
 Regenerate (CPU; PyPI torch transformers accelerate safetensors numpy tokenizers):
 
-  python3 scripts/make_hf_fixtures.py            # both fixtures, then the cross-check
+  python3 scripts/make_hf_fixtures.py            # every fixture, then the cross-check
+  python3 scripts/make_hf_fixtures.py falcon-e-tiny   # one
 
 Made with torch 2.15.0, transformers 5.25.0, accelerate 1.16.0, safetensors 0.8.0,
 numpy 2.4.6, tokenizers 0.23.3 (each hf_golden.json records its versions).
@@ -124,13 +140,68 @@ FAMILIES = {
         chat_template=FALCON3_CHAT_TEMPLATE,
     ),
 }
+# Issue 30: master weights (online AutoBitLinear), BitNetQuantConfig's use_rms_norm and
+# biases, and a Falcon-E-shaped checkpoint. Smaller shapes where the weights are bf16 masters,
+# so that each folder stays under 2 MB. Goldens from transformers only (hf_golden.json).
+ISSUE30 = {
+    # microsoft/bitnet-b1.58-2B-4T-bf16's layout: BitNetForCausalLM with bf16 master linears,
+    # quantized at every call (linear_class "autobitlinear", quantization_mode "online").
+    "bitnet-2b-bf16-tiny": dict(
+        seed=30_1, shape=dict(hidden=160, inter=432, layers=2), heads=10, kv=5, head_dim=None,
+        arch="bitnet", act="relu2", sub_norms=True, tied=True, linear_class="autobitlinear",
+        mode="online", masters=True, scale=(0.05, 0.15), use_rms_norm=False, bias=False,
+        eos_token="<|eot_id|>", chat_template=BITNET_CHAT_TEMPLATE,
+    ),
+    # Llama architecture, BitLinear (bias added after the scale), an RMSNorm inside every
+    # BitLinear with a non-default eps, biases on every projection.
+    "bitnet-rmsnorm-bias-tiny": dict(
+        seed=30_2, shape=dict(hidden=320, inter=864, layers=2), heads=8, kv=4, head_dim=48,
+        arch="llama", act="silu", sub_norms=False, tied=False, linear_class="bitlinear",
+        mode="offline", masters=False, scale=(15.0, 50.0), use_rms_norm=True, rms_norm_eps=1e-5,
+        bias=True, bias_sd=0.03, eos_token=EOS, chat_template=FALCON3_CHAT_TEMPLATE,
+    ),
+    # BitNetForCausalLM, offline AutoBitLinear (bias added before the multiplication by
+    # weight_scale), use_rms_norm with the default eps, attention_bias (BitNetMLP has none).
+    "bitnet-2b-rmsnorm-bias-tiny": dict(
+        seed=30_31, shape=dict(hidden=160, inter=432, layers=2), heads=10, kv=5, head_dim=None,
+        arch="bitnet", act="relu2", sub_norms=True, tied=True, linear_class="autobitlinear",
+        mode="offline", masters=False, scale=(0.04, 0.12), use_rms_norm=True, bias=True, bias_sd=0.3,
+        eos_token="<|eot_id|>", chat_template=BITNET_CHAT_TEMPLATE,
+    ),
+    # Llama architecture, float master weights quantized online (AutoBitLinear: the bias after
+    # the ternary product, no weight_scale), use_rms_norm, attention and mlp bias.
+    "bitnet-online-rmsnorm-bias-tiny": dict(
+        seed=30_5, shape=dict(hidden=160, inter=432, layers=2), heads=10, kv=5, head_dim=16,
+        arch="llama", act="silu", sub_norms=False, tied=False, linear_class="autobitlinear",
+        mode="online", masters=True, scale=(0.05, 0.15), use_rms_norm=True, bias=True, bias_sd=0.03,
+        eos_token=EOS, chat_template=FALCON3_CHAT_TEMPLATE,
+    ),
+    # tiiuae/Falcon-E-1B's shape, scaled down: LlamaForCausalLM, bitlinear, packed U8,
+    # no per-linear norms, 16 query heads on 2 KV heads (8:1) with head_dim = hidden / heads,
+    # intermediate = 4.5 x hidden, rope_theta 1e6, rms eps 1e-5, untied lm_head, and a
+    # ChatML chat template with <|im_start|> / <|im_end|>.
+    "falcon-e-tiny": dict(
+        seed=30_4, shape=dict(hidden=320, inter=1440, layers=2), heads=16, kv=2, head_dim=20,
+        arch="llama", act="silu", sub_norms=False, tied=False, linear_class="bitlinear",
+        mode="offline", masters=False, scale=(15.0, 50.0), use_rms_norm=False, bias=False,
+        rope_theta=1000000.0, rms_norm_eps=1e-5,
+        specials=["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
+        eos_token="<|end_of_text|>", chat_template=None,  # set below
+    ),
+}
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+ISSUE30["falcon-e-tiny"]["chat_template"] = CHATML_TEMPLATE
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
 
 # --- tokenizer ---------------------------------------------------------------------------
-def train_tokenizer(path):
-    """Llama-3-style byte-level BPE: split regex + ByteLevel, ignore_merges, specials at the end."""
+def train_tokenizer(path, specials=SPECIALS):
+    """Llama-3-style byte-level BPE: split regex + ByteLevel, ignore_merges, specials at the end
+    (the first special is the BOS the post-processor prepends)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(ignore_merges=True))
@@ -148,7 +219,8 @@ def train_tokenizer(path):
     lines = [p for _, train_part, _ in corpus.novels() for p in train_part]
     tok.train_from_iterator(lines, trainer=trainer)
     assert tok.get_vocab_size() == 256 + MERGES, tok.get_vocab_size()
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    BOS = specials[0]  # noqa: N806
     bos = tok.token_to_id(BOS)
     tok.post_processor = processors.Sequence([
         processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True),
@@ -159,7 +231,7 @@ def train_tokenizer(path):
         ),
     ])
     tok.save(path)
-    ids = {s: tok.token_to_id(s) for s in SPECIALS}
+    ids = {s: tok.token_to_id(s) for s in specials}
     sample = "It is a truth universally acknowledged — naïve, 42!\n"
     enc = tok.encode(sample)
     assert enc.ids[0] == ids[BOS] and tok.decode(enc.ids, skip_special_tokens=True) == sample
@@ -167,14 +239,15 @@ def train_tokenizer(path):
 
 
 def tokenizer_config(ids, fam):
+    specials = fam.get("specials", SPECIALS)
     decoder = {
         str(ids[s]): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
                       "single_word": False, "special": True}
-        for s in SPECIALS
+        for s in specials
     }
     return {
         "added_tokens_decoder": decoder,
-        "bos_token": BOS,
+        "bos_token": specials[0],
         "chat_template": fam["chat_template"],
         "clean_up_tokenization_spaces": True,
         "eos_token": fam["eos_token"],
@@ -244,6 +317,43 @@ def config_json(name, fam, ids, vocab):
     }
 
 
+def config_json_issue30(fam, ids, vocab):
+    sh, specials = fam["shape"], fam.get("specials", SPECIALS)
+    q = {"quant_method": "bitnet", "linear_class": fam["linear_class"], "quantization_mode": fam["mode"]}
+    if fam["use_rms_norm"]:
+        q["use_rms_norm"] = True
+        if "rms_norm_eps" in fam and fam["arch"] == "llama":
+            q["rms_norm_eps"] = fam["rms_norm_eps"]
+    c = {
+        "architectures": ["BitNetForCausalLM" if fam["arch"] == "bitnet" else "LlamaForCausalLM"],
+        "attention_bias": fam["bias"],
+        "attention_dropout": 0.0,
+        "bos_token_id": ids[specials[0]],
+        "eos_token_id": ids[specials[1]],
+        "hidden_act": fam["act"],
+        "hidden_size": sh["hidden"],
+        "initializer_range": 0.02,
+        "intermediate_size": sh["inter"],
+        "max_position_embeddings": 256,
+        "model_type": fam["arch"],
+        "num_attention_heads": fam["heads"],
+        "num_hidden_layers": sh["layers"],
+        "num_key_value_heads": fam["kv"],
+        "rms_norm_eps": 1e-05 if fam["arch"] == "bitnet" else 1e-06,
+        "rope_theta": fam.get("rope_theta", 500000.0),
+        "tie_word_embeddings": fam["tied"],
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": vocab,
+        "quantization_config": q,
+    }
+    if fam["arch"] == "llama":
+        c.update({"head_dim": fam["head_dim"], "mlp_bias": fam["bias"], "rope_scaling": None})
+        if "rms_norm_eps" in fam and not fam["use_rms_norm"]:
+            c["rms_norm_eps"] = fam["rms_norm_eps"]
+    return c
+
+
 def generation_config(name, ids):
     if name == "bitnet-2b-tiny":  # 2B-4T: generation stops at end_of_text or eot_id
         return {"bos_token_id": ids[BOS], "eos_token_id": [ids[EOS], ids[EOT]]}
@@ -257,7 +367,8 @@ def make_weights(fam, vocab):
     from transformers.integrations.bitnet import pack_weights, unpack_weights
 
     rng = np.random.default_rng(fam["seed"])
-    h, inter = SHAPE["hidden"], SHAPE["inter"]
+    sh = fam.get("shape", SHAPE)
+    h, inter = sh["hidden"], sh["inter"]
     hd = fam["head_dim"] or h // fam["heads"]
     q, kv = fam["heads"] * hd, fam["kv"] * hd
     shapes = {
@@ -274,7 +385,7 @@ def make_weights(fam, vocab):
 
     out = {"model.embed_tokens.weight": bf16(rng.standard_normal((vocab, h)) * 0.25)}
     lo, hi = fam["scale"]
-    for l in range(SHAPE["layers"]):
+    for l in range(sh["layers"]):
         p = f"model.layers.{l}"
         out[f"{p}.input_layernorm.weight"] = norm(h)
         out[f"{p}.post_attention_layernorm.weight"] = norm(h)
@@ -282,6 +393,13 @@ def make_weights(fam, vocab):
             out[f"{p}.self_attn.attn_sub_norm.weight"] = norm(h)
             out[f"{p}.mlp.ffn_sub_norm.weight"] = norm(inter)
         for lin in LINEARS:
+            if fam.get("use_rms_norm"):  # the RMSNorm inside the BitLinear, over its input
+                out[f"{p}.{lin}.rms_norm.weight"] = norm(shapes[lin][1])
+            if fam.get("bias") and (lin.startswith("self_attn") or fam["arch"] == "llama"):
+                out[f"{p}.{lin}.bias"] = bf16(rng.standard_normal(shapes[lin][0]) * fam["bias_sd"])
+            if fam.get("masters"):  # float master weights, ternarized by transformers at every call
+                out[f"{p}.{lin}.weight"] = bf16(rng.standard_normal(shapes[lin]) * rng.uniform(lo, hi))
+                continue
             w = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=shapes[lin], p=[0.3, 0.4, 0.3])
             packed = pack_weights(torch.from_numpy(w.copy()))
             assert packed.dtype == torch.uint8 and tuple(packed.shape) == (w.shape[0] // 4, w.shape[1])
@@ -400,15 +518,21 @@ def make_fixture(name):
     import torch
     from safetensors.torch import save_file
 
-    fam = FAMILIES[name]
+    fam = FAMILIES.get(name) or ISSUE30[name]
     folder = os.path.join(FIXTURES, name)
     os.makedirs(folder, exist_ok=True)
-    tok, ids = train_tokenizer(os.path.join(folder, "tokenizer.json"))
+    tok, ids = train_tokenizer(os.path.join(folder, "tokenizer.json"), fam.get("specials", SPECIALS))
     vocab = tok.get_vocab_size()
     assert vocab % 2 == 1, vocab
     write_json(os.path.join(folder, "tokenizer_config.json"), tokenizer_config(ids, fam))
-    write_json(os.path.join(folder, "config.json"), config_json(name, fam, ids, vocab))
-    write_json(os.path.join(folder, "generation_config.json"), generation_config(name, ids))
+    if name in ISSUE30:
+        specials = fam.get("specials", SPECIALS)
+        write_json(os.path.join(folder, "config.json"), config_json_issue30(fam, ids, vocab))
+        eos = [ids[specials[1]], ids[EOT]] if fam["arch"] == "bitnet" else ids[specials[1]]
+        write_json(os.path.join(folder, "generation_config.json"), {"bos_token_id": ids[specials[0]], "eos_token_id": eos})
+    else:
+        write_json(os.path.join(folder, "config.json"), config_json(name, fam, ids, vocab))
+        write_json(os.path.join(folder, "generation_config.json"), generation_config(name, ids))
     weights = make_weights(fam, vocab)
     save_file(weights, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     del weights, torch  # the model is read back from disk only
@@ -416,7 +540,8 @@ def make_fixture(name):
     tokens = tok.encode(reference.PROMPT).ids
     hf, generate_agrees = hf_goldens(folder, tokens)
     write_json(os.path.join(folder, "hf_golden.json"), hf, compact=True)
-    reference.write_golden(folder, os.path.join(folder, "golden.json"), digits=7)
+    if name not in ISSUE30:  # their reference goldens are not stored (size); see hf_facts
+        reference.write_golden(folder, os.path.join(folder, "golden.json"), digits=7)
     return hf, generate_agrees
 
 
@@ -449,9 +574,36 @@ def cross_check(name):
     return out
 
 
+def hf_facts(name):
+    """What the oracle of an issue-30 fixture says about itself: the numpy reference against it,
+    its float32 vs float64 runs, and the distance between the quantized and unquantized logits."""
+    with open(os.path.join(FIXTURES, name, "hf_golden.json")) as f:
+        hf = json.load(f)
+    q, nq, f64 = (np.array(hf[k]) for k in ("logits", "logits_no_act_quant", "logits_float64"))
+    top2 = np.sort(q, axis=-1)[:, -2:]
+    # The numpy reference (its golden is not stored: size), against transformers in float64.
+    ref = reference.Reference(os.path.join(FIXTURES, name))
+    r = ref.forward(hf["tokens"])
+    seq = list(hf["tokens"])
+    for _ in range(reference.GREEDY_STEPS):
+        seq.append(int(np.argmax(ref.forward(seq)[-1])))
+    greedy_ref = seq[len(hf["tokens"]):]
+    return dict(
+        reference_vs_hf_float64_argmax=f"{int((r.argmax(-1) == f64.argmax(-1)).sum())}/{len(r)}",
+        reference_vs_hf_float64_max_abs=float(np.abs(r - f64).max()),
+        reference_greedy_vs_hf_float64=f"{sum(x == y for x, y in zip(greedy_ref, hf['greedy_float64']))}/{len(greedy_ref)}",
+        argmax_float32_vs_float64=f"{int((q.argmax(-1) == f64.argmax(-1)).sum())}/{len(q)}",
+        max_abs_float32_vs_float64=float(np.abs(q - f64).max()),
+        max_abs_quantized_vs_not=float(np.abs(q - nq).max()),
+        min_top2_margin_prompt=float((top2[:, 1] - top2[:, 0]).min()),
+        greedy_float32_vs_float64=f"{sum(x == y for x, y in zip(hf['greedy'], hf['greedy_float64']))}/{len(hf['greedy'])}",
+        greedy_text=hf["greedy_text"],
+    )
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("names", nargs="*", default=list(FAMILIES), help="fixtures to make (default: both)")
+    ap.add_argument("names", nargs="*", default=list(FAMILIES) + list(ISSUE30), help="fixtures to make (default: all)")
     ap.add_argument("--check-only", action="store_true", help="only cross-check the committed goldens")
     args = ap.parse_args()
     if not args.check_only:
@@ -461,7 +613,10 @@ def main():
             print(f"{name}: {len(hf['tokens'])} tokens, greedy {hf['greedy'][:8]}..., "
                   f"generate() {'agrees' if generate_agrees else 'DISAGREES'} with the argmax loop")
     for name in args.names:
-        print(name, json.dumps(cross_check(name), indent=1))
+        if name in ISSUE30:
+            print(name, json.dumps(hf_facts(name), indent=1))
+        else:
+            print(name, json.dumps(cross_check(name), indent=1))
 
 
 if __name__ == "__main__":

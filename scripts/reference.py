@@ -15,6 +15,10 @@ checkpoint folder directly (never a .tern file). Three layouts:
              y   = (xq . Wq) / (s_x * s_w)            1bitLLM
              y   = (xq . Wq) / (s_x * weight_scale)   linear_class "bitlinear" (the default)
              y   = (xq . Wq) / s_x * weight_scale     linear_class "autobitlinear", offline
+  online     linear_class "autobitlinear", quantization_mode "online": float masters, as 1bitLLM's
+  use_rms_norm  each BitLinear's input x -> x / sqrt(mean(x^2) + rms_norm_eps) * <linear>.rms_norm.weight
+             (quantization_config.rms_norm_eps, default 1e-6) before the quantization
+  bias       <linear>.bias: y + b, except offline autobitlinear: ((xq . Wq) / s_x + b) * weight_scale
   layer      h = x + o_proj(sub1(attn(rope(q(n1)), rope(k(n1)), v(n1))))   n1 = input_layernorm(x)
              out = h + down_proj(sub2(act(gate(n2)) * up(n2)))             n2 = post_attention_layernorm(h)
              sub1 / sub2: the RMSNorms self_attn.inner_attn_ln / mlp.ffn_layernorm (1bitLLM) or
@@ -60,13 +64,19 @@ def packing(c):
         raise ValueError(f"quantization_config.quant_method {q.get('quant_method')!r}: only 'bitnet' is known")
     linear_class = q.get("linear_class", "bitlinear")
     mode = q.get("quantization_mode", "offline")
-    if mode != "offline":
-        raise ValueError(f"quantization_config.quantization_mode {mode!r}: only 'offline' (pre-packed) is read")
+    if mode not in ("offline", "online"):
+        raise ValueError(f"quantization_config.quantization_mode {mode!r}: not 'offline' or 'online'")
     if linear_class not in ("bitlinear", "autobitlinear"):
         raise ValueError(f"quantization_config.linear_class {linear_class!r}: not 'bitlinear' or 'autobitlinear'")
-    if q.get("use_rms_norm"):
-        raise ValueError("quantization_config.use_rms_norm true is not supported")
+    if linear_class == "autobitlinear" and mode == "online":
+        return None  # float master weights, quantized as 1bitLLM's
     return "mul" if linear_class == "autobitlinear" else "div"
+
+
+def linear_norm_eps(c):
+    """The eps of the RMSNorm inside every BitLinear (quantization_config.use_rms_norm), or None."""
+    q = c.get("quantization_config") or {}
+    return q.get("rms_norm_eps", 1e-6) if q.get("use_rms_norm") else None
 
 
 class Reference:
@@ -84,6 +94,7 @@ class Reference:
         self.n_layers = c["num_hidden_layers"]
         self.tied = c.get("tie_word_embeddings") is True or "lm_head.weight" not in self.t
         self.scale_rule = packing(c)
+        self.lin_eps = linear_norm_eps(c)
         self.act = c.get("hidden_act", "silu")
         if self.act not in ("silu", "relu2"):
             raise ValueError(f"hidden_act {self.act!r}: only silu and relu2 are known")
@@ -121,11 +132,25 @@ class Reference:
         return acc / (s_x * s)
 
     def bitlinear(self, name, x):
+        """The BitLinear `name` (`....weight`) of x: its own input RMSNorm first when the
+        config has use_rms_norm; its bias (`....bias`) after the scale, except for an offline
+        autobitlinear, which adds it before multiplying by weight_scale."""
+        base = name[: -len(".weight")]
+        if self.lin_eps is not None:
+            x = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + self.lin_eps) * self.t[base + ".rms_norm.weight"]
         wq, s = self.ternary(name)
+        b = self.t.get(base + ".bias")
+        if self.scale_rule == "mul" and b is not None:
+            if self.act_quant:
+                xq, s_x = self.quantize(x)
+                return (xq @ wq.T / s_x + b) * s
+            return (x @ wq.T + b) * s
         if not self.act_quant:
-            return x @ wq.T * s if self.scale_rule == "mul" else x @ wq.T / s
-        xq, s_x = self.quantize(x)
-        return self.scaled(name, xq @ wq.T, s_x)
+            y = x @ wq.T * s if self.scale_rule == "mul" else x @ wq.T / s
+        else:
+            xq, s_x = self.quantize(x)
+            y = self.scaled(name, xq @ wq.T, s_x)
+        return y if b is None else y + b
 
     def sub_norm(self, x, p, which):
         for name in SUB_NORMS[which]:

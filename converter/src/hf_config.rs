@@ -3,18 +3,18 @@
 //!
 //! Checked in huggingface/transformers: `models/llama/modeling_llama.py` (`LlamaAttention`
 //! takes `head_dim` from the config when it has one, else hidden / heads; `attention_bias`
-//! and `mlp_bias` add biases tern does not have); `models/bitnet/modular_bitnet.py`
+//! gives q/k/v/o a bias and `mlp_bias` gate/up/down); `models/bitnet/modular_bitnet.py`
 //! (`BitNetForCausalLM` is Llama with `attn_sub_norm` before `o_proj` and `ffn_sub_norm`
 //! before `down_proj`, and `hidden_act` `"relu2"`); `configuration_bitnet.py` (no `head_dim`
 //! field, `tie_word_embeddings` defaults to false).
 
-use crate::quant_config::{weight_layout, WeightLayout};
+use crate::quant_config::{linear_norm_eps, weight_layout, WeightLayout};
 use crate::tokenizer_config::read_chat_metadata;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::Path;
-use tern_format::{Activation, Arch, ChatMetadata, GenerationDefaults, ModelConfig, MAX_EXTRA_EOS};
+use tern_format::{Activation, Arch, ChatMetadata, GenerationDefaults, LinearExtras, ModelConfig, MAX_EXTRA_EOS};
 
 /// The fields of `config.json` that matter, as Hugging Face names them.
 #[derive(Debug, Deserialize)]
@@ -147,11 +147,14 @@ pub fn parse_config(text: &str, path: &Path, generation: GenerationDefaults) -> 
         }
     }
     let rope_theta = hf.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(Value::as_f64);
-    for (field, v) in [("attention_bias", hf.attention_bias), ("mlp_bias", hf.mlp_bias)] {
-        if v == Some(true) {
-            bail!("{}: true (projection biases) is not supported; BitNet b1.58 projections have none", at(field));
-        }
-    }
+    // Biases: every projection of the attention (`attention_bias`) or of the MLP
+    // (`mlp_bias`, which model_type "bitnet" ignores: its BitNetMLP has `bias=False`).
+    let bitnet_mlp = hf.model_type.as_deref() == Some("bitnet");
+    let linear = LinearExtras {
+        norm_eps: linear_norm_eps(hf.quantization_config.as_ref(), path)?,
+        attn_bias: hf.attention_bias == Some(true),
+        mlp_bias: hf.mlp_bias == Some(true) && !bitnet_mlp,
+    };
     let int = |field: &str, v: Option<u64>| -> Result<u32> {
         let v = v.with_context(|| format!("{}: missing (expected a positive integer)", at(field)))?;
         u32::try_from(v)
@@ -229,6 +232,7 @@ pub fn parse_config(text: &str, path: &Path, generation: GenerationDefaults) -> 
         scale_convention: layout.scale_convention(),
         weights_source: layout.source(),
         chat: ChatMetadata::default(),
+        linear,
     };
     config.validate().with_context(|| format!("{}: inconsistent config", path.display()))?;
     Ok(ParsedConfig { config, tie_word_embeddings: hf.tie_word_embeddings, layout })

@@ -36,7 +36,7 @@ use std::path::Path;
 use std::time::Instant;
 use tern_format::names::{self, Expected};
 use tern_format::ternary::{self, absmean_scale, pack_row, row_bytes, ternarize};
-use tern_format::{Encoding, ModelConfig, Shape, TensorSpec, TernWriter};
+use tern_format::{Encoding, ModelConfig, ScaleConvention, Shape, TensorSpec, TernWriter};
 
 /// Conversion choices.
 #[derive(Debug, Clone)]
@@ -103,6 +103,13 @@ pub fn hf_name(tern_name: &str) -> Vec<String> {
         return vec![];
     };
     let p = format!("model.layers.{layer}");
+    // A projection's own input norm and bias (quantization_config.use_rms_norm,
+    // attention_bias / mlp_bias): `<linear>.rms_norm.weight` and `<linear>.bias`.
+    let (suffix, leaf) = match (suffix.strip_suffix("_in_norm"), suffix.strip_suffix("_bias")) {
+        (Some(base), _) => (base, "rms_norm.weight"),
+        (_, Some(base)) => (base, "bias"),
+        _ => (suffix, "weight"),
+    };
     let names: &[&str] = match suffix {
         "attn_norm" => &["input_layernorm"],
         "attn_q" => &["self_attn.q_proj"],
@@ -117,7 +124,12 @@ pub fn hf_name(tern_name: &str) -> Vec<String> {
         "ffn_down" => &["mlp.down_proj"],
         _ => &[],
     };
-    names.iter().map(|n| format!("{p}.{n}.weight")).collect()
+    let projection =
+        matches!(suffix, "attn_q" | "attn_k" | "attn_v" | "attn_output" | "ffn_gate" | "ffn_up" | "ffn_down");
+    if leaf != "weight" && !projection {
+        return vec![];
+    }
+    names.iter().map(|n| format!("{p}.{n}.{leaf}")).collect()
 }
 
 /// Checkpoint tensors that are known and deliberately not converted.
@@ -139,6 +151,10 @@ enum Source {
     Float,
     /// A pre-packed U8 ternary tensor and its checkpoint `weight_scale`, stored as given.
     Packed { scale: f32 },
+    /// The bias of a pre-packed `AutoBitLinear` (offline), which transformers adds before
+    /// multiplying by `weight_scale`: stored multiplied by it (`scale`), so that it is
+    /// added after the scale as SPEC.md §8a says.
+    ScaledBias { scale: f32 },
 }
 
 /// Reads and checks `tokenizer.json` (required), returning its bytes.
@@ -204,7 +220,12 @@ fn plan(
             .with_context(|| format!("checkpoint: missing tensor {} (for {name})", candidates.join(" or ")))?
             .clone();
         let ternary = encodings == [Encoding::T2];
-        let (source, scale_name) = tensor_source(ckpt, &hf, shape, ternary, layout)?;
+        let (mut source, scale_name) = tensor_source(ckpt, &hf, shape, ternary, layout)?;
+        if let (Some(weight), WeightLayout::Packed(ScaleConvention::Multiply)) =
+            (hf.strip_suffix(".bias").map(|p| format!("{p}.weight")), layout)
+        {
+            source = Source::ScaledBias { scale: packed_scale(ckpt, &weight)?.1 };
+        }
         used.extend(scale_name);
         let encoding = if encodings.contains(&opts.embed) { opts.embed } else { encodings[0] };
         used.insert(hf.clone());
@@ -233,7 +254,6 @@ fn tensor_source(
     let loc = ckpt.get(hf).expect("planned from the checkpoint");
     let file = ckpt.shard_path(loc).display();
     if let (WeightLayout::Packed(_), Shape::Matrix { rows, cols }, true) = (layout, shape, ternary) {
-        let (scale_name, scale) = packed_scale(ckpt, hf)?;
         let Some(packed_rows) = packed::packed_rows(rows as usize) else {
             bail!("{file}: tensor {hf}: {rows} output rows are not a multiple of 4, so it has no packed form");
         };
@@ -241,11 +261,18 @@ fn tensor_source(
         if loc.dtype != Dtype::U8 || loc.shape != want {
             bail!(
                 "{file}: tensor {hf} is {:?} {:?}; config.json's quantization_config (pre-packed) and sizes \
-                 expect U8 {want:?} (4 ternary weights per byte along the {rows} output rows)",
+                 expect U8 {want:?} (4 ternary weights per byte along the {rows} output rows){}",
                 loc.dtype,
-                loc.shape
+                loc.shape,
+                if loc.dtype == Dtype::U8 {
+                    ""
+                } else {
+                    ". Float weights are master weights: their config says linear_class \"autobitlinear\" with \
+                     quantization_mode \"online\" (transformers does not ternarize float weights in offline mode)"
+                }
             );
         }
+        let (scale_name, scale) = packed_scale(ckpt, hf)?;
         return Ok((Source::Packed { scale }, Some(scale_name)));
     }
     let want: Vec<usize> = match shape {
@@ -255,7 +282,8 @@ fn tensor_source(
     if loc.dtype == Dtype::U8 && ternary {
         bail!(
             "{file}: tensor {hf} is U8 (pre-packed ternary) but config.json has no quantization_config \
-             with quant_method \"bitnet\" saying how it is packed and scaled"
+             with quant_method \"bitnet\" saying how it is packed and scaled (quantization_mode \"online\" \
+             means float master weights, ternarized at every call)"
         );
     }
     if loc.shape != want {
@@ -292,6 +320,10 @@ fn convert_tensor(ckpt: &Checkpoint, p: &Planned) -> Result<(Vec<u8>, f32, u64)>
     let loc = ckpt.get(&p.hf).expect("planned from the checkpoint");
     match p.source {
         Source::Float => encode(&ckpt.read_f32(&p.hf, loc)?, &p.spec, &p.hf),
+        Source::ScaledBias { scale } => {
+            let values: Vec<f32> = ckpt.read_f32(&p.hf, loc)?.iter().map(|b| b * scale).collect();
+            encode(&values, &p.spec, &p.hf)
+        }
         Source::Packed { scale } => {
             let Shape::Matrix { rows, cols } = p.spec.shape else { unreachable!("packed tensors are matrices") };
             let bytes = ckpt.read_u8(&p.hf, loc)?;

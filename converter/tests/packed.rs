@@ -125,11 +125,17 @@ fn master_weights_without_sub_norms_clear_the_flags() {
 
 #[test]
 fn unknown_quantization_fields_are_refused_by_name() {
-    let cases: [(&str, Value, &str); 4] = [
+    let cases: [(&str, Value, &str); 5] = [
         ("quant_method", json!("gptq"), "quantization_config.quant_method: \"gptq\" is not supported"),
         ("linear_class", json!("bitlinear2"), "quantization_config.linear_class: unknown class \"bitlinear2\""),
         ("quantization_mode", json!("dynamic"), "quantization_config.quantization_mode: unknown mode \"dynamic\""),
-        ("use_rms_norm", json!(true), "quantization_config.use_rms_norm: true"),
+        ("use_rms_norm", json!("yes"), "quantization_config.use_rms_norm: \"yes\" is not true or false"),
+        // Per-linear norms need their weights.
+        (
+            "use_rms_norm",
+            json!(true),
+            "missing tensor model.layers.0.self_attn.q_proj.rms_norm.weight (for blk.0.attn_q_in_norm)",
+        ),
     ];
     for (field, value, want) in cases {
         let dir = packed_folder(Family::BitNet2B, Dtype::F32, |c, _| {
@@ -199,7 +205,7 @@ fn llama_architecture_needs_a_bitnet_quantization_config() {
         "field quantization_config: LlamaForCausalLM without a quantization_config is a full-precision Llama",
     );
     let dir = packed_folder(Family::LlamaBitLinear, Dtype::F32, |c, _| c["attention_bias"] = json!(true));
-    assert_fails(dir.path(), "field attention_bias: true (projection biases) is not supported");
+    assert_fails(dir.path(), "missing tensor model.layers.0.self_attn.q_proj.bias (for blk.0.attn_q_bias)");
     let dir = packed_folder(Family::LlamaBitLinear, Dtype::F32, |c, _| {
         c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
     });

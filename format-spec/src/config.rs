@@ -29,7 +29,30 @@ pub mod flags {
     pub const FFN_SUB_NORM: u32 = 1 << 1;
     /// The output projection is the token embedding (no `output` tensor).
     pub const TIED_OUTPUT: u32 = 1 << 2;
-    pub const ALL: u32 = ATTN_SUB_NORM | FFN_SUB_NORM | TIED_OUTPUT;
+    /// Version 3: every BitLinear normalizes its own input (RMSNorm with its own gain,
+    /// `blk.L.<linear>_in_norm`, epsilon `linear_norm_eps`) before quantizing it:
+    /// transformers' `quantization_config.use_rms_norm`.
+    pub const LINEAR_NORM: u32 = 1 << 3;
+    /// Version 3: q/k/v/o carry a bias (`blk.L.<linear>_bias`): `attention_bias`.
+    pub const ATTN_BIAS: u32 = 1 << 4;
+    /// Version 3: gate/up/down carry a bias: `mlp_bias`.
+    pub const MLP_BIAS: u32 = 1 << 5;
+    pub const ALL: u32 = ATTN_SUB_NORM | FFN_SUB_NORM | TIED_OUTPUT | LINEAR_NORM | ATTN_BIAS | MLP_BIAS;
+    /// The bits a file of format version 2 (or 1) may set.
+    pub const BEFORE_V3: u32 = ATTN_SUB_NORM | FFN_SUB_NORM | TIED_OUTPUT;
+}
+
+/// What BitNetQuantConfig adds around each BitLinear (format version 3): an input norm of
+/// its own and a bias. Both absent in every published BitNet b1.58 checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LinearExtras {
+    /// `Some(eps)`: each BitLinear applies an RMSNorm with its own gain and this epsilon to
+    /// its input before quantizing it (`use_rms_norm`, `rms_norm_eps`).
+    pub norm_eps: Option<f32>,
+    /// q, k, v and o add a bias to their output (`attention_bias`).
+    pub attn_bias: bool,
+    /// gate, up and down add a bias to their output (`mlp_bias`).
+    pub mlp_bias: bool,
 }
 
 /// How a ternary tensor's stored scale enters BitLinear's rescale (SPEC.md, "Scale convention").
@@ -162,6 +185,8 @@ pub struct ModelConfig {
     pub weights_source: WeightsSource,
     /// The chat template and special-token strings (empty for version-1 files).
     pub chat: ChatMetadata,
+    /// Per-linear input norms and biases (none before version 3).
+    pub linear: LinearExtras,
 }
 
 /// Stored in place of an absent token id.
@@ -206,6 +231,11 @@ impl ModelConfig {
         }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
             return bad("rms_eps", format!("{} is not a positive number", self.rms_eps));
+        }
+        if let Some(eps) = self.linear.norm_eps {
+            if !(eps.is_finite() && eps > 0.0) {
+                return bad("linear_norm_eps", format!("{eps} is not a positive number"));
+            }
         }
         let ids = [("bos_id", self.bos_id), ("eos_id", self.eos_id), ("pad_id", self.pad_id)];
         for (field, id) in ids.into_iter().chain(self.extra_eos.iter().map(|&id| ("extra_eos", Some(id)))) {
@@ -259,6 +289,15 @@ impl ModelConfig {
         if self.tied_output {
             f |= flags::TIED_OUTPUT;
         }
+        for (on, bit) in [
+            (self.linear.norm_eps.is_some(), flags::LINEAR_NORM),
+            (self.linear.attn_bias, flags::ATTN_BIAS),
+            (self.linear.mlp_bias, flags::MLP_BIAS),
+        ] {
+            if on {
+                f |= bit;
+            }
+        }
         let id = |x: Option<u32>| U32::new(x.unwrap_or(NO_TOKEN));
         RawConfig {
             arch: U32::new(self.arch as u32),
@@ -284,11 +323,12 @@ impl ModelConfig {
             scale_convention: U32::new(self.scale_convention as u32),
             weights_source: U32::new(self.weights_source as u32),
             extra_eos: std::array::from_fn(|i| U32::new(self.extra_eos.get(i).copied().unwrap_or(NO_TOKEN))),
-            reserved: [0; 12],
+            linear_norm_eps: F32::new(self.linear.norm_eps.unwrap_or(0.0)),
+            reserved: [0; 8],
         }
     }
 
-    /// The config of a file of format `version` (1 or 2); `chat` comes from its metadata region.
+    /// The config of a file of format `version` (1, 2 or 3); `chat` comes from its metadata region.
     pub(crate) fn from_raw(raw: &RawConfig, version: u32, chat: ChatMetadata) -> Result<Self, FormatError> {
         let bad = |field: &'static str, reason: String| FormatError::Config { field, reason };
         let arch = match raw.arch.get() {
@@ -304,9 +344,21 @@ impl ModelConfig {
         if f & !flags::ALL != 0 {
             return Err(bad("flags", format!("unknown flag bits {:#x}", f & !flags::ALL)));
         }
+        if version < 3 && f & !flags::BEFORE_V3 != 0 {
+            return Err(bad("flags", format!("bits {:#x} need format version 3", f & !flags::BEFORE_V3)));
+        }
         if raw.reserved.iter().any(|&b| b != 0) {
             return Err(bad("reserved", "reserved bytes are not zero".into()));
         }
+        // Version 3's linear_norm_eps: set exactly when the LINEAR_NORM flag is (before
+        // version 3 these bytes were reserved, and the flag cannot be set).
+        let linear_norm_eps = raw.linear_norm_eps.get();
+        let norm_eps = match (f & flags::LINEAR_NORM != 0, linear_norm_eps.to_bits()) {
+            (true, _) => Some(linear_norm_eps),
+            (false, 0) => None,
+            (false, _) if version < 3 => return Err(bad("reserved", "reserved bytes are not zero".into())),
+            (false, _) => return Err(bad("linear_norm_eps", "set without the LINEAR_NORM flag".into())),
+        };
         let id = |x: U32| (x.get() != NO_TOKEN).then_some(x.get());
         let (scale_convention, weights_source, extra_eos) = if version == 1 {
             // Version 1 had 48 reserved bytes here; its converter only ternarized master weights.
@@ -364,6 +416,7 @@ impl ModelConfig {
             scale_convention,
             weights_source,
             chat,
+            linear: LinearExtras { norm_eps, attn_bias: f & flags::ATTN_BIAS != 0, mlp_bias: f & flags::MLP_BIAS != 0 },
         };
         config.validate()?;
         Ok(config)

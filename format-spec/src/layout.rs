@@ -9,8 +9,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 /// The first eight bytes of every `.tern` file.
 pub const MAGIC: [u8; 8] = *b"TERNB158";
 /// The format version this crate writes and the newest it reads. Version 1 files (no
-/// metadata region, no scale convention, one EOS id) are still read (SPEC.md, "Versioning").
-pub const VERSION: u32 = 2;
+/// metadata region, no scale convention, one EOS id) and version 2 files (no per-linear
+/// norms or biases) are still read (SPEC.md, "Versioning").
+pub const VERSION: u32 = 3;
 /// Every tensor's data starts at a multiple of this many bytes (SPEC.md, "Alignment").
 pub const TENSOR_ALIGN: u64 = 64;
 
@@ -76,7 +77,10 @@ pub struct RawConfig {
     pub weights_source: U32,
     /// Version 2: further end-of-sequence ids, used slots first, then `NO_TOKEN`. Version 1: zero.
     pub extra_eos: [U32; 7],
-    pub reserved: [u8; 12],
+    /// Version 3: the epsilon of the per-linear input norms (flag `LINEAR_NORM`), else zero.
+    /// Versions 1 and 2: zero.
+    pub linear_norm_eps: F32,
+    pub reserved: [u8; 8],
 }
 
 /// One tensor-directory entry (128 bytes).

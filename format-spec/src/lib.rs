@@ -16,7 +16,8 @@ pub mod ternary;
 mod writer;
 
 pub use config::{
-    flags, Activation, Arch, GenerationDefaults, ModelConfig, ScaleConvention, WeightsSource, MAX_EXTRA_EOS, NO_TOKEN,
+    flags, Activation, Arch, GenerationDefaults, LinearExtras, ModelConfig, ScaleConvention, WeightsSource,
+    MAX_EXTRA_EOS, NO_TOKEN,
 };
 pub use layout::{
     align_up, checksum, RawConfig, RawEntry, RawHeader, CONFIG_LEN, ENTRY_LEN, HEADER_LEN, MAGIC, NAME_LEN,

@@ -87,6 +87,34 @@ impl BlockTensor {
         }
     }
 
+    /// Whether this is a BitLinear projection (a ternary matrix).
+    pub fn is_linear(self) -> bool {
+        self.encoding() == Encoding::T2
+    }
+
+    /// Whether this projection adds a bias in a model of this config (format version 3).
+    pub fn has_bias(self, c: &ModelConfig) -> bool {
+        match self {
+            BlockTensor::AttnQ | BlockTensor::AttnK | BlockTensor::AttnV | BlockTensor::AttnOutput => {
+                c.linear.attn_bias
+            }
+            BlockTensor::FfnGate | BlockTensor::FfnUp | BlockTensor::FfnDown => c.linear.mlp_bias,
+            _ => false,
+        }
+    }
+
+    /// The file name of this projection's input norm gain in block `layer` (format version
+    /// 3, flag `LINEAR_NORM`): `blk.L.<projection>_in_norm`, one f32 per input column.
+    pub fn in_norm_name(self, layer: u32) -> String {
+        format!("blk.{layer}.{}_in_norm", self.suffix())
+    }
+
+    /// The file name of this projection's bias in block `layer` (format version 3):
+    /// `blk.L.<projection>_bias`, one f32 per output row.
+    pub fn bias_name(self, layer: u32) -> String {
+        format!("blk.{layer}.{}_bias", self.suffix())
+    }
+
     /// Norm weights are f32; projections are ternary.
     pub fn encoding(self) -> Encoding {
         match self {
@@ -117,7 +145,18 @@ pub fn expected_tensors(c: &ModelConfig) -> Vec<Expected> {
     let mut out = vec![Expected { name: TOKEN_EMBD.into(), shape: matrix, encodings: MATRIX_FLOAT.to_vec() }];
     for layer in 0..c.n_layers {
         for t in BlockTensor::ALL.into_iter().filter(|t| t.present(c)) {
+            let Shape::Matrix { rows, cols } = t.shape(c) else {
+                out.push(Expected { name: t.name(layer), shape: t.shape(c), encodings: vec![t.encoding()] });
+                continue;
+            };
+            let f32_vector = |name, n| Expected { name, shape: Shape::Vector(n), encodings: vec![Encoding::F32] };
+            if c.linear.norm_eps.is_some() {
+                out.push(f32_vector(t.in_norm_name(layer), cols));
+            }
             out.push(Expected { name: t.name(layer), shape: t.shape(c), encodings: vec![t.encoding()] });
+            if t.has_bias(c) {
+                out.push(f32_vector(t.bias_name(layer), rows));
+            }
         }
     }
     out.push(Expected { name: OUTPUT_NORM.into(), shape: Shape::Vector(h), encodings: vec![Encoding::F32] });

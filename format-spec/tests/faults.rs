@@ -31,6 +31,7 @@ fn config() -> ModelConfig {
         scale_convention: ScaleConvention::Multiply,
         weights_source: WeightsSource::Master,
         chat: ChatMetadata::default(),
+        linear: LinearExtras::default(),
     }
 }
 
@@ -169,7 +170,7 @@ fn every_truncation_is_a_clean_error() {
 #[test]
 fn newer_version_asks_for_an_upgrade() {
     let mut bytes = sample();
-    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
     let err = TernFile::parse(&bytes).unwrap_err().to_string();
     assert!(err.contains("made by a newer tern") && err.contains("upgrade"), "{err}");
 }
@@ -311,7 +312,7 @@ fn version_2_fields_round_trip() {
     let bytes = w.finish().unwrap().into_inner();
     let f = TernFile::parse(&bytes).unwrap();
     f.verify().unwrap();
-    assert_eq!(f.version(), 2);
+    assert_eq!(f.version(), VERSION);
     assert_eq!(f.config(), &packed_config());
     assert_eq!(f.config().eos_ids().collect::<Vec<_>>(), [2, 7, 9]);
     assert!(f.config().is_eos(9) && !f.config().is_eos(3));
@@ -355,6 +356,35 @@ fn i2s_gguf_weights_source_round_trips() {
     let f = TernFile::parse(&bytes).unwrap();
     assert_eq!(f.config().weights_source, WeightsSource::I2sGguf);
     assert!(f.config().weights_source.name().starts_with("I2_S GGUF"));
+}
+
+/// Version 3's per-linear input norms and biases: the flags and `linear_norm_eps` round
+/// trip; the flag bits are refused in an older version's file, and the epsilon without its
+/// flag.
+#[test]
+fn version_3_linear_extras_round_trip() {
+    let config =
+        ModelConfig { linear: LinearExtras { norm_eps: Some(1e-6), attn_bias: true, mlp_bias: false }, ..config() };
+    let specs = [TensorSpec { name: "w".into(), encoding: Encoding::T2, shape: Shape::Matrix { rows: 2, cols: 10 } }];
+    let mut w = TernWriter::new(Cursor::new(Vec::new()), &config, TOKENIZER.as_bytes(), &specs).unwrap();
+    w.write_tensor(&[0x55u8; 128], 4.0).unwrap();
+    let bytes = w.finish().unwrap().into_inner();
+    let f = TernFile::parse(&bytes).unwrap();
+    assert_eq!((f.version(), f.config()), (3, &config));
+    let raw = RawConfig::read_from_bytes(&bytes[HEADER_LEN..HEADER_LEN + CONFIG_LEN]).unwrap();
+    assert_eq!((raw.flags.get(), raw.linear_norm_eps.get()), (0b01_1111, 1e-6));
+
+    let err = parse_err_after_config_edit(&bytes, |raw| raw.linear_norm_eps.set(0.0));
+    assert!(err.contains("config field linear_norm_eps: 0 is not a positive number"), "{err}");
+    let err = parse_err_after_config_edit(&bytes, |raw| raw.flags.set(raw.flags.get() & !flags::LINEAR_NORM));
+    assert!(err.contains("config field linear_norm_eps: set without the LINEAR_NORM flag"), "{err}");
+    let mut v2 = bytes.clone();
+    let (mut h, _) = RawHeader::read_from_prefix(&v2).unwrap();
+    h.version.set(2);
+    v2[..HEADER_LEN].copy_from_slice(h.as_bytes());
+    reseal(&mut v2);
+    let err = TernFile::parse(&v2).unwrap_err().to_string();
+    assert!(err.contains("config field flags: bits 0x18 need format version 3"), "{err}");
 }
 
 /// The parse error of `bytes` after `edit` of its config (with every checksum resealed).

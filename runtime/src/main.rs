@@ -457,6 +457,8 @@ fn cmd_inspect(path: &Path) -> Result<()> {
     )?;
     writeln!(out, "weights       {}", c.weights_source.name())?;
     writeln!(out, "scale         {}", c.scale_convention.name())?;
+    let norms = c.linear.norm_eps.map_or("none".to_string(), |e| format!("eps {e}"));
+    writeln!(out, "per-linear    input norms {norms}; bias attn {}, mlp {}", c.linear.attn_bias, c.linear.mlp_bias)?;
     let id = |x: Option<u32>| x.map_or("-".to_string(), |v| v.to_string());
     let eos: Vec<String> = c.eos_ids().map(|e| e.to_string()).collect();
     let eos = if eos.is_empty() { "-".to_string() } else { eos.join(" ") };

@@ -35,6 +35,8 @@ pub struct Ternary {
     /// for master weights (`W ≈ scale · Wq`), a pre-packed checkpoint's `weight_scale`, or its
     /// reciprocal where transformers' BitLinear divides by it.
     scale: f32,
+    /// Where its bias (f32 per row, added after the scale; SPEC.md §8a) starts in the file.
+    bias: Option<usize>,
 }
 
 impl Ternary {
@@ -49,7 +51,20 @@ impl Ternary {
             cols: cols as usize,
             row_bytes: row_bytes(cols as usize),
             scale: convention.multiplier(info.scale),
+            bias: None,
         }
+    }
+
+    /// The same matrix with the bias `info` (an f32 vector of one value per row, which
+    /// the loader checked).
+    pub fn with_bias(self, info: &TensorInfo) -> Self {
+        debug_assert!(info.encoding == Encoding::F32 && info.shape == Shape::Vector(self.rows as u64));
+        Ternary { bias: Some(info.offset as usize), ..self }
+    }
+
+    /// The bias bytes of rows `r0..r0 + n`, if it has a bias.
+    fn bias<'f>(&self, file: &'f [u8], r0: usize, n: usize) -> Option<&'f [u8]> {
+        self.bias.map(|b| &file[b + 4 * r0..b + 4 * (r0 + n)])
     }
 
     /// Its packed rows in the file's bytes.
@@ -130,7 +145,7 @@ pub fn bitlinear<const N: usize>(
     let (cols, row_bytes, n) = (ws[0].cols, ws[0].row_bytes, x.rows);
     debug_assert!(ws.iter().all(|w| w.cols == cols) && x.cols == cols);
     let packed = ws.map(|w| w.packed(file));
-    if n == 1 {
+    if n == 1 && ws.iter().all(|w| w.bias.is_none()) {
         // Each band rescales its own rows as it computes them (the same operations,
         // without a serial pass afterwards).
         let f = ws.map(|w| w.scale / x.s_x[0]);
@@ -141,7 +156,7 @@ pub fn bitlinear<const N: usize>(
     ternary_gemms(kernels, packed, row_bytes, &x.xq[..n * padded_cols(cols)], &x.act_sum[..n], accs);
     let mut at = 0;
     for ((w, dst), how) in ws.into_iter().zip(dsts).zip(how) {
-        rescale(kernels, x, w, dst, how, at);
+        rescale(kernels, file, x, w, dst, how, at);
         at += w.rows * n;
     }
 }
@@ -162,15 +177,15 @@ pub fn bitlinear_gated(
     let (cols, row_bytes, n) = (gate.cols, gate.row_bytes, x.rows);
     debug_assert!(up.cols == cols && x.cols == cols);
     let (pg, pu) = (gate.packed(file), up.packed(file));
-    if n == 1 {
+    if n == 1 && gate.bias.is_none() && up.bias.is_none() {
         let f = [gate.scale / x.s_x[0], up.scale / x.s_x[0]];
         let xq = &x.xq[..padded_cols(cols)];
         return ternary_gemv_gated(kernels, pg, pu, row_bytes, xq, x.act_sum[0], dst, act, f);
     }
     let accs = products(&mut x.acc, [gate.rows * n, up.rows * n]);
     ternary_gemms(kernels, [pg, pu], row_bytes, &x.xq[..n * padded_cols(cols)], &x.act_sum[..n], accs);
-    rescale(kernels, x, gate, dst, Combine::Store, 0);
-    rescale(kernels, x, up, dst, act, gate.rows * n);
+    rescale(kernels, file, x, gate, dst, Combine::Store, 0);
+    rescale(kernels, file, x, up, dst, act, gate.rows * n);
 }
 
 /// Consecutive pieces of `acc` of the given lengths.
@@ -185,18 +200,38 @@ fn products<const N: usize>(acc: &mut [i32], lens: [usize; N]) -> [&mut [i32]; N
 
 /// The rescale of one matrix whose products are in `x.acc[at..]`, one task per row.
 #[track_caller]
-fn rescale(kernels: &Kernels, x: &Input, w: &Ternary, dst: &mut [f32], how: Combine, at: usize) {
+fn rescale(kernels: &Kernels, file: &[u8], x: &Input, w: &Ternary, dst: &mut [f32], how: Combine, at: usize) {
     let n = x.rows;
     let (acc, s_x) = (&x.acc[at..at + w.rows * n], &x.s_x[..n]);
     let rescale_row = |t: usize, row: &mut [f32]| {
         let f = w.scale / s_x[t];
         let mut r = 0;
         for part in token_outputs(acc, w.row_bytes, w.rows, n, t) {
-            kernels.rescale(how, &mut row[r..r + part.len()], part, f);
+            let out = &mut row[r..r + part.len()];
+            match w.bias(file, r, part.len()) {
+                None => kernels.rescale(how, out, part, f),
+                Some(bias) => rescale_biased(how, out, part, f, bias),
+            }
             r += part.len();
         }
     };
     crate::pool::for_each_chunk_mut(&mut dst[..n * w.rows], w.rows, &rescale_row);
+}
+
+/// [`crate::kernels::float::rescale`] with a bias: `y = acc · f + b` (the bias after the
+/// scale, SPEC.md §8a; `bias` holds one little-endian f32 per row), combined into `dst` as
+/// `how` says. A plain loop: only models with biases take it, and it is O(rows).
+fn rescale_biased(how: Combine, dst: &mut [f32], acc: &[i32], f: f32, bias: &[u8]) {
+    let ys =
+        acc.iter().zip(bias.chunks_exact(4)).map(|(&a, b)| a as f32 * f + f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    for (d, y) in dst.iter_mut().zip(ys) {
+        *d = match how {
+            Combine::Store => y,
+            Combine::Add => *d + y,
+            Combine::GateSilu => crate::kernels::float::silu(*d) * y,
+            Combine::GateReluSquared => d.max(0.0) * d.max(0.0) * y,
+        };
+    }
 }
 
 /// Rows per parallel band of a matrix of `rows` rows. Prompt chunks:
@@ -423,5 +458,28 @@ impl FloatMatrix {
                 };
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bias comes after the scale, then the output combines as without one.
+    #[test]
+    fn biased_rescale_adds_after_the_scale() {
+        let (acc, f, bias) = ([4i32, -6], 0.5f32, [1.0f32, -0.25]);
+        let bias_bytes: Vec<u8> = bias.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let y = [4.0 * 0.5 + 1.0, -6.0 * 0.5 - 0.25]; // 3, -3.25
+        let run = |how, start: [f32; 2]| {
+            let mut dst = start;
+            rescale_biased(how, &mut dst, &acc, f, &bias_bytes);
+            dst
+        };
+        assert_eq!(run(Combine::Store, [9.0, 9.0]), y);
+        assert_eq!(run(Combine::Add, [1.0, 2.0]), [4.0, -1.25]);
+        assert_eq!(run(Combine::GateReluSquared, [2.0, -1.0]), [4.0 * y[0], 0.0 * y[1]]);
+        let silu = |g: f32| crate::kernels::float::silu(g);
+        assert_eq!(run(Combine::GateSilu, [2.0, -1.0]), [silu(2.0) * y[0], silu(-1.0) * y[1]]);
     }
 }

@@ -54,6 +54,19 @@ struct Layer {
     w_up: Ternary,
     ffn_sub_norm: Option<Vec<f32>>,
     w_down: Ternary,
+    /// Each projection's own input norm gain (format version 3, `LINEAR_NORM`).
+    in_norms: Option<InNorms>,
+}
+
+/// The input norm gains of one block's projections (SPEC.md §8a).
+struct InNorms {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    down: Vec<f32>,
 }
 
 /// A loaded model: the mapped file and typed views of its weights.
@@ -100,18 +113,45 @@ impl Model {
             let norm = |t: BlockTensor| -> Result<Option<Vec<f32>>> {
                 Ok(if t.present(&config) { Some(floats(get(t)?)) } else { None })
             };
+            // A projection, with its bias when the config has one (SPEC.md §8a).
+            let linear = |t: BlockTensor| -> Result<Ternary> {
+                let w = Ternary::new(get(t)?, config.scale_convention);
+                let Shape::Matrix { rows, .. } = t.shape(&config) else { unreachable!("a projection") };
+                Ok(if t.has_bias(&config) {
+                    w.with_bias(find(&t.bias_name(l), &[Encoding::F32], Shape::Vector(rows))?)
+                } else {
+                    w
+                })
+            };
+            let in_norm = |t: BlockTensor| -> Result<Vec<f32>> {
+                let Shape::Matrix { cols, .. } = t.shape(&config) else { unreachable!("a projection") };
+                Ok(floats(find(&t.in_norm_name(l), &[Encoding::F32], Shape::Vector(cols))?))
+            };
+            let in_norms = match config.linear.norm_eps {
+                None => None,
+                Some(_) => Some(InNorms {
+                    q: in_norm(BlockTensor::AttnQ)?,
+                    k: in_norm(BlockTensor::AttnK)?,
+                    v: in_norm(BlockTensor::AttnV)?,
+                    o: in_norm(BlockTensor::AttnOutput)?,
+                    gate: in_norm(BlockTensor::FfnGate)?,
+                    up: in_norm(BlockTensor::FfnUp)?,
+                    down: in_norm(BlockTensor::FfnDown)?,
+                }),
+            };
             layers.push(Layer {
                 attn_norm: floats(get(BlockTensor::AttnNorm)?),
-                wq: Ternary::new(get(BlockTensor::AttnQ)?, config.scale_convention),
-                wk: Ternary::new(get(BlockTensor::AttnK)?, config.scale_convention),
-                wv: Ternary::new(get(BlockTensor::AttnV)?, config.scale_convention),
+                wq: linear(BlockTensor::AttnQ)?,
+                wk: linear(BlockTensor::AttnK)?,
+                wv: linear(BlockTensor::AttnV)?,
                 attn_sub_norm: norm(BlockTensor::AttnSubNorm)?,
-                wo: Ternary::new(get(BlockTensor::AttnOutput)?, config.scale_convention),
+                wo: linear(BlockTensor::AttnOutput)?,
                 ffn_norm: floats(get(BlockTensor::FfnNorm)?),
-                w_gate: Ternary::new(get(BlockTensor::FfnGate)?, config.scale_convention),
-                w_up: Ternary::new(get(BlockTensor::FfnUp)?, config.scale_convention),
+                w_gate: linear(BlockTensor::FfnGate)?,
+                w_up: linear(BlockTensor::FfnUp)?,
                 ffn_sub_norm: norm(BlockTensor::FfnSubNorm)?,
-                w_down: Ternary::new(get(BlockTensor::FfnDown)?, config.scale_convention),
+                w_down: linear(BlockTensor::FfnDown)?,
+                in_norms,
             });
         }
         let widest = (config.hidden_size as usize).max(config.q_dim()).max(config.intermediate_size as usize);
@@ -265,6 +305,9 @@ impl Model {
         let (h, qd, kvd, inter) = (c.hidden_size as usize, c.q_dim(), c.kv_dim(), c.intermediate_size as usize);
         let (kernels, file, eps) = (&self.kernels, self.file.bytes(), c.rms_eps);
         let w = &self.layers[l];
+        if let (Some(norms), Some(lin_eps)) = (&w.in_norms, c.linear.norm_eps) {
+            return self.layer_with_input_norms(st, l, n, p0, norms, lin_eps);
+        }
 
         // Attention: norm, q/k/v from one quantized input, attention (RoPE, KV cache),
         // sub-norm, o.
@@ -285,6 +328,40 @@ impl Model {
         matmul::bitlinear(kernels, file, [&w.w_down], &mut st.input, [&mut st.x[..]], [Combine::Add]);
     }
 
+    /// [`layer`](Model::layer) for a model whose every projection normalizes its own input
+    /// (SPEC.md §8a): the block's norm (and sub-norms) first, into `st.normed`, then per
+    /// projection its own RMSNorm fused with the quantization. q, k and v (and gate and up)
+    /// share an input but not a norm gain, so each quantizes its own.
+    fn layer_with_input_norms(&self, st: &mut State, l: usize, n: usize, p0: usize, g: &InNorms, lin_eps: f32) {
+        let c = &self.config;
+        let (h, qd, kvd, inter) = (c.hidden_size as usize, c.q_dim(), c.kv_dim(), c.intermediate_size as usize);
+        let (kernels, file, eps) = (&self.kernels, self.file.bytes(), c.rms_eps);
+        let w = &self.layers[l];
+        let lin = Some(lin_eps);
+
+        let x = normed_rows(&mut st.normed, &st.x, n, h, Some(&w.attn_norm), eps);
+        for (wt, gain, dst) in
+            [(&w.wq, &g.q, &mut st.q[..]), (&w.wk, &g.k, &mut st.k[..]), (&w.wv, &g.v, &mut st.v[..])]
+        {
+            st.input.quantize(kernels, x, n, h, gain, lin);
+            matmul::bitlinear(kernels, file, [wt], &mut st.input, [dst], [Combine::Store]);
+        }
+        let (q, k, v) = (&mut st.q[..n * qd], &mut st.k[..n * kvd], &st.v[..n * kvd]);
+        st.attention.forward(kernels, l, p0, q, k, v, &mut st.att[..n * qd]);
+        let att = normed_rows(&mut st.normed, &st.att, n, qd, w.attn_sub_norm.as_deref(), eps);
+        st.input.quantize(kernels, att, n, qd, &g.o, lin);
+        matmul::bitlinear(kernels, file, [&w.wo], &mut st.input, [&mut st.x[..]], [Combine::Add]);
+
+        let x = normed_rows(&mut st.normed, &st.x, n, h, Some(&w.ffn_norm), eps);
+        st.input.quantize(kernels, x, n, h, &g.gate, lin);
+        matmul::bitlinear(kernels, file, [&w.w_gate], &mut st.input, [&mut st.gate[..]], [Combine::Store]);
+        st.input.quantize(kernels, x, n, h, &g.up, lin);
+        matmul::bitlinear(kernels, file, [&w.w_up], &mut st.input, [&mut st.gate[..]], [self.gated()]);
+        let gated = normed_rows(&mut st.normed, &st.gate, n, inter, w.ffn_sub_norm.as_deref(), eps);
+        st.input.quantize(kernels, gated, n, inter, &g.down, lin);
+        matmul::bitlinear(kernels, file, [&w.w_down], &mut st.input, [&mut st.x[..]], [Combine::Add]);
+    }
+
     /// The gain and epsilon of a sub-norm; without one, a projection quantizes its input
     /// as it is (a gain of ones, no norm).
     fn sub_norm<'a>(&'a self, gain: Option<&'a [f32]>) -> (&'a [f32], Option<f32>) {
@@ -301,6 +378,23 @@ impl Model {
             Activation::ReluSquared => Combine::GateReluSquared,
         }
     }
+}
+
+/// The first `n` rows of `src` (each `cols` wide) RMS-normed with `gain` into `normed`, which
+/// is returned; without a gain, `src` itself.
+fn normed_rows<'a>(
+    normed: &'a mut [f32],
+    src: &'a [f32],
+    n: usize,
+    cols: usize,
+    gain: Option<&[f32]>,
+    eps: f32,
+) -> &'a [f32] {
+    let Some(gain) = gain else { return src };
+    for (o, x) in normed[..n * cols].chunks_mut(cols).zip(src.chunks(cols)) {
+        rmsnorm(o, x, gain, eps);
+    }
+    normed
 }
 
 /// Receives `(position, logits)`.
@@ -336,6 +430,9 @@ pub struct State {
     att: Vec<f32>,
     /// The MLP's `act(gate) · up`.
     gate: Vec<f32>,
+    /// A block-normed input, for models whose projections norm their input again
+    /// (SPEC.md §8a; empty for the others).
+    normed: Vec<f32>,
     /// The KV cache and what else attention keeps.
     attention: Attention,
     logits: Vec<f32>,
@@ -374,6 +471,7 @@ impl State {
             v: vec![0.0; batch * kvd],
             att: vec![0.0; batch * qd],
             gate: vec![0.0; batch * inter],
+            normed: vec![0.0; if c.linear.norm_eps.is_some() { batch * widest } else { 0 }],
             attention: Attention::new(c, max_seq, batch, kv_type)?,
             logits: vec![0.0; batch * vocab],
         })

@@ -166,7 +166,7 @@ fn inspect_shows_the_packed_fields() {
     assert!(o.status.success());
     let s = String::from_utf8(o.stdout).unwrap();
     for want in [
-        "format version 2)",
+        "format version 3)",
         "weights       pre-packed ternary weights and weight_scale, copied as given",
         "scale         divide (y = dot / (scale · s_x))",
         "tokens        bos 1, eos 2 7, pad -",
@@ -199,4 +199,40 @@ fn version_1_files_still_run() {
     let o = Command::new(env!("CARGO_BIN_EXE_tern")).args(["inspect", v1.to_str().unwrap()]).output().unwrap();
     let s = String::from_utf8(o.stdout).unwrap();
     assert!(s.contains("bytes, format version 1)") && s.contains("scale         multiply"), "{s}");
+}
+
+/// `tern inspect` says which path the converter took for bf16 master weights, and shows
+/// the per-linear norms and biases (issue 30).
+#[test]
+fn inspect_shows_masters_and_per_linear_extras() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inspect = |name: &str| {
+        let (path, _) = convert(&fixture(name), tmp.path(), name);
+        let o = Command::new(env!("CARGO_BIN_EXE_tern")).args(["inspect", path.to_str().unwrap()]).output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let s = inspect("bitnet-2b-bf16-tiny");
+    for want in [
+        "format version 3)",
+        "weights       master weights, ternarized by tern-convert (absmean)",
+        "scale         multiply (y = dot · scale / s_x)",
+        "per-linear    input norms none; bias attn false, mlp false",
+    ] {
+        assert!(s.contains(want), "{want:?} missing from:\n{s}");
+    }
+    // The Python binding's Model.config shows the same.
+    let (_, model) = convert(&fixture("bitnet-rmsnorm-bias-tiny"), tmp.path(), "py");
+    let c = tern::session::config_json(model.file());
+    assert_eq!(
+        (c["linear_norm_eps"].as_f64(), &c["attn_bias"], &c["mlp_bias"]),
+        (Some(1e-5f32 as f64), &json!(true), &json!(true))
+    );
+    let s = inspect("bitnet-rmsnorm-bias-tiny");
+    for want in [
+        "weights       pre-packed ternary weights and weight_scale, copied as given",
+        "per-linear    input norms eps 0.00001; bias attn true, mlp true",
+    ] {
+        assert!(s.contains(want), "{want:?} missing from:\n{s}");
+    }
 }
