@@ -130,9 +130,13 @@ fn import(g: &Gguf, opts: &Options) -> Result<Import> {
         if used.contains(t.name.as_str()) {
             continue;
         }
-        // A scale tensor beside a weight (bitnet.cpp's TL1/TL2 files) or RoPE frequency
-        // factors would change the arithmetic: refused rather than ignored.
-        if t.name.ends_with("_scale") || t.name.ends_with("_scale.weight") || t.name == "rope_freqs.weight" {
+        // A scale tensor beside a weight (bitnet.cpp's TL1/TL2 files), a bias or RoPE
+        // frequency factors would change the arithmetic: refused rather than ignored.
+        if t.name.ends_with("_scale")
+            || t.name.ends_with("_scale.weight")
+            || t.name.ends_with(".bias")
+            || t.name == "rope_freqs.weight"
+        {
             bail!("tensor {}: not supported (it would change the model's arithmetic)", t.name);
         }
         warnings.push(format!("GGUF tensor {} is not used", t.name));

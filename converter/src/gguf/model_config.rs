@@ -14,7 +14,9 @@
 
 use super::container::{Gguf, Value};
 use anyhow::{bail, Context, Result};
-use tern_format::{Activation, Arch, ChatMetadata, GenerationDefaults, ModelConfig, ScaleConvention, WeightsSource};
+use tern_format::{
+    Activation, Arch, ChatMetadata, GenerationDefaults, LinearExtras, ModelConfig, ScaleConvention, WeightsSource,
+};
 
 /// The architectures this importer reads, and what follows from each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +131,8 @@ pub fn model_config(g: &Gguf, arch_name: &str, arch: GgufArch, vocab: u32) -> Re
         scale_convention: ScaleConvention::Multiply,
         weights_source: WeightsSource::I2sGguf,
         chat: ChatMetadata::default(),
+        // bitnet.cpp's I2_S files carry no per-linear norms or biases (mod.rs refuses such tensors).
+        linear: LinearExtras::default(),
     };
     config.validate().context("the GGUF metadata describes an inconsistent model")?;
     Ok(config)
