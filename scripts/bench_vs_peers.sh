@@ -51,14 +51,7 @@ synth=${SYNTH:-large}
 
 # 2. The GGUF files: one f32 conversion, then each engine's quantizer.
 if [ ! -f "$synth/tokenizer.model" ]; then
-  python3 - "$here/../shared/corpus/austen" "$synth/tokenizer.model" <<'EOF'
-import glob, io, sys, sentencepiece as spm
-text = "\n".join(open(f, encoding="utf-8").read() for f in sorted(glob.glob(sys.argv[1] + "/*.txt")))
-model = io.BytesIO()
-spm.SentencePieceTrainer.train(sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=8000,
-                               model_type="bpe", byte_fallback=True, bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
-open(sys.argv[2], "wb").write(model.getvalue())
-EOF
+  python3 "$here/scripts/spm_tokenizer.py" "$here/../shared/corpus/austen" "$synth"/tokenizer.model
 fi
 [ -f large-f32.gguf ] || python3 "$LLAMA_CPP/convert_hf_to_gguf.py" "$synth" --outtype f32 --outfile large-f32.gguf
 quantize() { # engine-dir type name [f16out]
