@@ -194,8 +194,9 @@ pub fn check(model: &Model, pp: &[usize], tg: &[usize], depth: usize, threads: &
 
 /// Runs a pp test of each length in `pp` and a tg test of each length in `tg` (lengths of 0
 /// are skipped, as llama-bench's `-p 0`) at each thread count, after `depth` positions of
-/// context, with a KV cache of `kv` and prompt chunks of `batch` tokens (llama-bench's `-b`). At each thread count the context is filled once,
-/// then the pp tests run in order, then the tg tests.
+/// context, with a KV cache of `kv` and prompt chunks of `batch` tokens (llama-bench's `-b`).
+/// At each thread count the context is filled once, then the pp tests run in order, then
+/// the tg tests.
 #[allow(clippy::too_many_arguments)]
 pub fn bench(
     model: &Model,
