@@ -717,6 +717,9 @@ mod tests {
             (96, 1, 1, 1, 32),
             (64, 2, 1, 240, 32),
             (40, 2, 2, 500, 27),
+            // A prompt of one token; one token after a cache reused past a span.
+            (32, 4, 2, 1, 1),
+            (32, 2, 2, 300, 1),
         ] {
             let n = n0 + tokens - 1;
             let (q, keys, values) = attention_case(hd, n_heads * ATTEND_TOKENS, group, n, (hd * n + tokens) as u32);
