@@ -58,14 +58,7 @@ fi
 
 # 3. llama.cpp's files.
 if [ ! -f large/tokenizer.model ]; then
-  python3 - "$here/../shared/corpus/austen" large/tokenizer.model <<'EOF'
-import glob, io, sys, sentencepiece as spm
-text = "\n".join(open(f, encoding="utf-8").read() for f in sorted(glob.glob(sys.argv[1] + "/*.txt")))
-model = io.BytesIO()
-spm.SentencePieceTrainer.train(sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=8000,
-                               model_type="bpe", byte_fallback=True, bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
-open(sys.argv[2], "wb").write(model.getvalue())
-EOF
+  python3 "$here/scripts/spm_tokenizer.py" "$here/../shared/corpus/austen" large/tokenizer.model
 fi
 [ -f large-f16.gguf ] || python3 llama/convert_hf_to_gguf.py large --outtype f16 --outfile large-f16.gguf >/dev/null 2>&1
 [ -f large-tq2_0.gguf ] || llama/build/bin/llama-quantize large-f16.gguf large-tq2_0.gguf TQ2_0 >/dev/null 2>&1

@@ -86,6 +86,14 @@ pub fn check_tokens(config: &ModelConfig, tokens: &[u32]) -> Result<(), ArgError
     }
 }
 
+/// A prompt chunk size (`-b, --batch-size`) must be at least one token; returns it.
+pub fn check_batch(batch: usize) -> Result<usize, ArgError> {
+    if batch == 0 {
+        return Err(ArgError("--batch-size must be at least 1 (the tokens of a prompt chunk; got 0)".into()));
+    }
+    Ok(batch)
+}
+
 /// The seed given, or one from the clock (the CLI prints it with its stats).
 pub fn seed_or_clock(seed: Option<u64>) -> u64 {
     seed.unwrap_or_else(|| {
@@ -120,5 +128,7 @@ mod tests {
         assert!(check_stops(&["a".into()]).is_ok());
         assert!(check_stops(&["a".into(), String::new()]).unwrap_err().0.starts_with("--stop needs"));
         assert_eq!(seed_or_clock(Some(7)), 7);
+        assert_eq!(check_batch(7), Ok(7));
+        assert!(check_batch(0).unwrap_err().0.starts_with("--batch-size must be at least 1"));
     }
 }

@@ -7,6 +7,11 @@
 //! Here the work is cut into tasks for the pool (spans of positions, runs of heads, runs of
 //! tokens); the kernels (`crate::kernels::attend`) compute one task, and lay out the cache.
 //!
+//! Every position's result is the same bits however the work is cut: attention runs over
+//! fixed spans of positions, each summed in one fixed order and joined in span order,
+//! whether a token comes alone (decode) or in a prompt chunk of any size, on any number of
+//! threads (`tests/invariance.rs` checks the logits bit for bit).
+//!
 //! The cache is per sequence. A server that decodes several sequences in one step runs
 //! their matrix products as one batch of rows (`crate::matmul`), and each sequence's
 //! attention over its own [`Attention`].

@@ -8,7 +8,7 @@
 //! ([`BenchResult::paired`]).
 
 use crate::kernels::Kernels;
-use crate::model::{KvType, Model, State, DEFAULT_BATCH};
+use crate::model::{KvType, Model, State};
 use crate::sampler::argmax;
 use anyhow::{bail, Result};
 use std::time::Instant;
@@ -194,8 +194,10 @@ pub fn check(model: &Model, pp: &[usize], tg: &[usize], depth: usize, threads: &
 
 /// Runs a pp test of each length in `pp` and a tg test of each length in `tg` (lengths of 0
 /// are skipped, as llama-bench's `-p 0`) at each thread count, after `depth` positions of
-/// context, with a KV cache of `kv`. At each thread count the context is filled once,
-/// then the pp tests run in order, then the tg tests.
+/// context, with a KV cache of `kv` and prompt chunks of `batch` tokens (llama-bench's `-b`).
+/// At each thread count the context is filled once, then the pp tests run in order, then
+/// the tg tests.
+#[allow(clippy::too_many_arguments)]
 pub fn bench(
     model: &Model,
     pp: &[usize],
@@ -204,12 +206,13 @@ pub fn bench(
     threads: &[usize],
     reps: usize,
     kv: KvType,
+    batch: usize,
 ) -> Result<Vec<BenchResult>> {
     let c = model.config();
     let ctx = check(model, pp, tg, depth, threads, reps)?;
     let (pp, tg) = (nonzero(pp), nonzero(tg));
     let max_pp = pp.iter().copied().max().unwrap_or(0);
-    let mut st = State::with_kv(c, ctx, DEFAULT_BATCH, kv)?;
+    let mut st = State::with_kv(c, ctx, batch, kv)?;
     let tokens = prompt(depth + max_pp, c.vocab_size.max(4));
     let (context, tokens) = tokens.split_at(depth);
     let first = c.bos_id.unwrap_or(0);

@@ -1,6 +1,6 @@
 //! Text generation: prompt processing, then sample / decode / stream one token at a time.
 
-use crate::model::{KvType, Model, State, DEFAULT_BATCH};
+use crate::model::{KvType, Model, State};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::{Detokenizer, TextTokenizer};
 use anyhow::{bail, Result};
@@ -15,6 +15,8 @@ pub struct GenerateOptions {
     /// Generation stops when the text contains one of these (which is not printed).
     pub stop: Vec<String>,
     pub kv_type: KvType,
+    /// Prompt chunk size (`-b`): the logits do not depend on it.
+    pub batch: usize,
 }
 
 /// Timing of one generation.
@@ -120,7 +122,7 @@ pub fn generate(
     }
     let c = model.config();
     let need = check_context(model, prompt.len(), opts.max_new)?;
-    let mut st = State::with_kv(c, need, DEFAULT_BATCH, opts.kv_type)?;
+    let mut st = State::with_kv(c, need, opts.batch, opts.kv_type)?;
     let mut stats = GenStats { prompt_tokens: prompt.len(), kv_cache_bytes: st.kv_cache_bytes(), ..Default::default() };
     let t0 = Instant::now();
     let prompt_logits = model.forward(&mut st, prompt, 0)?;

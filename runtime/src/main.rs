@@ -43,6 +43,9 @@ enum Command {
         /// Worker threads (default: the physical cores this process may use)
         #[arg(long)]
         threads: Option<usize>,
+        /// Prompt chunk size: tokens that go through the layers together (the logits do not depend on it)
+        #[arg(short = 'b', long = "batch-size", default_value_t = tern::model::DEFAULT_BATCH)]
+        batch: usize,
     },
     /// Print the token ids of a text as JSON
     Tokenize { model: PathBuf, text: String },
@@ -62,6 +65,9 @@ enum Command {
         /// KV cache type: f32 (exact, as the reference), or f16 (half the memory and the bytes read per token)
         #[arg(long = "cache-type", value_enum, default_value_t = KvType::F32)]
         kv: KvType,
+        /// Prompt chunk size: tokens that go through the layers together (the logits do not depend on it)
+        #[arg(short = 'b', long = "batch-size", default_value_t = tern::model::DEFAULT_BATCH)]
+        batch: usize,
     },
     /// Measure prompt processing and generation speed (llama-bench style)
     Bench {
@@ -88,6 +94,9 @@ enum Command {
         /// KV cache type: f32 (exact, as the reference), or f16 (half the memory and the bytes read per token)
         #[arg(long = "cache-type", value_enum, default_value_t = KvType::F32)]
         kv: KvType,
+        /// Prompt chunk size: tokens that go through the layers together (the logits do not depend on it)
+        #[arg(short = 'b', long = "batch-size", default_value_t = tern::model::DEFAULT_BATCH)]
+        batch: usize,
     },
     /// Check the structure and every checksum of a .tern file
     Verify { file: PathBuf },
@@ -124,6 +133,9 @@ struct GenerateArgs {
     /// KV cache type: f32 (exact, as the reference), or f16 (half the memory and the bytes read per token)
     #[arg(long = "cache-type", value_enum, default_value_t = KvType::F32)]
     kv: KvType,
+    /// Prompt chunk size: tokens that go through the layers together (the logits do not depend on it)
+    #[arg(short = 'b', long = "batch-size", default_value_t = tern::model::DEFAULT_BATCH)]
+    batch: usize,
 }
 
 fn main() -> ExitCode {
@@ -131,13 +143,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => with_threads(args.threads, |n| cmd_generate(args, n)),
         Command::Chat(args) => with_threads(args.threads, |_| chat_cli::run(args)),
-        Command::Logits { model, tokens, all, threads } => with_threads(threads, |_| cmd_logits(&model, &tokens, all)),
-        Command::Tokenize { model, text } => cmd_tokenize(&model, &text),
-        Command::Perplexity { model, text_file, ctx, json, threads, kv } => {
-            with_threads(threads, |_| cmd_perplexity(&model, &text_file, ctx, json, kv))
+        Command::Logits { model, tokens, all, threads, batch } => {
+            with_threads(threads, |_| cmd_logits(&model, &tokens, all, batch))
         }
-        Command::Bench { model, pp, tg, depth, threads, reps, json, kv } => {
-            cmd_bench(&model, [&pp, &tg, &depth], &threads, reps, json, kv)
+        Command::Tokenize { model, text } => cmd_tokenize(&model, &text),
+        Command::Perplexity { model, text_file, ctx, json, threads, kv, batch } => {
+            with_threads(threads, |_| cmd_perplexity(&model, &text_file, ctx, json, kv, batch))
+        }
+        Command::Bench { model, pp, tg, depth, threads, reps, json, kv, batch } => {
+            cmd_bench(&model, [&pp, &tg, &depth], &threads, reps, json, kv, batch)
         }
         Command::Verify { file } => cmd_verify(&file),
         Command::Inspect { file } => cmd_inspect(&file),
@@ -221,7 +235,8 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let (sampling, seed) = args.sampling.request();
     let req = Request { max_new, sampling, seed, stop: args.stop.clone(), kv_type: args.kv };
     // Every check before anything is written.
-    let (ids, opts) = session.prepare_ids(ids, &req, ctx)?;
+    let (ids, mut opts) = session.prepare_ids(ids, &req, ctx)?;
+    opts.batch = tern::args::check_batch(args.batch)?;
     let (model, tok, seed) = (&session.model, &session.tok, opts.seed);
     let interrupted = sampling_args::stop_on_ctrl_c()?;
     // Test hook, read here only: a pause after each token, so that tests can press Ctrl-C
@@ -258,7 +273,8 @@ fn cmd_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     Ok(())
 }
 
-fn cmd_logits(path: &Path, tokens: &[u32], all: bool) -> Result<()> {
+fn cmd_logits(path: &Path, tokens: &[u32], all: bool, batch: usize) -> Result<()> {
+    let batch = tern::args::check_batch(batch)?;
     let (model, _) = open_model(path, false)?;
     let c = model.config();
     if tokens.len() > c.max_positions as usize {
@@ -267,14 +283,22 @@ fn cmd_logits(path: &Path, tokens: &[u32], all: bool) -> Result<()> {
     if let Some(bad) = tokens.iter().find(|&&t| t >= c.vocab_size) {
         bail!("--tokens: token id {bad} is not below the model's vocabulary size {}", c.vocab_size);
     }
-    let l = tern::session::logits(&model, tokens, all, c.max_positions as usize)?;
+    let l = tern::session::logits(&model, tokens, all, c.max_positions as usize, batch)?;
     let rows: Vec<&[f32]> = l.data.chunks(l.vocab).collect();
     let json = serde_json::json!({ "tokens": tokens, "logits": rows });
     writeln!(std::io::stdout().lock(), "{json}")?;
     Ok(())
 }
 
-fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool, kv: KvType) -> Result<()> {
+fn cmd_perplexity(
+    path: &Path,
+    text_file: &Path,
+    ctx: Option<usize>,
+    json: bool,
+    kv: KvType,
+    batch: usize,
+) -> Result<()> {
+    let batch = tern::args::check_batch(batch)?;
     let bytes = std::fs::read(text_file).with_context(|| format!("reading {}", text_file.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
@@ -292,7 +316,7 @@ fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool,
     let bar = if std::io::stderr().is_terminal() { ProgressBar::new(ids.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tokens {elapsed} eta {eta}").expect("template"));
     let t0 = Instant::now();
-    let p = tern::perplexity::perplexity(&model, &ids, ctx, kv, &mut |n| bar.set_position(n as u64))?;
+    let p = tern::perplexity::perplexity(&model, &ids, ctx, kv, batch, &mut |n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let out = &mut std::io::stdout().lock();
@@ -313,8 +337,17 @@ fn cmd_perplexity(path: &Path, text_file: &Path, ctx: Option<usize>, json: bool,
 }
 
 /// `sizes`: the -p, -n and -d values.
-fn cmd_bench(path: &Path, sizes: [&[usize]; 3], threads: &[usize], reps: usize, json: bool, kv: KvType) -> Result<()> {
+fn cmd_bench(
+    path: &Path,
+    sizes: [&[usize]; 3],
+    threads: &[usize],
+    reps: usize,
+    json: bool,
+    kv: KvType,
+    batch: usize,
+) -> Result<()> {
     let [pp, tg, depths] = sizes;
+    let batch = tern::args::check_batch(batch)?;
     let (model, _) = open_model(path, false)?;
     // Every depth's arguments first, so that a bad one fails before hours of tests.
     for &depth in depths {
@@ -322,7 +355,7 @@ fn cmd_bench(path: &Path, sizes: [&[usize]; 3], threads: &[usize], reps: usize, 
     }
     let mut results = Vec::new();
     for &depth in depths {
-        results.extend(tern::bench::bench(&model, pp, tg, depth, threads, reps, kv)?);
+        results.extend(tern::bench::bench(&model, pp, tg, depth, threads, reps, kv, batch)?);
     }
     // Files under two huge pages cannot use them; say nothing of those.
     let big = model.file().len() >= 4 << 20;

@@ -5,7 +5,7 @@
 //! is run after a BOS token, so that every token of the text is scored exactly once, from
 //! the tokens before it in its chunk.
 
-use crate::model::{KvType, Model, State, DEFAULT_BATCH};
+use crate::model::{KvType, Model, State};
 use anyhow::{bail, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,12 +23,14 @@ fn nll(logits: &[f32], target: u32) -> f64 {
 }
 
 /// Scores `ids` (the text's tokens, no BOS) in windows of `ctx` positions, with a KV cache
-/// of `kv`; `progress(tokens_scored)` is called after each window.
+/// of `kv`, in prompt chunks of `batch` (which changes no logit); `progress(tokens_scored)`
+/// is called after each window.
 pub fn perplexity(
     model: &Model,
     ids: &[u32],
     ctx: usize,
     kv: KvType,
+    batch: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Perplexity> {
     let c = model.config();
@@ -39,7 +41,7 @@ pub fn perplexity(
     if ids.is_empty() {
         bail!("the text has no tokens to score");
     }
-    let mut st = State::with_kv(c, ctx, DEFAULT_BATCH, kv)?;
+    let mut st = State::with_kv(c, ctx, batch, kv)?;
     let mut input = Vec::with_capacity(ctx);
     let (mut total, mut scored) = (0.0f64, 0usize);
     for chunk in ids.chunks(ctx - 1) {

@@ -89,6 +89,7 @@ impl Session {
             seed: args::seed_or_clock(req.seed),
             stop: req.stop.clone(),
             kv_type: req.kv_type,
+            batch: DEFAULT_BATCH,
         };
         Ok((ids, opts))
     }
@@ -96,20 +97,21 @@ impl Session {
     /// The logits after each of `tokens` (`all`), or after the last only, within a
     /// context of `ctx` positions.
     pub fn logits(&self, tokens: &[u32], all: bool, ctx: usize) -> Result<Logits> {
-        logits(&self.model, tokens, all, ctx)
+        logits(&self.model, tokens, all, ctx, DEFAULT_BATCH)
     }
 }
 
 /// The logits after each of `tokens` (`all`), or after the last only: what `tern logits`
-/// prints. The tokens run as one prompt from position 0 within a context of `ctx`.
-pub fn logits(model: &Model, tokens: &[u32], all: bool, ctx: usize) -> Result<Logits> {
+/// prints. The tokens run as one prompt from position 0 within a context of `ctx`, in
+/// chunks of `batch` (which changes no logit).
+pub fn logits(model: &Model, tokens: &[u32], all: bool, ctx: usize, batch: usize) -> Result<Logits> {
     if tokens.is_empty() {
         return Err(ArgError("--tokens needs at least one token id".into()).into());
     }
     args::check_tokens(model.config(), tokens)?;
     args::check_context(tokens.len(), 0, ctx)?;
     let vocab = model.config().vocab_size as usize;
-    let mut st = State::new(model.config(), tokens.len(), DEFAULT_BATCH)?;
+    let mut st = State::new(model.config(), tokens.len(), batch)?;
     let data = if all {
         let mut data = Vec::with_capacity(tokens.len() * vocab);
         model.forward_all(&mut st, tokens, 0, &mut |_, l| data.extend_from_slice(l))?;

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use tern::model::DEFAULT_BATCH;
 use tern::sampler::argmax;
 use tern::tokenizer::TextTokenizer;
 use tern::{KvType, Model, State};
@@ -77,7 +78,7 @@ fn heldout_perplexity_matches_pytorch() {
     let text = std::fs::read_to_string(dir().join(h["file"].as_str().unwrap())).unwrap();
     let ids = tok.encode_plain(&text).unwrap();
     let ctx = h["ctx"].as_u64().unwrap() as usize;
-    let p = tern::perplexity::perplexity(&model, &ids, ctx, KvType::F32, &mut |_| {}).unwrap();
+    let p = tern::perplexity::perplexity(&model, &ids, ctx, KvType::F32, DEFAULT_BATCH, &mut |_| {}).unwrap();
     let want = h["ppl"].as_f64().unwrap();
     assert_eq!(p.tokens as u64, h["tokens"].as_u64().unwrap(), "same tokens scored");
     let rel = (p.ppl - want).abs() / want;
@@ -94,7 +95,7 @@ fn q8_output_matrix_costs_little_perplexity() {
     let ppl = |embed| {
         let (_tmp, model, tok) = load(embed);
         let ids = tok.encode_plain(&text).unwrap();
-        tern::perplexity::perplexity(&model, &ids, ctx, KvType::F32, &mut |_| {}).unwrap().ppl
+        tern::perplexity::perplexity(&model, &ids, ctx, KvType::F32, DEFAULT_BATCH, &mut |_| {}).unwrap().ppl
     };
     let (exact, q8, f16) = (ppl(Encoding::F32), ppl(Encoding::Q8), ppl(Encoding::F16));
     eprintln!(
@@ -115,7 +116,7 @@ fn f16_kv_cache_costs_little_perplexity() {
     let text = std::fs::read_to_string(dir().join("heldout.txt")).unwrap();
     let (_tmp, model, tok) = load(Encoding::F32);
     let ids = tok.encode_plain(&text).unwrap();
-    let ppl = |kv| tern::perplexity::perplexity(&model, &ids, ctx, kv, &mut |_| {}).unwrap().ppl;
+    let ppl = |kv| tern::perplexity::perplexity(&model, &ids, ctx, kv, DEFAULT_BATCH, &mut |_| {}).unwrap().ppl;
     let (exact, f16) = (ppl(KvType::F32), ppl(KvType::F16));
     eprintln!("held-out ppl: f32 KV cache {exact:.4}, f16 {f16:.4} ({:+.3}%)", 100.0 * (f16 / exact - 1.0));
     assert!((f16 / exact - 1.0).abs() < 0.005, "f16 KV {f16} vs f32 {exact}");

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tern::generate::{generate, GenerateOptions};
+use tern::model::DEFAULT_BATCH;
 use tern::sampler::{argmax, SamplerConfig};
 use tern::tokenizer::TextTokenizer;
 use tern::{KvType, Model, State};
@@ -98,7 +99,7 @@ fn packed_layouts_give_the_master_files_logits() {
 
 fn greedy() -> GenerateOptions {
     let sampler = SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, repeat_last_n: 64 };
-    GenerateOptions { max_new: 8, sampler, seed: 1, stop: vec![], kv_type: KvType::F32 }
+    GenerateOptions { max_new: 8, sampler, seed: 1, stop: vec![], kv_type: KvType::F32, batch: DEFAULT_BATCH }
 }
 
 /// Runs greedy generation on `prompt`; returns (tokens sampled, text emitted).

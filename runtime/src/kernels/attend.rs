@@ -313,10 +313,12 @@ pub fn attend_tokens_scratch_len(head_dim: usize, n: usize) -> usize {
 /// [`ATTEND_TOKENS`] times less.
 ///
 /// `TOKENS_AT_ONCE` (a divisor of [`ATTEND_TOKENS`]) is how many tokens' scores are summed at once in
-/// registers: the kernel set chooses it for its registers; it changes no result.
+/// registers, and `VALUE_TOKENS` × `VALUE_DIMS` (a divisor of [`DIM_CHUNK`]) the tile of
+/// accumulators of the weighted values ([`value_tile`]): the kernel set chooses them for its
+/// registers; they change no result.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn attend_tokens<K: KvRead, const TOKENS_AT_ONCE: usize>(
+pub fn attend_tokens<K: KvRead, const TOKENS_AT_ONCE: usize, const VALUE_TOKENS: usize, const VALUE_DIMS: usize>(
     q: &[f32],
     at: HeadsAt,
     keys: &[K::Elem],
@@ -330,7 +332,8 @@ pub fn attend_tokens<K: KvRead, const TOKENS_AT_ONCE: usize>(
         assert!(
             TOKENS_AT_ONCE > 0 && ATTEND_TOKENS.is_multiple_of(TOKENS_AT_ONCE),
             "TOKENS_AT_ONCE must divide ATTEND_TOKENS"
-        )
+        );
+        assert!(VALUE_TOKENS > 0 && VALUE_DIMS > 0 && DIM_CHUNK.is_multiple_of(VALUE_DIMS), "value tile")
     };
     let HeadsAt { head_dim: hd, first_head, group, kv_dim, scale } = at;
     assert!((1..=ATTEND_TOKENS).contains(&tokens) && n0 >= 1, "attend_tokens: {tokens} tokens from length {n0}");
@@ -417,46 +420,20 @@ pub fn attend_tokens<K: KvRead, const TOKENS_AT_ONCE: usize>(
                     }
                 }
                 // Tokens whose groups of four cover the whole block (a suffix of them: a
-                // token's length grows with `t`) go two at a time; the others, and an odd
-                // one left over, one at a time.
+                // token's length grows with `t`) go `VALUE_TOKENS` at a time; the others, and
+                // those left over, one at a time.
                 let full = |t: usize| length(t, end) / 4 * 4 >= s0 + VALUE_BLOCK;
                 let first_full = (0..tokens).find(|&t| full(t)).unwrap_or(tokens);
-                let pairs_end = first_full + (tokens - first_full) / 2 * 2;
-                for t in (first_full..pairs_end).step_by(2) {
-                    let p0 = &scores[t * SPAN + s0 - start..t * SPAN + s0 - start + VALUE_BLOCK];
-                    let p1 = &scores[(t + 1) * SPAN + s0 - start..(t + 1) * SPAN + s0 - start + VALUE_BLOCK];
-                    let (acc0, acc1) = acc[4 * t * hd..4 * (t + 2) * hd].split_at_mut(4 * hd);
-                    // `PAIR_DIMS` dimensions of both tokens' four accumulators in registers (eight
-                    // 8-lane vectors, which leaves AVX2's other eight for the values and
-                    // the two tokens' weights).
-                    const PAIR_DIMS: usize = 8;
-                    for d0 in (0..hd).step_by(PAIR_DIMS) {
-                        let (c, w) = (d0 / DIM_CHUNK, d0 % DIM_CHUNK);
-                        let vc = &block[c * VALUE_BLOCK * DIM_CHUNK..(c + 1) * VALUE_BLOCK * DIM_CHUNK];
-                        let mut r0: [[f32; PAIR_DIMS]; 4] = [[0.0; PAIR_DIMS]; 4];
-                        let mut r1: [[f32; PAIR_DIMS]; 4] = [[0.0; PAIR_DIMS]; 4];
-                        for u in 0..4 {
-                            r0[u].copy_from_slice(&acc0[u * hd + d0..u * hd + d0 + PAIR_DIMS]);
-                            r1[u].copy_from_slice(&acc1[u * hd + d0..u * hd + d0 + PAIR_DIMS]);
-                        }
-                        for ((a0, a1), v4) in
-                            p0.chunks_exact(4).zip(p1.chunks_exact(4)).zip(vc.chunks_exact(4 * DIM_CHUNK))
-                        {
-                            for u in 0..4 {
-                                let v = &v4[u * DIM_CHUNK + w..u * DIM_CHUNK + w + PAIR_DIMS];
-                                for i in 0..PAIR_DIMS {
-                                    r0[u][i] += a0[u] * v[i];
-                                    r1[u][i] += a1[u] * v[i];
-                                }
-                            }
-                        }
-                        for u in 0..4 {
-                            acc0[u * hd + d0..u * hd + d0 + PAIR_DIMS].copy_from_slice(&r0[u]);
-                            acc1[u * hd + d0..u * hd + d0 + PAIR_DIMS].copy_from_slice(&r1[u]);
-                        }
-                    }
+                let tiles_end = first_full + (tokens - first_full) / VALUE_TOKENS * VALUE_TOKENS;
+                for t in (first_full..tiles_end).step_by(VALUE_TOKENS) {
+                    let weights = &scores[t * SPAN + s0 - start..];
+                    value_tile::<VALUE_TOKENS, VALUE_DIMS>(
+                        weights,
+                        block,
+                        &mut acc[4 * t * hd..4 * (t + VALUE_TOKENS) * hd],
+                    );
                 }
-                for t in (0..first_full).chain(pairs_end..tokens) {
+                for t in (0..first_full).chain(tiles_end..tokens) {
                     let n = length(t, end);
                     if s0 >= n {
                         continue;
@@ -514,6 +491,46 @@ pub fn attend_tokens<K: KvRead, const TOKENS_AT_ONCE: usize>(
     for t in 0..tokens {
         let spans_t = (n0 + t).div_ceil(SPAN);
         combine_spans(&parts[t * spans * pl..], pl, spans_t, &mut out[t * hd..(t + 1) * hd]);
+    }
+}
+
+/// The weighted values of one block of [`VALUE_BLOCK`] positions for `T` consecutive tokens
+/// whose groups of four cover the whole block: token `k`'s weights are
+/// `weights[k · SPAN..][..VALUE_BLOCK]`, its four accumulators of `head_dim` values
+/// `acc[4k · head_dim..]`, and accumulator `u` takes the block's positions `4i + u` in order
+/// (as in [`attend_heads`]). `block` holds the values widened, per chunk of [`DIM_CHUNK`]
+/// dimensions, position by position. `W` dimensions of all `4T` accumulators stay in
+/// registers over the whole block, and each value loaded serves all `T` tokens.
+#[inline(always)]
+fn value_tile<const T: usize, const W: usize>(weights: &[f32], block: &[f32], acc: &mut [f32]) {
+    let hd = acc.len() / (4 * T);
+    for d0 in (0..hd).step_by(W) {
+        let (c, w) = (d0 / DIM_CHUNK, d0 % DIM_CHUNK);
+        let chunk = &block[c * VALUE_BLOCK * DIM_CHUNK..(c + 1) * VALUE_BLOCK * DIM_CHUNK];
+        let mut r = [[[0f32; W]; 4]; T];
+        for (k, r) in r.iter_mut().enumerate() {
+            for (u, r) in r.iter_mut().enumerate() {
+                r.copy_from_slice(&acc[(4 * k + u) * hd + d0..(4 * k + u) * hd + d0 + W]);
+            }
+        }
+        let a: [&[f32; VALUE_BLOCK]; T] =
+            std::array::from_fn(|k| weights[k * SPAN..k * SPAN + VALUE_BLOCK].try_into().expect("a block of weights"));
+        for s in (0..VALUE_BLOCK).step_by(4) {
+            for u in 0..4 {
+                let v: &[f32; W] = chunk[(s + u) * DIM_CHUNK + w..(s + u) * DIM_CHUNK + w + W].try_into().expect("W");
+                for k in 0..T {
+                    let a = a[k][s + u];
+                    for i in 0..W {
+                        r[k][u][i] += a * v[i];
+                    }
+                }
+            }
+        }
+        for (k, r) in r.iter().enumerate() {
+            for (u, r) in r.iter().enumerate() {
+                acc[(4 * k + u) * hd + d0..(4 * k + u) * hd + d0 + W].copy_from_slice(r);
+            }
+        }
     }
 }
 
@@ -680,7 +697,14 @@ mod tests {
     }
 
     /// A prompt's tokens attended together give the bits of each token decoded alone.
-    fn check_tokens_together<K: KvRead, const TOKENS_AT_ONCE: usize>(narrow: impl Fn(f32) -> K::Elem) {
+    fn check_tokens_together<
+        K: KvRead,
+        const TOKENS_AT_ONCE: usize,
+        const VALUE_TOKENS: usize,
+        const VALUE_DIMS: usize,
+    >(
+        narrow: impl Fn(f32) -> K::Elem,
+    ) {
         for (hd, n_heads, group, n0, tokens) in [
             (64, 4, 1, 1, 8),
             (64, 2, 2, 30, 3),
@@ -693,6 +717,9 @@ mod tests {
             (96, 1, 1, 1, 32),
             (64, 2, 1, 240, 32),
             (40, 2, 2, 500, 27),
+            // A prompt of one token; one token after a cache reused past a span.
+            (32, 4, 2, 1, 1),
+            (32, 2, 2, 300, 1),
         ] {
             let n = n0 + tokens - 1;
             let (q, keys, values) = attention_case(hd, n_heads * ATTEND_TOKENS, group, n, (hd * n + tokens) as u32);
@@ -708,7 +735,16 @@ mod tests {
                 // Whatever the scratch holds must not matter.
                 let mut scratch = vec![f32::NAN; attend_tokens_scratch_len(hd, n)];
                 let mut together = vec![f32::NAN; ATTEND_TOKENS * hd];
-                attend_tokens::<K, TOKENS_AT_ONCE>(q, at, &keys, &values, &mut scratch, n0, tokens, &mut together);
+                attend_tokens::<K, TOKENS_AT_ONCE, VALUE_TOKENS, VALUE_DIMS>(
+                    q,
+                    at,
+                    &keys,
+                    &values,
+                    &mut scratch,
+                    n0,
+                    tokens,
+                    &mut together,
+                );
                 for t in 0..tokens {
                     let alone = attend_spans::<K>(&q[t * hd..(t + 1) * hd], at, &keys, &values, n0 + t);
                     assert_eq!(alone, together[t * hd..(t + 1) * hd], "hd {hd} head {h} token {t} of {tokens}");
@@ -721,10 +757,13 @@ mod tests {
     #[test]
     fn prompt_tokens_attended_together_equal_each_alone() {
         // Every kernel set's number of tokens in registers (see `float_ops!`).
-        check_tokens_together::<F32Kv, 4>(|x| x);
-        check_tokens_together::<F16Kv, 4>(|x| half::f16::from_f32(x).to_bits());
-        check_tokens_together::<F32Kv, 8>(|x| x);
-        check_tokens_together::<F16Kv, 8>(|x| half::f16::from_f32(x).to_bits());
+        check_tokens_together::<F32Kv, 4, 2, 8>(|x| x);
+        check_tokens_together::<F16Kv, 4, 2, 8>(|x| half::f16::from_f32(x).to_bits());
+        check_tokens_together::<F32Kv, 8, 4, 16>(|x| x);
+        check_tokens_together::<F16Kv, 8, 4, 16>(|x| half::f16::from_f32(x).to_bits());
+        // Other tiles: one token, an odd number, the widest dimensions.
+        check_tokens_together::<F32Kv, 8, 1, 32>(|x| x);
+        check_tokens_together::<F32Kv, 4, 3, 16>(|x| x);
     }
 
     #[test]

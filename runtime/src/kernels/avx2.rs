@@ -527,4 +527,4 @@ impl super::attend::KvRead for F16Lanes {
     }
 }
 
-float_ops!("avx2,fma,f16c", tokens = 4);
+float_ops!("avx2,fma,f16c", tokens = 4, value_tile = (2, 8));

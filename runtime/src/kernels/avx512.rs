@@ -376,4 +376,4 @@ impl super::attend::KvRead for F16Lanes {
     }
 }
 
-float_ops!("avx512f,avx512bw", tokens = 8);
+float_ops!("avx512f,avx512bw", tokens = 8, value_tile = (4, 16));

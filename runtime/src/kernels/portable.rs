@@ -79,4 +79,4 @@ pub fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     dot_by(x, |i| f32::from(row[i] as i8))
 }
 
-float_ops!(tokens = 4);
+float_ops!(tokens = 4, value_tile = (2, 8));
