@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod attention;
+pub mod batch;
 pub mod bench;
 pub mod chat;
 pub mod chat_template;
@@ -31,4 +32,4 @@ pub mod session;
 pub mod tokenizer;
 
 pub use loader::ModelFile;
-pub use model::{KvType, Model, Stage, State};
+pub use model::{KvType, Model, Scratch, Stage, State};
