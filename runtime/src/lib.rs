@@ -28,6 +28,7 @@ pub mod perplexity;
 #[allow(unsafe_code)] // lifetime-erased jobs and disjoint band writes: see pool/
 pub mod pool;
 pub mod sampler;
+pub mod serve;
 pub mod session;
 pub mod tokenizer;
 
