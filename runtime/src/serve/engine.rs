@@ -42,7 +42,8 @@ pub struct Job {
 /// What the engine sends a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// Text the request's output continues with.
+    /// A generated token's text (empty when it completes no character yet or is held
+    /// back as the possible start of a stop string), or the text held back at the end.
     Text(String),
     /// The end of the output.
     Done { finish: Finish, prompt_tokens: usize, completion_tokens: usize },
@@ -284,7 +285,9 @@ impl<'s> Runner<'s> {
                     return Some(Finish::Stop);
                 }
             };
-            send_text(&a.job.events, text);
+            // One event per token, even when its text is held back or empty (a stream then
+            // shows every token's arrival, as OpenAI's and llama.cpp's do).
+            let _ = a.job.events.send(Event::Text(text));
             if hit {
                 return Some(Finish::Stop);
             }
