@@ -42,6 +42,10 @@ pub fn run(opts: ServeOptions) -> Result<()> {
     if opts.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
+    // The engine takes queued requests between steps: a queue of 0 would refuse them all.
+    if opts.queue == 0 {
+        bail!("--queue must be at least 1");
+    }
     let session = Arc::new(Session::open(&opts.model, false)?);
     let max = session.model.config().max_positions as usize;
     let ctx = opts.ctx.unwrap_or(max.min(DEFAULT_CTX));
