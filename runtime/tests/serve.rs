@@ -160,6 +160,18 @@ async fn chat_streams_the_same_text_as_it_returns_whole() {
     let finish = whole["choices"][0]["finish_reason"].as_str().unwrap();
     assert!(["stop", "length"].contains(&finish), "{whole}");
 
+    // The same reply as `tern chat --temp 0` gives to that message.
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["chat", demo_model().to_str().unwrap(), "--temp", "0", "-n", "24"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut chat.stdin.take().unwrap(), b"Who is Mr. Darcy?\n").unwrap();
+    let out = String::from_utf8(chat.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(out.trim_end_matches('\n'), text(&whole));
+
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
     streamed["stream_options"] = json!({"include_usage": true});
