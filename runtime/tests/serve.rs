@@ -326,6 +326,16 @@ async fn a_client_that_disconnects_frees_its_slot() {
     assert_eq!(st, 200, "{v}");
     let waited = t0.elapsed();
     assert!(waited < Duration::from_secs(3), "the next request waited {waited:?}");
+
+    // A client that gives up on a whole (not streamed) answer frees its slot too.
+    let long = json!({"prompt": "Emma", "max_tokens": 200}).to_string();
+    let quick = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
+    assert!(quick.post(s.url("/v1/completions")).body(long).send().await.is_err());
+    let t0 = Instant::now();
+    let (st, v) = post(&s, "/v1/completions", &json!({"prompt": "Mr.", "max_tokens": 3})).await;
+    assert_eq!(st, 200, "{v}");
+    let waited = t0.elapsed();
+    assert!(waited < Duration::from_secs(3), "after a whole answer's client left, the next request waited {waited:?}");
 }
 
 /// A body as JSON.
