@@ -208,6 +208,31 @@ async fn streamed_completions_end_with_a_finish_reason_and_done() {
 }
 
 #[tokio::test]
+async fn a_stop_string_split_across_tokens_ends_the_text_before_it() {
+    let s = Server::start(&[]);
+    let body = json!({"prompt": PROMPTS[0], "max_tokens": 20, "temperature": 0, "stream": true});
+    let r = client().post(s.url("/v1/completions")).body(body.to_string()).send().await.unwrap();
+    let events = sse_events(&r.text().await.unwrap());
+    let pieces: Vec<String> = events[..events.len() - 2]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"].as_str().unwrap().to_string())
+        .collect();
+    // A stop string made of the end of one token's text and the start of the next's.
+    let i = (2..pieces.len() - 1).find(|&i| pieces[i].len() >= 2 && pieces[i + 1].len() >= 2).unwrap();
+    let (a, b) = (&pieces[i], &pieces[i + 1]);
+    let stop = format!("{}{}", &a[a.len() - 2..], &b[..2]);
+    let before: String = pieces[..i].concat() + &a[..a.len() - 2];
+    let full: String = pieces.concat();
+    assert!(!before.contains(&stop), "the stop string {stop:?} is found earlier in {full:?}");
+    let (status, v) =
+        post(&s, "/v1/completions", &json!({"prompt": PROMPTS[0], "max_tokens": 20, "temperature": 0, "stop": stop}))
+            .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(text(&v), before, "stop {stop:?} in {full:?}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
 async fn concurrent_requests_equal_their_solo_results() {
     let s = Server::start(&["--parallel", "3"]);
     let bodies: Vec<Value> = PROMPTS
