@@ -20,6 +20,9 @@ use std::sync::Arc;
 /// The context of each slot when `--ctx-size` is not given: the model's, up to this.
 pub const DEFAULT_CTX: usize = 4096;
 
+/// The most slots a server may have (each step's buffers hold a row per slot).
+pub const MAX_PARALLEL: usize = 256;
+
 /// What `tern serve` was asked for.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -39,8 +42,8 @@ pub struct ServeOptions {
 /// Loads the model, starts the engine and serves until the process is stopped. Prints
 /// `listening on http://HOST:PORT` (the port actually bound: `--port 0` picks a free one).
 pub fn run(opts: ServeOptions) -> Result<()> {
-    if opts.parallel == 0 {
-        bail!("--parallel must be at least 1");
+    if !(1..=MAX_PARALLEL).contains(&opts.parallel) {
+        bail!("--parallel {} is outside 1..={MAX_PARALLEL}", opts.parallel);
     }
     // The engine takes queued requests between steps: a queue of 0 would refuse them all.
     if opts.queue == 0 {
