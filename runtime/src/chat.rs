@@ -24,6 +24,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// model's EOS ids.
 const END_OF_TURN: [&str; 4] = ["<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>"];
 
+/// The ids that end a reply: the model's EOS ids and the end-of-turn tokens its
+/// tokenizer has (the server's chat completions stop at the same ones).
+pub fn end_ids(model: &Model, tok: &TextTokenizer) -> Vec<u32> {
+    let mut ids: Vec<u32> = model.config().eos_ids().collect();
+    ids.extend(END_OF_TURN.iter().filter_map(|t| tok.token_id(t)));
+    ids
+}
+
 /// Settings of a conversation.
 #[derive(Debug, Clone)]
 pub struct ChatOptions {
@@ -85,8 +93,7 @@ impl<'m> Chat<'m> {
     pub fn new(model: &'m Model, tok: &'m TextTokenizer, template: ChatTemplate, opts: ChatOptions) -> Result<Self> {
         let c = model.config();
         let st = State::with_kv(c, opts.ctx, DEFAULT_BATCH, opts.kv_type)?;
-        let mut end_ids: Vec<u32> = c.eos_ids().collect();
-        end_ids.extend(END_OF_TURN.iter().filter_map(|t| tok.token_id(t)));
+        let end_ids = end_ids(model, tok);
         let stops = if template.is_fallback() { vec![FALLBACK_STOP.to_string()] } else { Vec::new() };
         let sampler = Sampler::new(opts.sampler, opts.seed, c.vocab_size as usize);
         Ok(Chat { model, tok, template, opts, turns: Vec::new(), st, cached: Vec::new(), end_ids, stops, sampler })

@@ -82,6 +82,16 @@ impl<'s> StopFilter<'s> {
         StopFilter { stops, pending: String::new() }
     }
 
+    /// A filter that goes on from text held back earlier (a server keeps only that between steps).
+    pub(crate) fn resume(stops: &'s [String], pending: String) -> Self {
+        StopFilter { stops, pending }
+    }
+
+    /// The text held back, to resume from.
+    pub(crate) fn into_pending(self) -> String {
+        self.pending
+    }
+
     /// The text held back so far.
     pub(crate) fn pending(&self) -> &str {
         &self.pending

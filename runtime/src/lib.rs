@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod attention;
+pub mod batch;
 pub mod bench;
 pub mod chat;
 pub mod chat_template;
@@ -27,8 +28,9 @@ pub mod perplexity;
 #[allow(unsafe_code)] // lifetime-erased jobs and disjoint band writes: see pool/
 pub mod pool;
 pub mod sampler;
+pub mod serve;
 pub mod session;
 pub mod tokenizer;
 
 pub use loader::ModelFile;
-pub use model::{KvType, Model, Stage, State};
+pub use model::{KvType, Model, Scratch, Stage, State};

@@ -31,6 +31,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Chat with the model, using its own chat template
     Chat(chat_cli::ChatArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API, decoding requests together
+    Serve(ServeArgs),
     /// Print logits for given token ids as JSON
     Logits {
         model: PathBuf,
@@ -138,11 +140,56 @@ struct GenerateArgs {
     batch: usize,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    model: PathBuf,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the startup line says which)
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Requests decoded together, each in a slot with its own KV cache
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Context positions of each slot, prompt included (default: the model's, at most 4096)
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<usize>,
+    /// Requests that may wait for a free slot; more get 503
+    #[arg(long, default_value_t = 16)]
+    queue: usize,
+    /// Require `Authorization: Bearer KEY` on /v1/*
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Worker threads (default: the physical cores this process may use)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// KV cache type: f32 (exact, as the reference), or f16 (half the memory and the bytes read per token)
+    #[arg(long = "cache-type", value_enum, default_value_t = KvType::F32)]
+    kv: KvType,
+}
+
+fn cmd_serve(args: ServeArgs) -> Result<()> {
+    tern::serve::run(tern::serve::ServeOptions {
+        model: args.model,
+        host: args.host,
+        port: args.port,
+        parallel: args.parallel,
+        ctx: args.ctx_size,
+        queue: args.queue,
+        api_key: args.api_key,
+        threads: thread_count(args.threads)?,
+        kv_type: args.kv,
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => with_threads(args.threads, |n| cmd_generate(args, n)),
         Command::Chat(args) => with_threads(args.threads, |_| chat_cli::run(args)),
+        // The engine thread runs the pool of its own.
+        Command::Serve(args) => cmd_serve(args),
         Command::Logits { model, tokens, all, threads, batch } => {
             with_threads(threads, |_| cmd_logits(&model, &tokens, all, batch))
         }
@@ -173,6 +220,12 @@ fn main() -> ExitCode {
 
 /// Runs the command `f` with `threads` threads (default: [`tern::cpus::default_threads`]).
 fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce(usize) -> Result<T> + Send) -> Result<T> {
+    let n = thread_count(threads)?;
+    tern::pool::with_threads(n, || f(n)).context("starting worker threads")?
+}
+
+/// The `--threads` given (checked, with a warning above the CPUs here), or the default.
+fn thread_count(threads: Option<usize>) -> Result<usize> {
     let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = threads.unwrap_or_else(tern::cpus::default_threads);
     if n == 0 {
@@ -181,7 +234,7 @@ fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce(usize) -> Result
     if n > logical {
         eprintln!("tern: warning: --threads {n} is more than the {logical} CPUs here; expect it to be slower");
     }
-    tern::pool::with_threads(n, || f(n)).context("starting worker threads")?
+    Ok(n)
 }
 
 fn open_model(path: &Path, verify: bool) -> Result<(Model, TextTokenizer)> {

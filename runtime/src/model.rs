@@ -22,9 +22,12 @@
 //! [`crate::kernels`], chosen once at load.
 //!
 //! The weights are ranges into the memory-mapped file ([`ModelFile`]); everything that
-//! changes while running lives in [`State`], allocated once. Prompts run in chunks of up
+//! changes while running lives in [`State`], allocated once: a sequence's [`Attention`]
+//! (its KV cache) and the [`Scratch`] of a step's rows. Prompts run in chunks of up
 //! to [`State`]'s batch size, layer by layer, so each weight row is used for every token
 //! of the chunk; a single token is a chunk of one and takes the very same code path.
+//! The rows of a step need not belong to one sequence: [`crate::batch`] runs rows of
+//! several sequences through one pass, each layer's attention per sequence.
 
 use crate::attention::Attention;
 use crate::kernels::Kernels;
@@ -184,7 +187,7 @@ impl Model {
         self.run(st, tokens, pos, None, None)?;
         let vocab = self.config.vocab_size as usize;
         let n = (tokens.len() - 1) % st.batch + 1;
-        Ok(&st.logits[(n - 1) * vocab..n * vocab])
+        Ok(&st.scratch.logits[(n - 1) * vocab..n * vocab])
     }
 
     /// Runs `tokens` and hands the logits of every position to `sink(pos, logits)`.
@@ -224,9 +227,11 @@ impl Model {
         let mut out = Vec::with_capacity(inputs.len());
         for (c, chunk) in inputs.chunks(st.batch * h).enumerate() {
             let n = chunk.len() / h;
-            st.x[..chunk.len()].copy_from_slice(chunk);
-            self.layer(st, layer, n, pos + c * st.batch);
-            out.extend_from_slice(&st.x[..chunk.len()]);
+            let p0 = pos + c * st.batch;
+            let State { scratch, attention, .. } = st;
+            scratch.x[..chunk.len()].copy_from_slice(chunk);
+            self.layer(scratch, layer, n, &mut |k, l, q, key, v, out| attention.forward(k, l, p0, q, key, v, out));
+            out.extend_from_slice(&scratch.x[..chunk.len()]);
         }
         Ok(out)
     }
@@ -254,27 +259,22 @@ impl Model {
         mut all_logits: Option<LogitsSink>,
         mut trace: Option<TraceSink>,
     ) -> Result<()> {
-        let c = &self.config;
-        let (h, vocab) = (c.hidden_size as usize, c.vocab_size as usize);
+        let h = self.config.hidden_size as usize;
         self.check_span(st, tokens.len(), pos)?;
-        if let Some(&bad) = tokens.iter().find(|&&t| t >= c.vocab_size) {
-            bail!("token id {bad} is not below the vocabulary size {vocab}");
-        }
-        let bytes = self.file.bytes();
+        self.check_tokens(tokens)?;
         let last_chunk = (tokens.len() - 1) / st.batch;
         for (ci, chunk) in tokens.chunks(st.batch).enumerate() {
             let n = chunk.len();
             let p0 = pos + ci * st.batch;
-            for (t, &tok) in chunk.iter().enumerate() {
-                self.embed.row(bytes, tok as usize, &mut st.x[t * h..(t + 1) * h]);
-            }
+            let State { scratch: st, attention, .. } = &mut *st;
+            self.embed_rows(st, chunk);
             for l in 0..self.layers.len() {
                 if let Some(tr) = trace.as_mut() {
                     for t in 0..n {
                         tr(l, p0 + t, Stage::LayerInput, &st.x[t * h..(t + 1) * h]);
                     }
                 }
-                self.layer(st, l, n, p0);
+                self.layer(st, l, n, &mut |k, l, q, key, v, out| attention.forward(k, l, p0, q, key, v, out));
                 if let Some(tr) = trace.as_mut() {
                     for t in 0..n {
                         tr(l, p0 + t, Stage::LayerOutput, &st.x[t * h..(t + 1) * h]);
@@ -288,9 +288,7 @@ impl Model {
                 (None, false) => 0..0,
             };
             for t in wanted {
-                let logits = &mut st.logits[t * vocab..(t + 1) * vocab];
-                rmsnorm(&mut st.xn[..h], &st.x[t * h..(t + 1) * h], &self.output_norm, c.rms_eps);
-                self.output.matvec(&self.kernels, bytes, &st.xn[..h], logits);
+                let logits = self.row_logits(st, t);
                 if let Some(sink) = all_logits.as_mut() {
                     sink(p0 + t, logits);
                 }
@@ -299,14 +297,48 @@ impl Model {
         Ok(())
     }
 
-    /// One transformer block over the `n` tokens in `st.x` at positions `p0..p0 + n`.
-    fn layer(&self, st: &mut State, l: usize, n: usize, p0: usize) {
+    /// Every token id must index the vocabulary.
+    pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t >= vocab) {
+            bail!("token id {bad} is not below the vocabulary size {vocab}");
+        }
+        Ok(())
+    }
+
+    /// The number of transformer blocks.
+    pub(crate) fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The embeddings of `tokens` (checked ids) into the first rows of `st.x`.
+    pub(crate) fn embed_rows(&self, st: &mut Scratch, tokens: &[u32]) {
+        let h = self.config.hidden_size as usize;
+        for (t, &tok) in tokens.iter().enumerate() {
+            self.embed.row(self.file.bytes(), tok as usize, &mut st.x[t * h..(t + 1) * h]);
+        }
+    }
+
+    /// The logits of row `t` of `st.x` (after the last layer): the final norm and the
+    /// output projection, into row `t` of `st.logits`.
+    pub(crate) fn row_logits<'s>(&self, st: &'s mut Scratch, t: usize) -> &'s [f32] {
+        let c = &self.config;
+        let (h, vocab) = (c.hidden_size as usize, c.vocab_size as usize);
+        let logits = &mut st.logits[t * vocab..(t + 1) * vocab];
+        rmsnorm(&mut st.xn[..h], &st.x[t * h..(t + 1) * h], &self.output_norm, c.rms_eps);
+        self.output.matvec(&self.kernels, self.file.bytes(), &st.xn[..h], logits);
+        logits
+    }
+
+    /// One transformer block over the `n` rows in `st.x`; `attend` runs the attention of
+    /// their sequences (each row's position and KV cache are its business).
+    pub(crate) fn layer(&self, st: &mut Scratch, l: usize, n: usize, attend: AttendRows) {
         let c = &self.config;
         let (h, qd, kvd, inter) = (c.hidden_size as usize, c.q_dim(), c.kv_dim(), c.intermediate_size as usize);
         let (kernels, file, eps) = (&self.kernels, self.file.bytes(), c.rms_eps);
         let w = &self.layers[l];
         if let (Some(norms), Some(lin_eps)) = (&w.in_norms, c.linear.norm_eps) {
-            return self.layer_with_input_norms(st, l, n, p0, norms, lin_eps);
+            return self.layer_with_input_norms(st, l, n, attend, norms, lin_eps);
         }
 
         // Attention: norm, q/k/v from one quantized input, attention (RoPE, KV cache),
@@ -315,7 +347,7 @@ impl Model {
         let qkv = [&mut st.q[..], &mut st.k[..], &mut st.v[..]];
         matmul::bitlinear(kernels, file, [&w.wq, &w.wk, &w.wv], &mut st.input, qkv, [Combine::Store; 3]);
         let (q, k, v) = (&mut st.q[..n * qd], &mut st.k[..n * kvd], &st.v[..n * kvd]);
-        st.attention.forward(kernels, l, p0, q, k, v, &mut st.att[..n * qd]);
+        attend(kernels, l, q, k, v, &mut st.att[..n * qd]);
         let (gain, norm_eps) = self.sub_norm(w.attn_sub_norm.as_deref());
         st.input.quantize(kernels, &st.att, n, qd, gain, norm_eps);
         matmul::bitlinear(kernels, file, [&w.wo], &mut st.input, [&mut st.x[..]], [Combine::Add]);
@@ -332,7 +364,15 @@ impl Model {
     /// (SPEC.md §8a): the block's norm (and sub-norms) first, into `st.normed`, then per
     /// projection its own RMSNorm fused with the quantization. q, k and v (and gate and up)
     /// share an input but not a norm gain, so each quantizes its own.
-    fn layer_with_input_norms(&self, st: &mut State, l: usize, n: usize, p0: usize, g: &InNorms, lin_eps: f32) {
+    fn layer_with_input_norms(
+        &self,
+        st: &mut Scratch,
+        l: usize,
+        n: usize,
+        attend: AttendRows,
+        g: &InNorms,
+        lin_eps: f32,
+    ) {
         let c = &self.config;
         let (h, qd, kvd, inter) = (c.hidden_size as usize, c.q_dim(), c.kv_dim(), c.intermediate_size as usize);
         let (kernels, file, eps) = (&self.kernels, self.file.bytes(), c.rms_eps);
@@ -347,7 +387,7 @@ impl Model {
             matmul::bitlinear(kernels, file, [wt], &mut st.input, [dst], [Combine::Store]);
         }
         let (q, k, v) = (&mut st.q[..n * qd], &mut st.k[..n * kvd], &st.v[..n * kvd]);
-        st.attention.forward(kernels, l, p0, q, k, v, &mut st.att[..n * qd]);
+        attend(kernels, l, q, k, v, &mut st.att[..n * qd]);
         let att = normed_rows(&mut st.normed, &st.att, n, qd, w.attn_sub_norm.as_deref(), eps);
         st.input.quantize(kernels, att, n, qd, &g.o, lin);
         matmul::bitlinear(kernels, file, [&w.wo], &mut st.input, [&mut st.x[..]], [Combine::Add]);
@@ -397,6 +437,10 @@ fn normed_rows<'a>(
     normed
 }
 
+/// Runs layer `layer`'s attention of a step's rows: `(kernels, layer, q, k, v, out)`, as
+/// [`Attention::forward`] takes them (the rows' sequences and positions are the caller's).
+pub(crate) type AttendRows<'a> = &'a mut dyn FnMut(&Kernels, usize, &mut [f32], &mut [f32], &[f32], &mut [f32]);
+
 /// Receives `(position, logits)`.
 pub type LogitsSink<'a> = &'a mut dyn FnMut(usize, &[f32]);
 /// Receives `(layer, position, stage, hidden state)`.
@@ -417,6 +461,15 @@ pub enum Stage {
 pub struct State {
     max_seq: usize,
     batch: usize,
+    scratch: Scratch,
+    /// The KV cache and what else attention keeps.
+    attention: Attention,
+}
+
+/// The buffers of one step's rows (tokens of one sequence or of several), allocated once
+/// for up to `rows` rows.
+pub struct Scratch {
+    rows: usize,
     /// The hidden state, one row per token of the chunk.
     x: Vec<f32>,
     /// The final norm of one token, before the output projection.
@@ -433,8 +486,6 @@ pub struct State {
     /// A block-normed input, for models whose projections norm their input again
     /// (SPEC.md §8a; empty for the others).
     normed: Vec<f32>,
-    /// The KV cache and what else attention keeps.
-    attention: Attention,
     logits: Vec<f32>,
 }
 
@@ -454,26 +505,11 @@ impl State {
             bail!("context of {max_seq} positions is outside 1..={} (the model's maximum)", config.max_positions);
         }
         let batch = batch.clamp(1, max_seq);
-        let c = config;
-        let (h, qd, kvd, inter, vocab) =
-            (c.hidden_size as usize, c.q_dim(), c.kv_dim(), c.intermediate_size as usize, c.vocab_size as usize);
-        let widest = h.max(qd).max(inter);
-        // Products of the widest fused projection: q/k/v or gate/up.
-        let rows = (qd + 2 * kvd).max(2 * inter).max(h);
         Ok(State {
             max_seq,
             batch,
-            x: vec![0.0; batch * h],
-            xn: vec![0.0; h],
-            input: Input::new(batch, widest, rows),
-            q: vec![0.0; batch * qd],
-            k: vec![0.0; batch * kvd],
-            v: vec![0.0; batch * kvd],
-            att: vec![0.0; batch * qd],
-            gate: vec![0.0; batch * inter],
-            normed: vec![0.0; if c.linear.norm_eps.is_some() { batch * widest } else { 0 }],
-            attention: Attention::new(c, max_seq, batch, kv_type)?,
-            logits: vec![0.0; batch * vocab],
+            scratch: Scratch::new(config, batch),
+            attention: Attention::new(config, max_seq, batch, kv_type)?,
         })
     }
 
@@ -488,5 +524,35 @@ impl State {
     /// Bytes held by the KV cache.
     pub fn kv_cache_bytes(&self) -> usize {
         self.attention.cache_bytes()
+    }
+}
+
+impl Scratch {
+    /// Buffers for steps of up to `rows` rows (at least one).
+    pub fn new(c: &ModelConfig, rows: usize) -> Self {
+        let rows = rows.max(1);
+        let (h, qd, kvd, inter, vocab) =
+            (c.hidden_size as usize, c.q_dim(), c.kv_dim(), c.intermediate_size as usize, c.vocab_size as usize);
+        let widest = h.max(qd).max(inter);
+        // Products of the widest fused projection: q/k/v or gate/up.
+        let products = (qd + 2 * kvd).max(2 * inter).max(h);
+        Scratch {
+            rows,
+            x: vec![0.0; rows * h],
+            xn: vec![0.0; h],
+            input: Input::new(rows, widest, products),
+            q: vec![0.0; rows * qd],
+            k: vec![0.0; rows * kvd],
+            v: vec![0.0; rows * kvd],
+            att: vec![0.0; rows * qd],
+            gate: vec![0.0; rows * inter],
+            normed: vec![0.0; if c.linear.norm_eps.is_some() { rows * widest } else { 0 }],
+            logits: vec![0.0; rows * vocab],
+        }
+    }
+
+    /// The most rows a step can hold.
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 }

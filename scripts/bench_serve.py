@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Throughput of `tern serve` with 1, 2, 4 and 8 concurrent streams (a benchmark, not a test).
+
+  bench_serve.py TERN_BIN MODEL.tern [--threads 2] [--tokens 64] [--ctx-size 256] [--rounds 3]
+
+For each number of streams N, starts `tern serve MODEL --parallel N`, warms it up, then
+sends N streaming completions at once (temperature 0, distinct prompts) and measures per
+stream the time to first token and the decode rate after it, and overall the aggregate
+rate (all tokens over the wall time of the round). Rounds are repeated and medians
+reported. Prints a markdown table, with the server's RSS (VmRSS, and the peak VmHWM)
+after the rounds, read from /proc.
+"""
+
+import argparse
+import http.client
+import json
+import statistics
+import subprocess
+import threading
+import time
+from urllib.parse import urlparse
+
+PROMPTS = [
+    "It is a truth universally acknowledged, that a single man",
+    "The family of Dashwood had long been settled in Sussex.",
+    "Emma Woodhouse, handsome, clever, and rich, with a comfortable home",
+    "Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man",
+    "No one who had ever seen Catherine Morland in her infancy",
+    "About thirty years ago, Miss Maria Ward, of Huntingdon",
+    "Mr. Bennet was among the earliest of those who waited on Mr. Bingley.",
+    "Elinor, this eldest daughter, whose advice was so effectual,",
+]
+
+
+def stream_one(base, prompt, tokens, out):
+    u = urlparse(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    body = json.dumps({"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}})
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    first = last = None
+    usage = None
+    for raw in resp:
+        line = raw.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        # One chunk per token (its text may be empty: the synthetic model's tokens lie
+        # beyond its small tokenizer); the finish chunk carries no token.
+        if chunk["choices"] and chunk["choices"][0]["finish_reason"] is None:
+            now = time.perf_counter()
+            first = first or now
+            last = now
+    conn.close()
+    n = usage["completion_tokens"]
+    out.append({"ttft": first - t0, "tokens": n, "decode_tps": (n - 1) / max(last - first, 1e-9), "end": last})
+
+
+def rss(pid):
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            fields[k] = v.strip()
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def bench(args, n):
+    server = subprocess.Popen(
+        [args.tern, "serve", args.model, "--port", "0", "--parallel", str(n), "--threads", str(args.threads),
+         "--ctx-size", str(args.ctx_size)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        base = server.stdout.readline().strip().removeprefix("listening on ")
+        stream_one(base, "warm up", 8, [])
+        rounds = []
+        for _ in range(args.rounds):
+            results = []
+            threads = [threading.Thread(target=stream_one, args=(base, PROMPTS[i % len(PROMPTS)], args.tokens, results))
+                       for i in range(n)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = max(r["end"] for r in results) - t0
+            rounds.append({
+                "aggregate": sum(r["tokens"] for r in results) / wall,
+                "per_stream": statistics.median(r["decode_tps"] for r in results),
+                "ttft": statistics.median(r["ttft"] for r in results),
+                "tokens": sum(r["tokens"] for r in results),
+            })
+        return {
+            "streams": n,
+            "aggregate": statistics.median(r["aggregate"] for r in rounds),
+            "per_stream": statistics.median(r["per_stream"] for r in rounds),
+            "ttft": statistics.median(r["ttft"] for r in rounds),
+            "tokens": rounds[0]["tokens"],
+            "rss": rss(server.pid),
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("tern")
+    ap.add_argument("model")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--ctx-size", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--streams", default="1,2,4,8")
+    args = ap.parse_args()
+    rows = [bench(args, int(n)) for n in args.streams.split(",")]
+    one = rows[0]["aggregate"]
+    print(f"| streams (= --parallel) | aggregate tok/s | × 1 stream | per-stream decode tok/s | time to first token | RSS (peak) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['streams']} | {r['aggregate']:.1f} | {r['aggregate'] / one:.2f} | {r['per_stream']:.1f} | "
+              f"{r['ttft'] * 1e3:.0f} ms | {r['rss'][0]} ({r['rss'][1]}) |")
+
+
+if __name__ == "__main__":
+    main()
