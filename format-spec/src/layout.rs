@@ -10,7 +10,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub const MAGIC: [u8; 8] = *b"TERNB158";
 /// The format version this crate writes and the newest it reads. Version 1 files (no
 /// metadata region, no scale convention, one EOS id) are still read (SPEC.md, "Versioning").
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Every tensor's data starts at a multiple of this many bytes (SPEC.md, "Alignment").
 pub const TENSOR_ALIGN: u64 = 64;
 
