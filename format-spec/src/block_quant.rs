@@ -131,7 +131,7 @@ mod tests {
         pack_block(Encoding::Q6, f16::from_f32(0.5), &q, &mut b);
         // 0.5 is f16 0x3800; codes: 0, 63, 37, 31, 49, others 32 (0b10_0000).
         assert_eq!(b[..2], [0x00, 0x38]);
-        assert_eq!(b[2], 0x00 | 0x0F << 4); // code 0 low nibble 0; code 31 low nibble 15
+        assert_eq!(b[2], 0xF0); // value 0: code 0, low nibble 0; value 16: code 31, low nibble 15
         assert_eq!(b[3], 0x0F); // code 63 -> 15; value 17 is code 32 -> 0
         assert_eq!(b[2 + 8], 0x05); // code 37 -> 5; value 24 code 32 -> 0
         assert_eq!(b[2 + 15], 0x10); // code 32 -> 0; value 31 is code 49 -> 1

@@ -359,6 +359,50 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     s
 }
 
+block_dots!("avx512f");
+
+/// One q6 (`Q6`) or q4 block row: a block's 16 nibble bytes, widened to 16 int32 lanes,
+/// give the low bits of values 0..15 (masked) and 16..31 (shifted by 4); q6's 8 bytes of top
+/// bits, loaded twice into 16 lanes, are shifted per lane (0/2 for values 0..15, 4/6 for
+/// 16..31). Lane `l` then holds values `l` and `l + 16`, as the portable order wants.
+#[inline(always)]
+unsafe fn dot_blocks<const Q6: bool>(row: &[u8], x: &[f32]) -> f32 {
+    let (bb, blocks) = super::q_blocks(row, x, Q6);
+    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+    let zero = _mm512_set1_epi32(if Q6 { 32 } else { 8 });
+    let (nibble, three) = (_mm512_set1_epi32(0x0F), _mm512_set1_epi32(3));
+    let lo_shift = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+    let hi_shift = _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6);
+    let mut acc = _mm512_setzero_ps();
+    for b in 0..blocks {
+        // In bounds: block `b` is bytes `b·bb .. (b+1)·bb` of `row`, and its values
+        // `32b .. 32b + 32` of `x` (`q_blocks` checked both). Two blocks are under 64 bytes,
+        // so asking every other block asks for every line.
+        let blk = rp.add(b * bb);
+        if b % 2 == 0 {
+            _mm_prefetch::<_MM_HINT_NTA>(blk.wrapping_add(PREFETCH) as *const i8);
+        }
+        let d = _mm512_cvtph_ps(_mm256_set1_epi16((blk as *const i16).read_unaligned()));
+        let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(2) as *const __m128i));
+        let (mut lo, mut hi) = (_mm512_and_si512(v, nibble), _mm512_srli_epi32::<4>(v));
+        if Q6 {
+            let top = _mm512_cvtepu8_epi32(_mm_set1_epi64x((blk.add(18) as *const i64).read_unaligned()));
+            let bits = |shift| _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srlv_epi32(top, shift), three));
+            lo = _mm512_or_si512(lo, bits(lo_shift));
+            hi = _mm512_or_si512(hi, bits(hi_shift));
+        }
+        let qa = _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, zero));
+        let qb = _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, zero));
+        let xa = _mm512_loadu_ps(xp.add(32 * b));
+        let xb = _mm512_loadu_ps(xp.add(32 * b + 16));
+        let p = _mm512_add_ps(_mm512_mul_ps(qa, xa), _mm512_mul_ps(qb, xb));
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(d, p));
+    }
+    let mut lanes = [0f32; 16];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+    super::portable::sum16(lanes)
+}
+
 /// f16 keys and values widened by `vcvtph2ps`: only for this module's `attend` and
 /// `attend_tokens`, in the kernel sets [`super::Kernels`] builds after checking
 /// [`available`].
