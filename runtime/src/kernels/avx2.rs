@@ -506,7 +506,7 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     s
 }
 
-block_dots!("avx2,f16c");
+block_dots!("avx2,fma,f16c");
 
 /// One q6 (`Q6`) or q4 block row, the portable order's 16 lanes as two vectors of 8: half
 /// `h` takes nibble bytes `8h .. 8h + 8` (values `8h ..` masked, `16 + 8h ..` shifted by 4)
@@ -545,8 +545,8 @@ unsafe fn dot_blocks<const Q6: bool>(row: &[u8], x: &[f32]) -> f32 {
             let qb = _mm256_cvtepi32_ps(_mm256_sub_epi32(hi, zero));
             let xa = _mm256_loadu_ps(xp.add(32 * b + 8 * h));
             let xb = _mm256_loadu_ps(xp.add(32 * b + 16 + 8 * h));
-            let p = _mm256_add_ps(_mm256_mul_ps(qa, xa), _mm256_mul_ps(qb, xb));
-            *acc = _mm256_add_ps(*acc, _mm256_mul_ps(d, p));
+            let p = _mm256_fmadd_ps(qb, xb, _mm256_mul_ps(qa, xa));
+            *acc = _mm256_fmadd_ps(d, p, *acc);
         }
     }
     let mut lanes = [0f32; 16];

@@ -362,17 +362,23 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
 block_dots!("avx512f");
 
 /// One q6 (`Q6`) or q4 block row: a block's 16 nibble bytes, widened to 16 int32 lanes,
-/// give the low bits of values 0..15 (masked) and 16..31 (shifted by 4); q6's 8 bytes of top
-/// bits, loaded twice into 16 lanes, are shifted per lane (0/2 for values 0..15, 4/6 for
-/// 16..31). Lane `l` then holds values `l` and `l + 16`, as the portable order wants.
+/// give the low bits of values 0..15 (the low nibble) and 16..31 (shifted by 4). `vpermps`
+/// reads the low 4 bits of each lane as an index, so one permute from a 16-entry table turns
+/// a nibble into a float with no mask: q4's value `c - 8`, or q6's `lo - 32`. q6's 8 bytes of
+/// top bits, loaded twice into 16 lanes and shifted per lane (0/2 for values 0..15, 4/6 for
+/// 16..31), index a table of `16 · (i & 3)`, which is added. Lane `l` then holds values `l`
+/// and `l + 16`, as the portable order wants.
 #[inline(always)]
 unsafe fn dot_blocks<const Q6: bool>(row: &[u8], x: &[f32]) -> f32 {
     let (bb, blocks) = super::q_blocks(row, x, Q6);
     let (rp, xp) = (row.as_ptr(), x.as_ptr());
-    let zero = _mm512_set1_epi32(if Q6 { 32 } else { 8 });
-    let (nibble, three) = (_mm512_set1_epi32(0x0F), _mm512_set1_epi32(3));
+    // Every table entry and every sum below is a small integer: exact in f32.
+    let q6_low =
+        _mm512_setr_ps(-32., -31., -30., -29., -28., -27., -26., -25., -24., -23., -22., -21., -20., -19., -18., -17.);
+    let q6_high = _mm512_setr_ps(0., 16., 32., 48., 0., 16., 32., 48., 0., 16., 32., 48., 0., 16., 32., 48.);
     let lo_shift = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
     let hi_shift = _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6);
+    let q4_values = _mm512_setr_ps(-8., -7., -6., -5., -4., -3., -2., -1., 0., 1., 2., 3., 4., 5., 6., 7.);
     let mut acc = _mm512_setzero_ps();
     for b in 0..blocks {
         // In bounds: block `b` is bytes `b·bb .. (b+1)·bb` of `row`, and its values
@@ -384,19 +390,19 @@ unsafe fn dot_blocks<const Q6: bool>(row: &[u8], x: &[f32]) -> f32 {
         }
         let d = _mm512_cvtph_ps(_mm256_set1_epi16((blk as *const i16).read_unaligned()));
         let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(2) as *const __m128i));
-        let (mut lo, mut hi) = (_mm512_and_si512(v, nibble), _mm512_srli_epi32::<4>(v));
-        if Q6 {
+        let (qa, qb) = if Q6 {
             let top = _mm512_cvtepu8_epi32(_mm_set1_epi64x((blk.add(18) as *const i64).read_unaligned()));
-            let bits = |shift| _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srlv_epi32(top, shift), three));
-            lo = _mm512_or_si512(lo, bits(lo_shift));
-            hi = _mm512_or_si512(hi, bits(hi_shift));
-        }
-        let qa = _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, zero));
-        let qb = _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, zero));
+            let high = |shift| _mm512_permutexvar_ps(_mm512_srlv_epi32(top, shift), q6_high);
+            let lo = _mm512_permutexvar_ps(v, q6_low);
+            let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), q6_low);
+            (_mm512_add_ps(lo, high(lo_shift)), _mm512_add_ps(hi, high(hi_shift)))
+        } else {
+            (_mm512_permutexvar_ps(v, q4_values), _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), q4_values))
+        };
         let xa = _mm512_loadu_ps(xp.add(32 * b));
         let xb = _mm512_loadu_ps(xp.add(32 * b + 16));
-        let p = _mm512_add_ps(_mm512_mul_ps(qa, xa), _mm512_mul_ps(qb, xb));
-        acc = _mm512_add_ps(acc, _mm512_mul_ps(d, p));
+        let p = _mm512_fmadd_ps(qb, xb, _mm512_mul_ps(qa, xa));
+        acc = _mm512_fmadd_ps(d, p, acc);
     }
     let mut lanes = [0f32; 16];
     _mm512_storeu_ps(lanes.as_mut_ptr(), acc);

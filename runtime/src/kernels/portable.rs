@@ -95,8 +95,9 @@ pub fn dot_q4(row: &[u8], x: &[f32]) -> f32 {
 
 /// `sum(d_b · q[i] · x[i])` over the blocks of a q6/q4 row, in this order, which the SIMD
 /// kernels keep (so every kernel set gives the same bits): 16 lanes; for block `b`, lane
-/// `l` forms `p = q[l]·x[l] + q[l+16]·x[l+16]` (each product rounded, then the sum), then
-/// `acc[l] = acc[l] + d_b·p`; no fused multiply-adds. At the end [`sum16`] adds the lanes.
+/// `l` forms `p = fma(q[l+16], x[l+16], q[l]·x[l])`, then `acc[l] = fma(d_b, p, acc[l])`
+/// (fused multiply-adds, rounded once: `f32::mul_add`, which is exact IEEE `fma` on every
+/// target). At the end [`sum16`] adds the lanes.
 fn dot_blocks(row: &[u8], x: &[f32], encoding: Encoding) -> f32 {
     let bb = block_bytes(encoding);
     assert!(row.len().is_multiple_of(bb) && x.len() == row.len() / bb * QBLOCK, "whole blocks");
@@ -105,8 +106,8 @@ fn dot_blocks(row: &[u8], x: &[f32], encoding: Encoding) -> f32 {
         let (d, q) = unpack_block(encoding, blk);
         let d = d.to_f32();
         for l in 0..16 {
-            let p = f32::from(q[l]) * xb[l] + f32::from(q[l + 16]) * xb[l + 16];
-            acc[l] += d * p;
+            let p = f32::from(q[l + 16]).mul_add(xb[l + 16], f32::from(q[l]) * xb[l]);
+            acc[l] = d.mul_add(p, acc[l]);
         }
     }
     sum16(acc)
