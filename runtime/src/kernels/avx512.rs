@@ -279,6 +279,11 @@ pub unsafe fn read_sum(bytes: &[u8]) -> u64 {
 
 /// `sum(f16(row[i]) * x[i])` for a little-endian f16 row.
 ///
+/// Unlike the other one-token kernels it asks for no lines ahead: on the AVX-512 EPYC of
+/// BENCHMARKS.md ("Output types at the 2B-4T shape") the output matvec read 99–101% of the
+/// streaming probe without software prefetch and 71–80% with it (NTA or T0, 8 or 16 KB
+/// ahead), the hardware prefetchers following its one sequential stream on their own.
+///
 /// # Safety
 /// The CPU must support avx512f ([`available`]).
 #[target_feature(enable = "avx512f")]
@@ -289,7 +294,6 @@ pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
     let mut acc = [_mm512_setzero_ps(); 2];
     let mut i = 0;
     while i + 32 <= n {
-        _mm_prefetch::<_MM_HINT_NTA>(rp.wrapping_add(2 * i + PREFETCH) as *const i8);
         for (k, a) in acc.iter_mut().enumerate() {
             let h = _mm256_loadu_si256(rp.add(2 * (i + 16 * k)) as *const __m256i);
             *a = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_loadu_ps(xp.add(i + 16 * k)), *a);
