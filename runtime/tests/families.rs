@@ -166,7 +166,7 @@ fn inspect_shows_the_packed_fields() {
     assert!(o.status.success());
     let s = String::from_utf8(o.stdout).unwrap();
     for want in [
-        "format version 2)",
+        "format version 3)",
         "weights       pre-packed ternary weights and weight_scale, copied as given",
         "scale         divide (y = dot / (scale · s_x))",
         "tokens        bos 1, eos 2 7, pad -",
