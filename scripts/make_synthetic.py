@@ -8,6 +8,16 @@ names and numerics are what the fixtures test.
 
   make_synthetic.py --preset fixtures           # the committed fixtures under fixtures/
   make_synthetic.py --preset large -o DIR       # bitnet_b1_58-large shape, 2.9 GB F32 (do not commit)
+  make_synthetic.py --preset 2b4t -o DIR        # bitnet-b1.58-2B-4T shape, pre-packed, 1.2 GB (do not commit)
+
+The 2b4t preset is microsoft/bitnet-b1.58-2B-4T's published layout (BitNetForCausalLM,
+autobitlinear, offline): every BitLinear weight U8 [out/4, in] in transformers' packing
+(byte [r, c] holds in bit pair i the code w+1 of output row i*(out/4)+r, column c) with a
+BF16 [1] weight_scale, sub-norms, ReLU², a tied BF16 embedding; hidden 2560, intermediate
+6912, 30 layers, 20/5 heads, vocab 128256. The packed bytes are drawn directly (codes 0/1/2
+in every bit pair, never 3), which is exactly the set of packings transformers' pack_weights
+produces; the tokenizer and its config come from fixtures/bitnet-2b-tiny (its ids are all below
+the vocabulary). Tensors are written in row chunks, so memory stays near 200 MB.
 """
 import argparse
 import json
@@ -31,6 +41,8 @@ FIXTURE_SHAPES = {
     "tiny-odd-gqa-bf16": dict(hidden=96, inter=200, layers=2, heads=6, kv=2, vocab=512, dtype="BF16", tied=True, shards=1),
     "tiny-f16-sharded": dict(hidden=64, inter=172, layers=2, heads=2, kv=2, vocab=512, dtype="F16", tied=False, shards=2),
 }
+SHAPE_2B4T = dict(hidden=2560, inter=6912, layers=30, heads=20, kv=5, vocab=128256)
+TINY_2B = os.path.join(FIXTURES, "bitnet-2b-tiny")
 LARGE = dict(hidden=1536, inter=4096, layers=24, heads=16, kv=16, vocab=32002, dtype="F32", tied=True, shards=1)
 
 
@@ -123,10 +135,81 @@ def make(folder, s, seed, tokenizer, max_pos=128, generation=None):
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
 
+class Chunk:
+    """`rows` rows of a tensor, drawn when called (st.write's chunked producers)."""
+
+    def __init__(self, rows, draw):
+        self.rows, self.draw = rows, draw
+
+    def __len__(self):
+        return self.rows
+
+    def __call__(self):
+        return self.draw(self.rows)
+
+
+def chunked(rows, cols, draw, per=8192):
+    """A producer of `rows` x `cols` in chunks of `per` rows, each `draw(n)`."""
+    return lambda: [Chunk(min(per, rows - r), draw) for r in range(0, rows, per)]
+
+
+def make_2b4t(folder, seed=24):
+    """The bitnet-b1.58-2B-4T shape in its pre-packed layout (see the module docstring)."""
+    s = SHAPE_2B4T
+    h, inter, vocab = s["hidden"], s["inter"], s["vocab"]
+    hd = h // s["heads"]
+    q, kv = s["heads"] * hd, s["kv"] * hd
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(TINY_2B, "config.json")) as f:
+        config = json.load(f)
+    config.update(hidden_size=h, intermediate_size=inter, num_hidden_layers=s["layers"],
+                  num_attention_heads=s["heads"], num_key_value_heads=s["kv"], vocab_size=vocab,
+                  max_position_embeddings=4096)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copyfile(os.path.join(TINY_2B, name), os.path.join(folder, name))
+    rng = np.random.default_rng(seed)
+    # Every byte of four codes in {0, 1, 2} (weights -1/0/+1 drawn 0.3/0.4/0.3).
+    table = np.array([a | b << 2 | c << 4 | d << 6 for a in range(3) for b in range(3) for c in range(3)
+                      for d in range(3)], dtype=np.uint8)
+    pw = np.array([0.3, 0.4, 0.3])
+    probs = np.einsum("a,b,c,d->abcd", pw, pw, pw, pw).reshape(-1)
+
+    def packed(rows, cols):
+        return chunked(rows // 4, cols, lambda n: table[rng.choice(81, size=(n, cols), p=probs)], per=1024)
+
+    def bf16_normal(rows, cols, std):
+        return chunked(rows, cols, lambda n: rng.standard_normal((n, cols), dtype=np.float32) * np.float32(std))
+
+    def norm(n):
+        return lambda: rng.uniform(0.8, 1.2, n).astype(np.float32)
+
+    shapes = {
+        "self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+        "self_attn.o_proj": (h, q), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
+        "mlp.down_proj": (h, inter),
+    }
+    entries = [("model.embed_tokens.weight", "BF16", (vocab, h), bf16_normal(vocab, h, 0.02))]
+    for l in range(s["layers"]):
+        p = f"model.layers.{l}"
+        entries += [
+            (f"{p}.input_layernorm.weight", "BF16", (h,), norm(h)),
+            (f"{p}.post_attention_layernorm.weight", "BF16", (h,), norm(h)),
+            (f"{p}.self_attn.attn_sub_norm.weight", "BF16", (h,), norm(h)),
+            (f"{p}.mlp.ffn_sub_norm.weight", "BF16", (inter,), norm(inter)),
+        ]
+        for lin, (o, i) in shapes.items():
+            entries.append((f"{p}.{lin}.weight", "U8", (o // 4, i), packed(o, i)))
+            entries.append((f"{p}.{lin}.weight_scale", "BF16", (1,), lambda: np.array([rng.uniform(1.0, 3.0)], np.float32)))
+    entries.append(("model.norm.weight", "BF16", (h,), norm(h)))
+    st.write(os.path.join(folder, "model.safetensors"), entries)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=["fixtures", "large"], required=True)
-    ap.add_argument("-o", "--output", help="output folder (large preset)")
+    ap.add_argument("--preset", choices=["fixtures", "large", "2b4t"], required=True)
+    ap.add_argument("-o", "--output", help="output folder (large and 2b4t presets)")
     ap.add_argument("--tokenizer", default=TOKENIZER_512, help="tokenizer.json to copy in")
     args = ap.parse_args()
     if args.preset == "fixtures":
@@ -136,8 +219,11 @@ def main():
             print("wrote", name)
     else:
         if not args.output:
-            ap.error("--preset large needs -o")
-        make(args.output, LARGE, seed=7, tokenizer=args.tokenizer, max_pos=2048)
+            ap.error(f"--preset {args.preset} needs -o")
+        if args.preset == "2b4t":
+            make_2b4t(args.output)
+        else:
+            make(args.output, LARGE, seed=7, tokenizer=args.tokenizer, max_pos=2048)
         print("wrote", args.output)
 
 

@@ -3,7 +3,9 @@
 numpy has no bfloat16, so BF16 is stored from float32 by rounding to nearest even
 on the top 16 bits, and read back by shifting into the top half of a float32.
 The writer streams: it takes (name, dtype, shape, producer) and calls each producer
-only when its bytes are written, so a multi-GB checkpoint never sits in memory.
+only when its bytes are written, so a multi-GB checkpoint never sits in memory. A
+producer may return a list of row chunks (each a callable with a `len`), for a tensor
+too large to hold at once.
 """
 import json
 import os
@@ -48,7 +50,13 @@ def write(path, entries, metadata=None):
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for name, dtype, shape, produce in entries:
-            a = np.asarray(produce())
+            a = produce()
+            if isinstance(a, list):  # row chunks of one large tensor, written one by one
+                assert sum(len(c) for c in a) == shape[0], (name, shape)
+                for chunk in a:
+                    f.write(encode(np.asarray(chunk()), dtype))
+                continue
+            a = np.asarray(a)
             assert a.shape == tuple(shape), (name, a.shape, shape)
             f.write(encode(a, dtype))
     os.replace(tmp, path)

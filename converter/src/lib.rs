@@ -15,6 +15,7 @@ pub mod gguf;
 mod hf_config;
 pub mod interrupt;
 mod output;
+pub mod output_types;
 pub mod packed;
 mod paths;
 mod quant_config;
@@ -41,7 +42,8 @@ use tern_format::{Encoding, ModelConfig, ScaleConvention, Shape, TensorSpec, Ter
 /// Conversion choices.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Encoding of the embedding (and untied output) matrix: f16 (default) or f32.
+    /// Encoding of the embedding (and untied output) matrix: f16 (default), f32, q8, q6 or q4
+    /// ([`output_types`]).
     pub embed: Encoding,
     /// Show a progress bar (only drawn when stderr is a terminal).
     pub progress: bool,
@@ -350,13 +352,17 @@ pub(crate) fn encode(values: &[f32], spec: &TensorSpec, hf: &str) -> Result<(Vec
         Encoding::F32 => Ok((values.iter().flat_map(|v| v.to_le_bytes()).collect(), 1.0, 0)),
         Encoding::F16 => {
             if let Some(i) = values.iter().position(|v| v.abs() > f32::from(half::f16::MAX)) {
-                bail!("tensor {hf}: value {} at index {i} does not fit f16; convert with --embed-type f32", values[i]);
+                bail!("tensor {hf}: value {} at index {i} does not fit f16; convert with --output-type f32", values[i]);
             }
             Ok((values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(), 1.0, 0))
         }
         Encoding::Q8 => {
             let Shape::Matrix { cols, .. } = spec.shape else { unreachable!("q8 tensors are matrices") };
             Ok((quantize_q8(values, cols as usize), 1.0, 0))
+        }
+        Encoding::Q6 | Encoding::Q4 => {
+            let Shape::Matrix { cols, .. } = spec.shape else { unreachable!("q6/q4 tensors are matrices") };
+            Ok((output_types::quantize_blocks(spec.encoding, values, cols as usize, hf)?, 1.0, 0))
         }
         Encoding::T2 => {
             let Shape::Matrix { cols, .. } = spec.shape else { unreachable!("t2 tensors are matrices") };

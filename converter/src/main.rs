@@ -1,9 +1,11 @@
 #![forbid(unsafe_code)]
 
-use clap::{Parser, ValueEnum};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::Parser;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tern_convert::output_types::{output_type, OUTPUT_TYPES};
 use tern_convert::{convert, Options};
 use tern_format::Encoding;
 
@@ -20,18 +22,14 @@ struct Cli {
     /// Not `-`, a folder, a device, a FIFO or socket, nor a file of the checkpoint
     #[arg(short, long)]
     output: PathBuf,
-    /// Encoding of the embedding and (untied) output matrices
-    #[arg(long, value_enum, default_value_t = EmbedType::F16)]
-    embed_type: EmbedType,
-    /// Store the output/embedding matrix as int8 with a scale per row (smaller, faster decode)
-    #[arg(long, conflicts_with = "embed_type")]
+    /// Encoding of the embedding and (untied) output matrices: f16, f32, q8 (int8, a scale
+    /// per row), q6 or q4 (6 or 4 bits, an f16 scale per 32 values). `--embed-type` is an alias
+    #[arg(long, alias = "embed-type", default_value = "f16",
+          value_parser = PossibleValuesParser::new(OUTPUT_TYPES.map(|(n, _)| n)).map(|n| output_type(&n).expect("listed")))]
+    output_type: Encoding,
+    /// The same as `--output-type q8` (kept from earlier versions)
+    #[arg(long, conflicts_with = "output_type", hide = true)]
     output_q8: bool,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum EmbedType {
-    F16,
-    F32,
 }
 
 fn main() -> ExitCode {
@@ -41,11 +39,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let opts = Options {
-        embed: match (cli.output_q8, cli.embed_type) {
-            (true, _) => Encoding::Q8,
-            (false, EmbedType::F16) => Encoding::F16,
-            (false, EmbedType::F32) => Encoding::F32,
-        },
+        embed: if cli.output_q8 { Encoding::Q8 } else { cli.output_type },
         progress: std::io::stderr().is_terminal(),
         // Test hook, read here only: a pause after each tensor, so that tests can signal or
         // kill a conversion half-way (tests/convert.rs, tests/safety.rs).

@@ -3,10 +3,11 @@
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
+use tern_convert::output_types::quantize_blocks;
 use tern_convert::{convert, hf_name, temp_files, unpack_matrix, Checkpoint, Options};
 use tern_format::names::expected_tensors;
 use tern_format::ternary::{absmean_scale, ternarize};
-use tern_format::{Encoding, Shape, TernFile};
+use tern_format::{block_quant, Encoding, Shape, TernFile};
 
 const FIXTURES: [&str; 4] = ["tiny-tied", "tiny-untied", "tiny-odd-gqa-bf16", "tiny-f16-sharded"];
 
@@ -70,7 +71,7 @@ fn assert_fails(dir: &Path, needle: &str) {
 #[test]
 fn every_tensor_round_trips_exactly() {
     for name in FIXTURES {
-        for embed in [Encoding::F16, Encoding::F32, Encoding::Q8] {
+        for embed in [Encoding::F16, Encoding::F32, Encoding::Q8, Encoding::Q6, Encoding::Q4] {
             let out_dir = tempfile::tempdir().unwrap();
             let out = out_dir.path().join("m.tern");
             let summary = convert(&fixture(name), &out, &quiet(embed)).unwrap();
@@ -113,6 +114,24 @@ fn every_tensor_round_trips_exactly() {
                             let q = &data[rows as usize * 4 + r * cols as usize..][..cols as usize];
                             for (&v, &b) in row.iter().zip(q) {
                                 assert!((f32::from(b as i8) * s - v).abs() <= 0.5001 * s, "{name} row {r}");
+                            }
+                        }
+                    }
+                    Encoding::Q6 | Encoding::Q4 => {
+                        let Shape::Matrix { cols, .. } = info.shape else { panic!() };
+                        let cols = cols as usize;
+                        let want = quantize_blocks(info.encoding, &src, cols, &hf).unwrap();
+                        assert_eq!(data, &want[..], "{name} {}", e.name);
+                        // Each value is within half a step of its block's scale, or clamped at
+                        // the top of the range (the scale maps the largest value near -Q).
+                        let rb = block_quant::row_bytes(info.encoding, cols);
+                        let mut row = vec![0f32; cols];
+                        for (r, (bytes, src)) in data.chunks(rb).zip(src.chunks(cols)).enumerate() {
+                            block_quant::dequantize_row(info.encoding, bytes, &mut row);
+                            for (c, (&got, &v)) in row.iter().zip(src).enumerate() {
+                                let blk = &bytes[c / 32 * block_quant::block_bytes(info.encoding)..];
+                                let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32().abs();
+                                assert!((got - v).abs() <= 1.5001 * d, "{name} {} row {r} col {c}", e.name);
                             }
                         }
                     }

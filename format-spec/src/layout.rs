@@ -10,7 +10,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub const MAGIC: [u8; 8] = *b"TERNB158";
 /// The format version this crate writes and the newest it reads. Version 1 files (no
 /// metadata region, no scale convention, one EOS id) and version 2 files (no per-linear
-/// norms or biases) are still read (SPEC.md, "Versioning").
+/// norms or biases, no q6/q4 encodings) are still read (SPEC.md, "Versioning").
 pub const VERSION: u32 = 3;
 /// Every tensor's data starts at a multiple of this many bytes (SPEC.md, "Alignment").
 pub const TENSOR_ALIGN: u64 = 64;

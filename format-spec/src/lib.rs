@@ -8,6 +8,7 @@
 //! every padding byte.
 #![forbid(unsafe_code)]
 
+pub mod block_quant;
 mod config;
 mod layout;
 pub mod metadata;
@@ -70,6 +71,10 @@ pub enum Encoding {
     T2 = 2,
     /// Int8 with one f32 scale per row: `rows` f32 scales, then `rows × cols` int8 values.
     Q8 = 3,
+    /// 6-bit integers in blocks of 32 along a row, an f16 scale per block (see [`block_quant`]).
+    Q6 = 4,
+    /// 4-bit integers in blocks of 32 along a row, an f16 scale per block (see [`block_quant`]).
+    Q4 = 5,
 }
 
 impl Encoding {
@@ -79,6 +84,8 @@ impl Encoding {
             1 => Some(Encoding::F16),
             2 => Some(Encoding::T2),
             3 => Some(Encoding::Q8),
+            4 => Some(Encoding::Q6),
+            5 => Some(Encoding::Q4),
             _ => None,
         }
     }
@@ -89,6 +96,16 @@ impl Encoding {
             Encoding::F16 => "f16",
             Encoding::T2 => "t2",
             Encoding::Q8 => "q8",
+            Encoding::Q6 => "q6",
+            Encoding::Q4 => "q4",
+        }
+    }
+
+    /// The first format version that has this encoding.
+    pub fn since_version(self) -> u32 {
+        match self {
+            Encoding::Q6 | Encoding::Q4 => 3,
+            _ => 1,
         }
     }
 }
@@ -141,6 +158,13 @@ pub fn tensor_bytes(encoding: Encoding, shape: Shape) -> Option<u64> {
         Encoding::Q8 => match shape {
             Shape::Vector(_) => None,
             Shape::Matrix { rows, cols } => rows.checked_mul(cols)?.checked_add(rows.checked_mul(4)?),
+        },
+        Encoding::Q6 | Encoding::Q4 => match shape {
+            Shape::Vector(_) => None,
+            Shape::Matrix { rows, cols } => {
+                let blocks = cols.checked_add(block_quant::BLOCK as u64 - 1)? / block_quant::BLOCK as u64;
+                rows.checked_mul(blocks)?.checked_mul(block_quant::block_bytes(encoding) as u64)
+            }
         },
         Encoding::T2 => match shape {
             Shape::Vector(_) => None,
@@ -320,7 +344,7 @@ impl<'a> TernFile<'a> {
         let mut seen = HashSet::with_capacity(entries.len());
         let mut prev_end = data_offset;
         for (index, raw) in entries.iter().enumerate() {
-            let info = parse_entry(index, raw, prev_end, file_len, config.scale_convention)?;
+            let info = parse_entry(index, raw, prev_end, file_len, config.scale_convention, version)?;
             if !seen.insert(info.name.clone()) {
                 return Err(FormatError::Entry { index, name: info.name, reason: "duplicate name".into() });
             }
@@ -346,6 +370,7 @@ impl<'a> TernFile<'a> {
             self.check_zero(pos, t.offset, &format!("padding before tensor {}", t.name))?;
             let data = &self.bytes[t.offset as usize..(t.offset + t.length) as usize];
             check(&format!("tensor {}", t.name), t.checksum, data)?;
+            check_block_scales(t, data)?;
             pos = t.offset + t.length;
         }
         // Only a file without tensors has bytes here: the padding up to `data_offset`.
@@ -403,6 +428,22 @@ impl<'a> TernFile<'a> {
     }
 }
 
+/// For a q6/q4 tensor (`data` its bytes): every block scale is a finite number. Other
+/// encodings pass. [`TernFile::verify`] checks it for every tensor; a loader that reads
+/// such a tensor without verifying the file checks it there.
+pub fn check_block_scales(info: &TensorInfo, data: &[u8]) -> Result<(), FormatError> {
+    let (Encoding::Q6 | Encoding::Q4, Shape::Matrix { cols, .. }) = (info.encoding, info.shape) else {
+        return Ok(());
+    };
+    match block_quant::first_bad_scale(info.encoding, data, cols as usize) {
+        None => Ok(()),
+        Some((row, block)) => Err(FormatError::Tensor {
+            name: info.name.clone(),
+            reason: format!("row {row} block {block}: the scale is not a finite number"),
+        }),
+    }
+}
+
 /// The entry called `name` in `tensors`, which must exist with one of `encodings` and
 /// this shape; the error names the tensor and what differs.
 pub fn find_tensor<'t>(
@@ -429,6 +470,7 @@ fn parse_entry(
     min_offset: u64,
     file_len: u64,
     convention: ScaleConvention,
+    version: u32,
 ) -> Result<TensorInfo, FormatError> {
     let name_end = raw.name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
     let lossy = String::from_utf8_lossy(&raw.name[..name_end]).into_owned();
@@ -441,7 +483,8 @@ fn parse_entry(
     }
     let name = std::str::from_utf8(&raw.name[..name_end]).map_err(|_| err("name is not UTF-8".into()))?.to_string();
     let encoding = Encoding::from_code(raw.encoding.get())
-        .ok_or_else(|| err(format!("unknown encoding code {}", raw.encoding)))?;
+        .filter(|e| e.since_version() <= version)
+        .ok_or_else(|| err(format!("unknown encoding code {} in a version-{version} file", raw.encoding)))?;
     let [d0, d1] = [raw.dims[0].get(), raw.dims[1].get()];
     let shape = match raw.ndim.get() {
         1 if d1 == 0 => Shape::Vector(d0),
@@ -478,7 +521,7 @@ fn parse_entry(
         Encoding::T2 if !convention.multiplier(scale).is_finite() => {
             return Err(err(format!("scale {scale} has no finite reciprocal")));
         }
-        Encoding::F32 | Encoding::F16 | Encoding::Q8 if scale != 1.0 => {
+        Encoding::F32 | Encoding::F16 | Encoding::Q8 | Encoding::Q6 | Encoding::Q4 if scale != 1.0 => {
             return Err(err(format!("scale {scale} (expected 1 for {})", encoding.name())));
         }
         _ => {}

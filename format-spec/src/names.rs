@@ -127,7 +127,7 @@ impl BlockTensor {
 }
 
 /// Encodings allowed for the embedding and output matrices.
-pub const MATRIX_FLOAT: [Encoding; 3] = [Encoding::F16, Encoding::F32, Encoding::Q8];
+pub const MATRIX_FLOAT: [Encoding; 5] = [Encoding::F16, Encoding::F32, Encoding::Q8, Encoding::Q6, Encoding::Q4];
 
 /// One expected tensor.
 #[derive(Debug, Clone, PartialEq)]

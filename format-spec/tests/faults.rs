@@ -434,3 +434,53 @@ fn padding_of_a_file_without_tensors_is_checked() {
     *bad.last_mut().unwrap() = 1;
     assert!(full_check(&bad).unwrap_err().to_string().contains("padding after the tokenizer"));
 }
+
+/// q6 and q4 matrices (version 3): written, read back and dequantized by row; refused in a
+/// version-2 file; a non-finite block scale is named by `verify`.
+#[test]
+fn block_quantized_matrices() {
+    use tern_format::block_quant::{dequantize_row, pack_block, row_bytes, BLOCK};
+    let shape = Shape::Matrix { rows: 3, cols: 40 };
+    let specs = [
+        TensorSpec { name: "q6".into(), encoding: Encoding::Q6, shape },
+        TensorSpec { name: "q4".into(), encoding: Encoding::Q4, shape },
+    ];
+    let mut w = TernWriter::new(Cursor::new(Vec::new()), &config(), TOKENIZER.as_bytes(), &specs).unwrap();
+    for enc in [Encoding::Q6, Encoding::Q4] {
+        let rb = row_bytes(enc, 40);
+        let mut data = vec![0u8; 3 * rb];
+        for (r, row) in data.chunks_mut(rb).enumerate() {
+            for (b, block) in row.chunks_mut(rb / 2).enumerate() {
+                let q: Vec<i8> = (0..BLOCK.min(40 - b * BLOCK)).map(|i| (i % 7) as i8 - 3).collect();
+                pack_block(enc, half::f16::from_f32((r + 1) as f32 * 0.25), &q, block);
+            }
+        }
+        w.write_tensor(&data, 1.0).unwrap();
+    }
+    let bytes = w.finish().unwrap().into_inner();
+    let f = TernFile::parse(&bytes).unwrap();
+    f.verify().unwrap();
+    let t = f.tensor("q4").unwrap();
+    assert_eq!(t.info.length, 3 * 2 * 18);
+    let mut row = [0f32; 40];
+    let rb = row_bytes(Encoding::Q4, 40);
+    dequantize_row(Encoding::Q4, &t.data[2 * rb..3 * rb], &mut row);
+    assert_eq!((row[0], row[6], row[32], row[38]), (-2.25, 2.25, -2.25, 2.25));
+
+    let mut v2 = bytes.clone();
+    v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+    reseal(&mut v2);
+    let err = TernFile::parse(&v2).unwrap_err().to_string();
+    assert!(err.contains("(q6)") && err.contains("unknown encoding code 4 in a version-2 file"), "{err}");
+
+    // Row 1, block 1 of q6 gets a NaN scale (f16 0x7E00); its checksum is resealed too.
+    let mut bad = bytes.clone();
+    let info = f.tensor("q6").unwrap().info.clone();
+    let at = info.offset as usize + row_bytes(Encoding::Q6, 40) + 26;
+    bad[at..at + 2].copy_from_slice(&[0x00, 0x7E]);
+    let sum = checksum(&bad[info.offset as usize..(info.offset + info.length) as usize]);
+    entry_mut(&mut bad, 0).checksum.set(sum);
+    reseal(&mut bad);
+    let err = full_check(&bad).unwrap_err().to_string();
+    assert_eq!(err, "tensor q6: row 1 block 1: the scale is not a finite number");
+}

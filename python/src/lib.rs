@@ -13,25 +13,19 @@ use errors::{to_py, TernError};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use std::path::PathBuf;
-use tern_format::Encoding;
 
 /// Converts a Hugging Face BitNet b1.58 checkpoint folder into one `.tern` file.
 ///
 /// The converter's library call, as `tern-convert` makes it: the same checks, the same
 /// atomic write (`dst.partial`, synced, renamed) and the same bytes. `output_type` is the
-/// encoding of the embedding and untied output matrices: "f16" (default), "f32", or "q8"
-/// (int8 with a scale per row, as `--output-q8`).
+/// encoding of the embedding and untied output matrices, as `--output-type`: "f16"
+/// (default), "f32", "q8" (int8 with a scale per row), "q6" or "q4" (6 or 4 bits with an f16
+/// scale per 32 values).
 #[pyfunction]
 #[pyo3(signature = (src_dir, dst, output_type = "f16"))]
 fn convert(py: Python<'_>, src_dir: PathBuf, dst: PathBuf, output_type: &str) -> PyResult<()> {
-    let embed = match output_type {
-        "f16" => Encoding::F16,
-        "f32" => Encoding::F32,
-        "q8" => Encoding::Q8,
-        other => {
-            return Err(PyValueError::new_err(format!("output_type {other:?} is not one of \"f16\", \"f32\", \"q8\"")))
-        }
-    };
+    let embed = tern_convert::output_types::output_type(output_type)
+        .map_err(|e| PyValueError::new_err(e.to_string().replace("output type", "output_type")))?;
     let opts = tern_convert::Options { embed, progress: false, pause_per_tensor: None };
     py.detach(|| tern_convert::convert(&src_dir, &dst, &opts)).map(drop).map_err(|e| to_py(e, Some(&src_dir)))
 }

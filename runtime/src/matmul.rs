@@ -20,7 +20,7 @@
 
 use crate::kernels::{prefetch, Kernels};
 use tern_format::ternary::{padded_cols, row_bytes};
-use tern_format::{Encoding, ScaleConvention, Shape, TensorInfo};
+use tern_format::{block_quant, Encoding, ScaleConvention, Shape, TensorInfo};
 
 pub use crate::kernels::float::Combine;
 
@@ -378,8 +378,8 @@ pub fn token_outputs(
     })
 }
 
-/// A float matrix in the file (f32, f16, or q8: int8 with a scale per row): the embedding
-/// or the output projection.
+/// A float matrix in the file (f32, f16, q8: int8 with a scale per row, or q6/q4: blocks of
+/// 32 values with an f16 scale each): the embedding or the output projection.
 #[derive(Debug, Clone, Copy)]
 pub struct FloatMatrix {
     offset: usize,
@@ -399,14 +399,14 @@ impl FloatMatrix {
         FloatMatrix { offset: info.offset as usize, rows: rows as usize, cols: cols as usize, encoding: info.encoding }
     }
 
-    /// Bytes of one row's values (q8: without its scale).
+    /// Bytes of one row's values (q8: without its scale; q6/q4: its blocks, scales included).
     fn row_bytes(&self) -> usize {
-        self.cols
-            * match self.encoding {
-                Encoding::F16 => 2,
-                Encoding::Q8 => 1,
-                _ => 4,
-            }
+        match self.encoding {
+            Encoding::F16 => 2 * self.cols,
+            Encoding::Q8 => self.cols,
+            Encoding::Q6 | Encoding::Q4 => block_quant::row_bytes(self.encoding, self.cols),
+            _ => 4 * self.cols,
+        }
     }
 
     /// Where the row values start (q8 keeps all row scales first).
@@ -435,6 +435,7 @@ impl FloatMatrix {
                     *o = f32::from(b as i8) * s;
                 }
             }
+            Encoding::Q6 | Encoding::Q4 => block_quant::dequantize_row(self.encoding, bytes, &mut out[..self.cols]),
             _ => {
                 for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
                     *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -443,17 +444,32 @@ impl FloatMatrix {
         }
     }
 
-    /// `out[r] = dot(M[r], x)` for every row, in parallel bands.
+    /// `out[r] = dot(M[r], x)` for every row, in parallel bands. Each row is one kernel call
+    /// in a fixed order, so the thread count changes nothing; q6/q4 rows give the same bits
+    /// on every kernel set.
     #[track_caller]
     pub fn matvec(&self, kernels: &Kernels, file: &[u8], x: &[f32], out: &mut [f32]) {
         let (rb, base) = (self.row_bytes(), self.values_offset());
         let data = &file[base..base + self.rows * rb];
+        // q6/q4 kernels take whole blocks: x padded with zeros to the row's padding.
+        let padded;
+        let x = match self.encoding {
+            Encoding::Q6 | Encoding::Q4 if !self.cols.is_multiple_of(block_quant::BLOCK) => {
+                let mut p = x[..self.cols].to_vec();
+                p.resize(block_quant::blocks(self.cols) * block_quant::BLOCK, 0.0);
+                padded = p;
+                &padded[..]
+            }
+            _ => &x[..self.cols],
+        };
         crate::pool::for_each_chunk_mut(&mut out[..self.rows], FLOAT_BAND, &|band, out| {
             let bytes = &data[band * FLOAT_BAND * rb..(band * FLOAT_BAND + out.len()) * rb];
             for (i, (o, row)) in out.iter_mut().zip(bytes.chunks_exact(rb)).enumerate() {
                 *o = match self.encoding {
                     Encoding::F16 => kernels.dot_f16(row, x),
                     Encoding::Q8 => kernels.dot_i8(row, x) * self.q8_scale(file, band * FLOAT_BAND + i),
+                    Encoding::Q6 => kernels.dot_q6(row, x),
+                    Encoding::Q4 => kernels.dot_q4(row, x),
                     _ => kernels.dot_f32(row, x),
                 };
             }

@@ -103,13 +103,15 @@ impl Model {
         };
         let (v, h) = (u64::from(config.vocab_size), u64::from(config.hidden_size));
         let matrix = Shape::Matrix { rows: v, cols: h };
-        let embed = FloatMatrix::new(find(names::TOKEN_EMBD, &names::MATRIX_FLOAT, matrix)?);
-        let output_norm = floats(find(names::OUTPUT_NORM, &[Encoding::F32], Shape::Vector(h))?);
-        let output = if config.tied_output {
-            embed
-        } else {
-            FloatMatrix::new(find(names::OUTPUT, &names::MATRIX_FLOAT, matrix)?)
+        // A q6/q4 matrix's block scales are checked here, once (a few ms at a 128k vocabulary).
+        let float_matrix = |name: &str| -> Result<FloatMatrix> {
+            let info = find(name, &names::MATRIX_FLOAT, matrix)?;
+            tern_format::check_block_scales(info, file.data(info)).with_context(ctx)?;
+            Ok(FloatMatrix::new(info))
         };
+        let embed = float_matrix(names::TOKEN_EMBD)?;
+        let output_norm = floats(find(names::OUTPUT_NORM, &[Encoding::F32], Shape::Vector(h))?);
+        let output = if config.tied_output { embed } else { float_matrix(names::OUTPUT)? };
         let mut layers = Vec::with_capacity(config.n_layers as usize);
         for l in 0..config.n_layers {
             let get = |t: BlockTensor| find(&t.name(l), &[t.encoding()], t.shape(&config));

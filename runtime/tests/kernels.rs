@@ -123,6 +123,48 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// q6/q4 rows: every kernel set gives the portable kernel's bits, which are the exact
+    /// dot product of the dequantized row (f64) to within f32 rounding.
+    #[test]
+    fn block_quantized_dots_are_the_same_on_every_kernel_set(
+        blocks in 1usize..12,
+        seed in any::<u32>(),
+        scale_exp in -12i32..4,
+    ) {
+        use tern_format::block_quant::{block_bytes, dequantize_row, pack_block, q_range, BLOCK};
+        use tern_format::Encoding;
+        let mut s = seed;
+        let mut rnd = move || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            s >> 8
+        };
+        let x: Vec<f32> = (0..blocks * BLOCK).map(|_| (rnd() as f32 / (1 << 24) as f32 - 0.5) * 8.0).collect();
+        for enc in [Encoding::Q6, Encoding::Q4] {
+            let (lo, hi) = q_range(enc);
+            let mut row = vec![0u8; blocks * block_bytes(enc)];
+            for blk in row.chunks_mut(block_bytes(enc)) {
+                let q: Vec<i8> = (0..BLOCK).map(|_| (lo as i32 + (rnd() % (hi as i32 - lo as i32 + 1) as u32) as i32) as i8).collect();
+                let d = half::f16::from_f32((rnd() as f32 / (1 << 24) as f32 - 0.5) * 2f32.powi(scale_exp));
+                pack_block(enc, d, &q, blk);
+            }
+            let mut w = vec![0f32; blocks * BLOCK];
+            dequantize_row(enc, &row, &mut w);
+            let want: f64 = w.iter().zip(&x).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let size: f64 = 1e-30 + w.iter().zip(&x).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum::<f64>();
+            let dot = |k: &Kernels| if enc == Encoding::Q6 { k.dot_q6(&row, &x) } else { k.dot_q4(&row, &x) };
+            let portable = dot(&Kernels::portable());
+            prop_assert!((f64::from(portable) - want).abs() / size < 1e-6, "{}: {portable} vs {want}", enc.name());
+            for k in Kernels::available() {
+                let got = dot(&k);
+                prop_assert_eq!(got.to_bits(), portable.to_bits(), "kernel {} {}: {} vs {}", k.name(), enc.name(), got, portable);
+            }
+        }
+    }
+}
+
 #[test]
 fn this_cpu_gets_simd_kernels() {
     // The CI machines have AVX-512 VNNI; elsewhere this only lists what was found.

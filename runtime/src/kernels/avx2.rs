@@ -506,6 +506,55 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     s
 }
 
+block_dots!("avx2,fma,f16c");
+
+/// One q6 (`Q6`) or q4 block row, the portable order's 16 lanes as two vectors of 8: half
+/// `h` takes nibble bytes `8h .. 8h + 8` (values `8h ..` masked, `16 + 8h ..` shifted by 4)
+/// and, for q6, the 8 top-bit bytes shifted by `2h` and `4 + 2h`.
+#[inline(always)]
+unsafe fn dot_blocks<const Q6: bool>(row: &[u8], x: &[f32]) -> f32 {
+    let (bb, blocks) = super::q_blocks(row, x, Q6);
+    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+    let zero = _mm256_set1_epi32(if Q6 { 32 } else { 8 });
+    let (nibble, three) = (_mm256_set1_epi32(0x0F), _mm256_set1_epi32(3));
+    let top_bits = |t: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(t, three));
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for b in 0..blocks {
+        // In bounds: block `b` is bytes `b·bb .. (b+1)·bb` of `row`, and its values
+        // `32b .. 32b + 32` of `x` (`q_blocks` checked both). Two blocks are under 64 bytes,
+        // so asking every other block asks for every line.
+        let blk = rp.add(b * bb);
+        if b % 2 == 0 {
+            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
+        }
+        let d = _mm256_cvtph_ps(_mm_set1_epi16((blk as *const i16).read_unaligned()));
+        let top = if Q6 { _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(18) as *const __m128i)) } else { zero };
+        for (h, acc) in acc.iter_mut().enumerate() {
+            let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(2 + 8 * h) as *const __m128i));
+            let (mut lo, mut hi) = (_mm256_and_si256(v, nibble), _mm256_srli_epi32::<4>(v));
+            if Q6 {
+                let (tl, th) = if h == 0 {
+                    (top, _mm256_srli_epi32::<4>(top))
+                } else {
+                    (_mm256_srli_epi32::<2>(top), _mm256_srli_epi32::<6>(top))
+                };
+                lo = _mm256_or_si256(lo, top_bits(tl));
+                hi = _mm256_or_si256(hi, top_bits(th));
+            }
+            let qa = _mm256_cvtepi32_ps(_mm256_sub_epi32(lo, zero));
+            let qb = _mm256_cvtepi32_ps(_mm256_sub_epi32(hi, zero));
+            let xa = _mm256_loadu_ps(xp.add(32 * b + 8 * h));
+            let xb = _mm256_loadu_ps(xp.add(32 * b + 16 + 8 * h));
+            let p = _mm256_fmadd_ps(qb, xb, _mm256_mul_ps(qa, xa));
+            *acc = _mm256_fmadd_ps(d, p, *acc);
+        }
+    }
+    let mut lanes = [0f32; 16];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+    super::portable::sum16(lanes)
+}
+
 /// f16 keys and values widened by `vcvtph2ps`: only for this module's `attend` and
 /// `attend_tokens`, in the kernel sets [`super::Kernels`] builds after checking
 /// [`available`].

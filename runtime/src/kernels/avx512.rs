@@ -279,6 +279,11 @@ pub unsafe fn read_sum(bytes: &[u8]) -> u64 {
 
 /// `sum(f16(row[i]) * x[i])` for a little-endian f16 row.
 ///
+/// Unlike the other one-token kernels it asks for no lines ahead: on the AVX-512 EPYC of
+/// BENCHMARKS.md ("Output types at the 2B-4T shape") the output matvec read 99–101% of the
+/// streaming probe without software prefetch and 71–80% with it (NTA or T0, 8 or 16 KB
+/// ahead), the hardware prefetchers following its one sequential stream on their own.
+///
 /// # Safety
 /// The CPU must support avx512f ([`available`]).
 #[target_feature(enable = "avx512f")]
@@ -289,7 +294,6 @@ pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
     let mut acc = [_mm512_setzero_ps(); 2];
     let mut i = 0;
     while i + 32 <= n {
-        _mm_prefetch::<_MM_HINT_NTA>(rp.wrapping_add(2 * i + PREFETCH) as *const i8);
         for (k, a) in acc.iter_mut().enumerate() {
             let h = _mm256_loadu_si256(rp.add(2 * (i + 16 * k)) as *const __m256i);
             *a = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_loadu_ps(xp.add(i + 16 * k)), *a);
@@ -357,6 +361,56 @@ pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
         s += f32::from(row[j] as i8) * x[j];
     }
     s
+}
+
+block_dots!("avx512f");
+
+/// One q6 (`Q6`) or q4 block row: a block's 16 nibble bytes, widened to 16 int32 lanes,
+/// give the low bits of values 0..15 (the low nibble) and 16..31 (shifted by 4). `vpermps`
+/// reads the low 4 bits of each lane as an index, so one permute from a 16-entry table turns
+/// a nibble into a float with no mask: q4's value `c - 8`, or q6's `lo - 32`. q6's 8 bytes of
+/// top bits, loaded twice into 16 lanes and shifted per lane (0/2 for values 0..15, 4/6 for
+/// 16..31), index a table of `16 · (i & 3)`, which is added. Lane `l` then holds values `l`
+/// and `l + 16`, as the portable order wants.
+#[inline(always)]
+unsafe fn dot_blocks<const Q6: bool>(row: &[u8], x: &[f32]) -> f32 {
+    let (bb, blocks) = super::q_blocks(row, x, Q6);
+    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+    // Every table entry and every sum below is a small integer: exact in f32.
+    let q6_low =
+        _mm512_setr_ps(-32., -31., -30., -29., -28., -27., -26., -25., -24., -23., -22., -21., -20., -19., -18., -17.);
+    let q6_high = _mm512_setr_ps(0., 16., 32., 48., 0., 16., 32., 48., 0., 16., 32., 48., 0., 16., 32., 48.);
+    let lo_shift = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+    let hi_shift = _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6);
+    let q4_values = _mm512_setr_ps(-8., -7., -6., -5., -4., -3., -2., -1., 0., 1., 2., 3., 4., 5., 6., 7.);
+    let mut acc = _mm512_setzero_ps();
+    for b in 0..blocks {
+        // In bounds: block `b` is bytes `b·bb .. (b+1)·bb` of `row`, and its values
+        // `32b .. 32b + 32` of `x` (`q_blocks` checked both). Two blocks are under 64 bytes,
+        // so asking every other block asks for every line.
+        let blk = rp.add(b * bb);
+        if b % 2 == 0 {
+            _mm_prefetch::<_MM_HINT_NTA>(blk.wrapping_add(PREFETCH) as *const i8);
+        }
+        let d = _mm512_cvtph_ps(_mm256_set1_epi16((blk as *const i16).read_unaligned()));
+        let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(2) as *const __m128i));
+        let (qa, qb) = if Q6 {
+            let top = _mm512_cvtepu8_epi32(_mm_set1_epi64x((blk.add(18) as *const i64).read_unaligned()));
+            let high = |shift| _mm512_permutexvar_ps(_mm512_srlv_epi32(top, shift), q6_high);
+            let lo = _mm512_permutexvar_ps(v, q6_low);
+            let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), q6_low);
+            (_mm512_add_ps(lo, high(lo_shift)), _mm512_add_ps(hi, high(hi_shift)))
+        } else {
+            (_mm512_permutexvar_ps(v, q4_values), _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), q4_values))
+        };
+        let xa = _mm512_loadu_ps(xp.add(32 * b));
+        let xb = _mm512_loadu_ps(xp.add(32 * b + 16));
+        let p = _mm512_fmadd_ps(qb, xb, _mm512_mul_ps(qa, xa));
+        acc = _mm512_fmadd_ps(d, p, acc);
+    }
+    let mut lanes = [0f32; 16];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+    super::portable::sum16(lanes)
 }
 
 /// f16 keys and values widened by `vcvtph2ps`: only for this module's `attend` and

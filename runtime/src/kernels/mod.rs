@@ -85,6 +85,42 @@ macro_rules! float_ops {
     };
 }
 
+/// `dot_q6` and `dot_q4` of an x86 kernel set: its `dot_blocks::<Q6>` (the portable order
+/// of [`portable::dot_q6`] at that set's width) compiled with `$feature`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! block_dots {
+    ($feature:literal) => {
+        /// [`super::portable::dot_q6`] at this module's width, in the same operations and order.
+        ///
+        /// # Safety
+        /// The CPU must support this module's features ([`available`]).
+        #[target_feature(enable = $feature)]
+        pub unsafe fn dot_q6(row: &[u8], x: &[f32]) -> f32 {
+            dot_blocks::<true>(row, x)
+        }
+
+        /// [`super::portable::dot_q4`] at this module's width, in the same operations and order.
+        ///
+        /// # Safety
+        /// The CPU must support this module's features ([`available`]).
+        #[target_feature(enable = $feature)]
+        pub unsafe fn dot_q4(row: &[u8], x: &[f32]) -> f32 {
+            dot_blocks::<false>(row, x)
+        }
+    };
+}
+
+/// A q6 (`q6`) or q4 row's block size and block count; panics unless `row` is whole blocks
+/// and `x` holds 32 values per block, so a kernel's pointers into them stay inside.
+#[cfg(target_arch = "x86_64")]
+fn q_blocks(row: &[u8], x: &[f32], q6: bool) -> (usize, usize) {
+    use tern_format::block_quant::{block_bytes, BLOCK};
+    let bb = block_bytes(if q6 { tern_format::Encoding::Q6 } else { tern_format::Encoding::Q4 });
+    let blocks = row.len() / bb;
+    assert!(row.len() == blocks * bb && x.len() == blocks * BLOCK, "whole blocks");
+    (bb, blocks)
+}
+
 pub mod attend;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -276,6 +312,8 @@ macro_rules! kernel_set {
             dot_f16: $m::dot_f16,
             dot_f32: $m::dot_f32,
             dot_i8: $m::dot_i8,
+            dot_q6: $m::dot_q6,
+            dot_q4: $m::dot_q4,
             attend: $m::attend::<F32Kv>,
             attend_f16: $m::attend::<$f16>,
             attend_tokens: $m::attend_tokens::<F32Kv>,
@@ -296,6 +334,8 @@ pub struct Kernels {
     dot_f16: DotFn,
     dot_f32: DotFn,
     dot_i8: DotFn,
+    dot_q6: DotFn,
+    dot_q4: DotFn,
     attend: AttendFn<f32>,
     attend_f16: AttendFn<u16>,
     attend_tokens: AttendTokensFn<f32>,
@@ -432,5 +472,18 @@ impl Kernels {
     pub fn dot_i8(&self, row: &[u8], x: &[f32]) -> f32 {
         // SAFETY: as in `ternary_band`.
         unsafe { (self.dot_i8)(row, x) }
+    }
+
+    /// Dot product of a q6 row (whole blocks) with `x` (32 values per block): see
+    /// [`portable::dot_q6`], whose bits every kernel set computes.
+    pub fn dot_q6(&self, row: &[u8], x: &[f32]) -> f32 {
+        // SAFETY: as in `ternary_band`.
+        unsafe { (self.dot_q6)(row, x) }
+    }
+
+    /// [`Kernels::dot_q6`] for a q4 row.
+    pub fn dot_q4(&self, row: &[u8], x: &[f32]) -> f32 {
+        // SAFETY: as in `ternary_band`.
+        unsafe { (self.dot_q4)(row, x) }
     }
 }

@@ -1,6 +1,8 @@
 //! Portable kernels: the definition every SIMD kernel is tested against.
 
+use tern_format::block_quant::{block_bytes, unpack_block, BLOCK as QBLOCK};
 use tern_format::ternary::{BLOCK, BLOCK_BYTES};
+use tern_format::Encoding;
 
 /// `sum((w + 1) * x)` over one packed row: the unsigned-code dot product.
 /// The caller subtracts `sum(x)` once to get `sum(w * x)` (the `w+1` trick).
@@ -77,6 +79,50 @@ pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
 pub fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     let row = &row[..x.len()];
     dot_by(x, |i| f32::from(row[i] as i8))
+}
+
+/// Dot product of a q6 row (whole blocks, SPEC.md §6) with `x`, which holds one value per
+/// stored value (a row's padding included: `x.len()` = 32 × blocks). The definition every
+/// kernel set computes bit for bit: see [`dot_blocks`].
+pub fn dot_q6(row: &[u8], x: &[f32]) -> f32 {
+    dot_blocks(row, x, Encoding::Q6)
+}
+
+/// [`dot_q6`] for a q4 row.
+pub fn dot_q4(row: &[u8], x: &[f32]) -> f32 {
+    dot_blocks(row, x, Encoding::Q4)
+}
+
+/// `sum(d_b · q[i] · x[i])` over the blocks of a q6/q4 row, in this order, which the SIMD
+/// kernels keep (so every kernel set gives the same bits): 16 lanes; for block `b`, lane
+/// `l` forms `p = fma(q[l+16], x[l+16], q[l]·x[l])`, then `acc[l] = fma(d_b, p, acc[l])`
+/// (fused multiply-adds, rounded once: `f32::mul_add`, which is exact IEEE `fma` on every
+/// target). At the end [`sum16`] adds the lanes.
+fn dot_blocks(row: &[u8], x: &[f32], encoding: Encoding) -> f32 {
+    let bb = block_bytes(encoding);
+    assert!(row.len().is_multiple_of(bb) && x.len() == row.len() / bb * QBLOCK, "whole blocks");
+    let mut acc = [0f32; 16];
+    for (blk, xb) in row.chunks_exact(bb).zip(x.chunks_exact(QBLOCK)) {
+        let (d, q) = unpack_block(encoding, blk);
+        let d = d.to_f32();
+        for l in 0..16 {
+            let p = f32::from(q[l + 16]).mul_add(xb[l + 16], f32::from(q[l]) * xb[l]);
+            acc[l] = d.mul_add(p, acc[l]);
+        }
+    }
+    sum16(acc)
+}
+
+/// The sum of 16 lanes in a fixed tree: lanes `l` and `l + 8`, then `l + 4`, `l + 2`, `l + 1`.
+#[inline(always)]
+pub fn sum16(a: [f32; 16]) -> f32 {
+    let mut w = a;
+    for half in [8, 4, 2, 1] {
+        for l in 0..half {
+            w[l] += w[l + half];
+        }
+    }
+    w[0]
 }
 
 float_ops!(tokens = 4, value_tile = (2, 8));
