@@ -475,13 +475,12 @@ impl FloatMatrix {
             }
             _ => (&xs[..n * self.cols], self.cols),
         };
-        let xs: Vec<&[f32]> = xs.chunks_exact(stride).collect();
         crate::pool::for_each_column_mut(&mut out[..n * self.rows], FLOAT_BAND, n, n, &|band, _, outs| {
             let r0 = band * FLOAT_BAND;
             let r1 = (r0 + FLOAT_BAND).min(self.rows);
             for (i, row) in data[r0 * rb..r1 * rb].chunks_exact(rb).enumerate() {
                 let q8_scale = if self.encoding == Encoding::Q8 { self.q8_scale(file, r0 + i) } else { 0.0 };
-                for (t, &x) in xs.iter().enumerate() {
+                for (t, x) in xs.chunks_exact(stride).enumerate() {
                     outs.row(t)[i] = match self.encoding {
                         Encoding::F16 => kernels.dot_f16(row, x),
                         Encoding::Q8 => kernels.dot_i8(row, x) * q8_scale,
