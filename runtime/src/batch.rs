@@ -3,9 +3,10 @@
 //! A step's rows are consecutive runs of tokens ([`Segment`]s), each of one sequence at
 //! its own positions: a decoded token, or a chunk of a prompt. Every matrix product runs
 //! once over all rows (a small GEMM: the weights are read once per step for every
-//! sequence), and each layer's attention runs per sequence, on its rows, over its own KV
-//! cache ([`Sequence`]). Quantization, products and rescales are per row, and attention
-//! per sequence, so a row's result is the same bits whatever else is in the step.
+//! sequence), the output projection once over the last row of each segment that wants
+//! logits, and each layer's attention per sequence, on its rows, over its own KV cache
+//! ([`Sequence`]). Quantization, products and rescales are per row, and attention per
+//! sequence, so a row's result is the same bits whatever else is in the step.
 
 use crate::attention::Attention;
 use crate::model::{KvType, Model, Scratch};
@@ -114,12 +115,15 @@ impl Batch {
                 }
             });
         }
-        let mut row = 0;
-        for (i, s) in segments.iter().enumerate() {
-            row += s.tokens.len();
-            if s.logits {
-                logits(i, model.row_logits(&mut self.scratch, row - 1));
-            }
+        // The logits of every segment that wants them, in one output projection.
+        let last_rows = segments.iter().scan(0, |end, s| {
+            *end += s.tokens.len();
+            Some(s.logits.then_some(*end - 1))
+        });
+        let all = model.rows_logits(&mut self.scratch, last_rows.flatten());
+        let wanted = segments.iter().enumerate().filter(|(_, s)| s.logits).map(|(i, _)| i);
+        for (i, l) in wanted.zip(all.chunks_exact(model.config().vocab_size as usize)) {
+            logits(i, l);
         }
         Ok(())
     }

@@ -5,9 +5,9 @@
 //! row per token, quantized by [`Input::quantize`]) through one or more packed ternary
 //! matrices that share them, and combines each output row into its destination as a
 //! [`Combine`] says (store, residual add, `act(gate)·up`). The float output projection is
-//! [`FloatMatrix::matvec`]. Here, and only here, a matrix's rows are cut into bands
-//! (`band_rows`) and the bands handed to the pool; the kernels compute one band and know
-//! nothing of threads.
+//! [`FloatMatrix::matmul`]: every row of a step at once, each matrix row read once. Here,
+//! and only here, a matrix's rows are cut into bands (`band_rows`) and the bands handed to
+//! the pool; the kernels compute one band and know nothing of threads.
 //!
 //! **Rows are rows.** An [`Input`] row is one token's activations and nothing else: no
 //! position, no sequence. A prompt chunk is `n` rows of one sequence; a decoding step of a
@@ -388,7 +388,7 @@ pub struct FloatMatrix {
     encoding: Encoding,
 }
 
-/// Rows per parallel band of [`FloatMatrix::matvec`].
+/// Rows per parallel band of [`FloatMatrix::matmul`].
 const FLOAT_BAND: usize = 64;
 
 impl FloatMatrix {
@@ -444,34 +444,51 @@ impl FloatMatrix {
         }
     }
 
-    /// `out[r] = dot(M[r], x)` for every row, in parallel bands. Each row is one kernel call
-    /// in a fixed order, so the thread count changes nothing; q6/q4 rows give the same bits
-    /// on every kernel set.
+    /// `out[r] = dot(M[r], x)` for every row, in parallel bands: [`FloatMatrix::matmul`]
+    /// of one row.
     #[track_caller]
     pub fn matvec(&self, kernels: &Kernels, file: &[u8], x: &[f32], out: &mut [f32]) {
+        self.matmul(kernels, file, &x[..self.cols], 1, out);
+    }
+
+    /// `out[t · rows + r] = dot(M[r], xs[t])` for the `n` rows of `xs` (each `cols` wide)
+    /// and every row `r` of the matrix, in parallel bands of the matrix's rows. A band
+    /// takes each of its rows once and dots it with every input row while it is in cache,
+    /// so the matrix is read from memory once for all `n`. Each dot is one kernel call in
+    /// a fixed order, the same whatever `n` and the thread count: a row's outputs are the
+    /// same bits alone or beside others. q6/q4 rows give the same bits on every kernel set.
+    #[track_caller]
+    pub fn matmul(&self, kernels: &Kernels, file: &[u8], xs: &[f32], n: usize, out: &mut [f32]) {
         let (rb, base) = (self.row_bytes(), self.values_offset());
         let data = &file[base..base + self.rows * rb];
-        // q6/q4 kernels take whole blocks: x padded with zeros to the row's padding.
+        // q6/q4 kernels take whole blocks: each x padded with zeros to the row's padding.
         let padded;
-        let x = match self.encoding {
+        let (xs, stride) = match self.encoding {
             Encoding::Q6 | Encoding::Q4 if !self.cols.is_multiple_of(block_quant::BLOCK) => {
-                let mut p = x[..self.cols].to_vec();
-                p.resize(block_quant::blocks(self.cols) * block_quant::BLOCK, 0.0);
+                let stride = block_quant::blocks(self.cols) * block_quant::BLOCK;
+                let mut p = vec![0.0; n * stride];
+                for (p, x) in p.chunks_exact_mut(stride).zip(xs.chunks_exact(self.cols)) {
+                    p[..self.cols].copy_from_slice(x);
+                }
                 padded = p;
-                &padded[..]
+                (&padded[..], stride)
             }
-            _ => &x[..self.cols],
+            _ => (&xs[..n * self.cols], self.cols),
         };
-        crate::pool::for_each_chunk_mut(&mut out[..self.rows], FLOAT_BAND, &|band, out| {
-            let bytes = &data[band * FLOAT_BAND * rb..(band * FLOAT_BAND + out.len()) * rb];
-            for (i, (o, row)) in out.iter_mut().zip(bytes.chunks_exact(rb)).enumerate() {
-                *o = match self.encoding {
-                    Encoding::F16 => kernels.dot_f16(row, x),
-                    Encoding::Q8 => kernels.dot_i8(row, x) * self.q8_scale(file, band * FLOAT_BAND + i),
-                    Encoding::Q6 => kernels.dot_q6(row, x),
-                    Encoding::Q4 => kernels.dot_q4(row, x),
-                    _ => kernels.dot_f32(row, x),
-                };
+        crate::pool::for_each_column_mut(&mut out[..n * self.rows], FLOAT_BAND, n, n, &|band, _, outs| {
+            let r0 = band * FLOAT_BAND;
+            let r1 = (r0 + FLOAT_BAND).min(self.rows);
+            for (i, row) in data[r0 * rb..r1 * rb].chunks_exact(rb).enumerate() {
+                let q8_scale = if self.encoding == Encoding::Q8 { self.q8_scale(file, r0 + i) } else { 0.0 };
+                for (t, x) in xs.chunks_exact(stride).enumerate() {
+                    outs.row(t)[i] = match self.encoding {
+                        Encoding::F16 => kernels.dot_f16(row, x),
+                        Encoding::Q8 => kernels.dot_i8(row, x) * q8_scale,
+                        Encoding::Q6 => kernels.dot_q6(row, x),
+                        Encoding::Q4 => kernels.dot_q4(row, x),
+                        _ => kernels.dot_f32(row, x),
+                    };
+                }
             }
         });
     }

@@ -187,9 +187,8 @@ impl Model {
     /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the logits of the last.
     pub fn forward<'s>(&self, st: &'s mut State, tokens: &[u32], pos: usize) -> Result<&'s [f32]> {
         self.run(st, tokens, pos, None, None)?;
-        let vocab = self.config.vocab_size as usize;
-        let n = (tokens.len() - 1) % st.batch + 1;
-        Ok(&st.scratch.logits[(n - 1) * vocab..n * vocab])
+        // The last token's logits are the only ones computed, in the first row.
+        Ok(&st.scratch.logits[..self.config.vocab_size as usize])
     }
 
     /// Runs `tokens` and hands the logits of every position to `sink(pos, logits)`.
@@ -261,7 +260,7 @@ impl Model {
         mut all_logits: Option<LogitsSink>,
         mut trace: Option<TraceSink>,
     ) -> Result<()> {
-        let h = self.config.hidden_size as usize;
+        let (h, vocab) = (self.config.hidden_size as usize, self.config.vocab_size as usize);
         self.check_span(st, tokens.len(), pos)?;
         self.check_tokens(tokens)?;
         let last_chunk = (tokens.len() - 1) / st.batch;
@@ -289,9 +288,9 @@ impl Model {
                 (None, true) => n - 1..n,
                 (None, false) => 0..0,
             };
-            for t in wanted {
-                let logits = self.row_logits(st, t);
-                if let Some(sink) = all_logits.as_mut() {
+            let logits = self.rows_logits(st, wanted.clone());
+            if let Some(sink) = all_logits.as_mut() {
+                for (t, logits) in wanted.zip(logits.chunks_exact(vocab)) {
                     sink(p0 + t, logits);
                 }
             }
@@ -321,14 +320,21 @@ impl Model {
         }
     }
 
-    /// The logits of row `t` of `st.x` (after the last layer): the final norm and the
-    /// output projection, into row `t` of `st.logits`.
-    pub(crate) fn row_logits<'s>(&self, st: &'s mut Scratch, t: usize) -> &'s [f32] {
+    /// The logits of the given rows of `st.x` (after the last layer), in the order given:
+    /// each row's final norm into `st.xn`, then one output projection of them all (the
+    /// matrix read once), into the first rows of `st.logits`, which are returned.
+    pub(crate) fn rows_logits<'s>(&self, st: &'s mut Scratch, rows: impl IntoIterator<Item = usize>) -> &'s [f32] {
         let c = &self.config;
         let (h, vocab) = (c.hidden_size as usize, c.vocab_size as usize);
-        let logits = &mut st.logits[t * vocab..(t + 1) * vocab];
-        rmsnorm(&mut st.xn[..h], &st.x[t * h..(t + 1) * h], &self.output_norm, c.rms_eps);
-        self.output.matvec(&self.kernels, self.file.bytes(), &st.xn[..h], logits);
+        let mut n = 0;
+        for (t, xn) in rows.into_iter().zip(st.xn.chunks_exact_mut(h)) {
+            rmsnorm(xn, &st.x[t * h..(t + 1) * h], &self.output_norm, c.rms_eps);
+            n += 1;
+        }
+        let logits = &mut st.logits[..n * vocab];
+        if n > 0 {
+            self.output.matmul(&self.kernels, self.file.bytes(), &st.xn[..n * h], n, logits);
+        }
         logits
     }
 
@@ -474,7 +480,7 @@ pub struct Scratch {
     rows: usize,
     /// The hidden state, one row per token of the chunk.
     x: Vec<f32>,
-    /// The final norm of one token, before the output projection.
+    /// The final norm of the rows whose logits are wanted, before the output projection.
     xn: Vec<f32>,
     /// The quantized input of the next BitLinear.
     input: Input,
@@ -541,7 +547,7 @@ impl Scratch {
         Scratch {
             rows,
             x: vec![0.0; rows * h],
-            xn: vec![0.0; h],
+            xn: vec![0.0; rows * h],
             input: Input::new(rows, widest, products),
             q: vec![0.0; rows * qd],
             k: vec![0.0; rows * kvd],

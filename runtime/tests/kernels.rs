@@ -275,3 +275,127 @@ proptest! {
         }
     }
 }
+
+/// A float matrix of `rows × cols` in `enc` at offset 8 of a file of its bytes, with
+/// pseudo-random values (q8: its row scales first; q6/q4: blocks with an f16 scale each).
+fn float_matrix(enc: tern_format::Encoding, rows: usize, cols: usize, seed: u32) -> (Vec<u8>, matmul::FloatMatrix) {
+    use tern_format::block_quant::{block_bytes, blocks, pack_block, q_range, BLOCK};
+    use tern_format::{Encoding, Shape, TensorInfo};
+    let mut s = seed;
+    let mut rnd = move || {
+        s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (s >> 8) as f32 / (1 << 24) as f32 - 0.5
+    };
+    let mut file = vec![0u8; 8];
+    let values = rows * cols;
+    match enc {
+        Encoding::F32 => (0..values).for_each(|_| file.extend(rnd().to_le_bytes())),
+        Encoding::F16 => (0..values).for_each(|_| file.extend(half::f16::from_f32(rnd()).to_le_bytes())),
+        Encoding::Q8 => {
+            (0..rows).for_each(|_| file.extend((rnd().abs() * 0.1 + 1e-3).to_le_bytes()));
+            (0..values).for_each(|_| file.push((rnd() * 255.0) as i8 as u8));
+        }
+        _ => {
+            let (lo, hi) = q_range(enc);
+            let mut blk = vec![0u8; block_bytes(enc)];
+            for _ in 0..rows * blocks(cols) {
+                let q: Vec<i8> = (0..BLOCK).map(|_| ((rnd() + 0.5) * f32::from(hi - lo)).round() as i8 + lo).collect();
+                pack_block(enc, half::f16::from_f32(rnd() * 0.2), &q, &mut blk);
+                file.extend(&blk);
+            }
+        }
+    }
+    let shape = Shape::Matrix { rows: rows as u64, cols: cols as u64 };
+    let length = (file.len() - 8) as u64;
+    let info = TensorInfo { name: "m".into(), encoding: enc, shape, offset: 8, length, scale: 1.0, checksum: 0 };
+    (file, matmul::FloatMatrix::new(&info))
+}
+
+/// The output projection of several rows at once gives each row the bits of its own
+/// matvec, on every kernel set, encoding and thread count (a sequence's logits do not
+/// depend on what else is in the step).
+#[test]
+fn float_matmul_rows_are_their_matvecs() {
+    use tern_format::Encoding;
+    // 150 rows: bands of 64 and a ragged last one; 100 columns: q6/q4 pad x to 128.
+    for (enc, cols) in [Encoding::F16, Encoding::F32, Encoding::Q8, Encoding::Q6, Encoding::Q4]
+        .into_iter()
+        .flat_map(|e| [(e, 100), (e, 64)])
+    {
+        let rows = 150;
+        let (file, m) = float_matrix(enc, rows, cols, 7 + cols as u32);
+        let xs: Vec<f32> = (0..5 * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        for k in Kernels::available() {
+            for threads in [1, 2] {
+                let one: Vec<Vec<u32>> = tern::pool::with_threads(threads, || {
+                    (0..5)
+                        .map(|t| {
+                            let mut out = vec![0f32; rows];
+                            m.matvec(&k, &file, &xs[t * cols..(t + 1) * cols], &mut out);
+                            out.iter().map(|v| v.to_bits()).collect()
+                        })
+                        .collect()
+                })
+                .unwrap();
+                for n in [1, 2, 5] {
+                    let mut out = vec![f32::NAN; n * rows + 3];
+                    tern::pool::with_threads(threads, || m.matmul(&k, &file, &xs[..n * cols], n, &mut out)).unwrap();
+                    for (t, row) in out.chunks(rows).take(n).enumerate() {
+                        let bits: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
+                        assert!(
+                            bits == one[t],
+                            "{} {} cols {cols}, {threads} threads, row {t} of {n}",
+                            k.name(),
+                            enc.name()
+                        );
+                    }
+                    assert!(out[n * rows..].iter().all(|v| v.is_nan()), "wrote past its {n} rows");
+                }
+                // And matvec is each row's kernel call, as the model made it before matmul.
+                assert!(one[0].iter().any(|&b| b != 0), "a matrix of zeros tests nothing");
+                assert_eq!(one, kernel_calls(&k, enc, &file, rows, cols, &xs), "{} {}", k.name(), enc.name());
+            }
+        }
+    }
+}
+
+/// The bits of one kernel call per (input row, matrix row) of [`float_matrix`]'s matrix.
+fn kernel_calls(
+    k: &Kernels,
+    enc: tern_format::Encoding,
+    file: &[u8],
+    rows: usize,
+    cols: usize,
+    xs: &[f32],
+) -> Vec<Vec<u32>> {
+    use tern_format::block_quant::{self, blocks, BLOCK};
+    use tern_format::Encoding;
+    let data = &file[8..];
+    let (values, rb) = match enc {
+        Encoding::F32 => (data, 4 * cols),
+        Encoding::F16 => (data, 2 * cols),
+        Encoding::Q8 => (&data[4 * rows..], cols),
+        _ => (data, block_quant::row_bytes(enc, cols)),
+    };
+    xs.chunks(cols)
+        .map(|x| {
+            let mut x = x.to_vec();
+            x.resize(blocks(cols) * BLOCK, 0.0);
+            (0..rows)
+                .map(|r| {
+                    let row = &values[r * rb..(r + 1) * rb];
+                    let y = match enc {
+                        Encoding::F32 => k.dot_f32(row, &x[..cols]),
+                        Encoding::F16 => k.dot_f16(row, &x[..cols]),
+                        Encoding::Q8 => {
+                            k.dot_i8(row, &x[..cols]) * f32::from_le_bytes(data[4 * r..4 * r + 4].try_into().unwrap())
+                        }
+                        Encoding::Q6 => k.dot_q6(row, &x),
+                        _ => k.dot_q4(row, &x),
+                    };
+                    y.to_bits()
+                })
+                .collect()
+        })
+        .collect()
+}

@@ -47,7 +47,8 @@ pub fn for_each_chunk_mut_n<T: Send, const N: usize>(
 pub struct ColumnMut<'a, T> {
     base: SharedMut<T>,
     chunk: usize,
-    cols: usize,
+    /// Elements per row of the grid (the last column's chunks may be shorter than `chunk`).
+    width: usize,
     col: usize,
     rows: std::ops::Range<usize>,
     _out: std::marker::PhantomData<&'a mut [T]>,
@@ -57,11 +58,16 @@ impl<T> ColumnMut<'_, T> {
     /// The chunk of row `r` (which must be in this job's run of rows) in this column.
     pub fn row(&mut self, r: usize) -> &mut [T] {
         assert!(self.rows.contains(&r), "row {r} is not in this job's rows {:?}", self.rows);
-        // SAFETY: the chunk (r, col) lies inside `out` (r < rows, col < cols, checked in
-        // `for_each_column_mut`); only this job holds (r, col) (its column and run of rows
-        // are its own); and the slice borrows `self` mutably, so no two live at once.
+        let start = self.col * self.chunk;
+        // SAFETY: the chunk (r, col) lies inside `out` (r < rows, start < width, both
+        // checked in `for_each_column_mut`, and it ends at the row's end at the latest);
+        // only this job holds (r, col) (its column and run of rows are its own); and the
+        // slice borrows `self` mutably, so no two live at once.
         unsafe {
-            std::slice::from_raw_parts_mut(self.base.ptr().add((r * self.cols + self.col) * self.chunk), self.chunk)
+            std::slice::from_raw_parts_mut(
+                self.base.ptr().add(r * self.width + start),
+                self.chunk.min(self.width - start),
+            )
         }
     }
 }
@@ -69,18 +75,20 @@ impl<T> ColumnMut<'_, T> {
 /// A job over one column's run of rows: `(col, rows, column)`.
 pub type ColumnJob<'a, T> = dyn Fn(usize, std::ops::Range<usize>, &mut ColumnMut<'_, T>) + Sync + 'a;
 
-/// For `out` of `rows × cols` chunks (of `chunk` elements, row-major), runs
-/// `job(col, row_range, column)` for every column and every run of up to `run` rows, in
-/// parallel, column by column: each job writes its rows of its column (attention: one
-/// head's outputs for a run of a prompt's tokens) through `column`.
+/// For `out` of `rows` rows (row-major), each cut into `cols` chunks of `chunk` elements
+/// (the last may be shorter), runs `job(col, row_range, column)` for every column and
+/// every run of up to `run` rows, in parallel, column by column: each job writes its rows
+/// of its column through `column` (attention: one head's outputs for a run of a prompt's
+/// tokens; the output projection: a band of the vocabulary for every row of a step).
 #[track_caller]
 pub fn for_each_column_mut<T: Send>(out: &mut [T], chunk: usize, rows: usize, run: usize, job: &ColumnJob<'_, T>) {
-    let cols = out.len() / (rows * chunk).max(1);
+    let width = out.len() / rows.max(1);
     assert!(
-        out.len() == rows * cols * chunk && run > 0,
-        "for_each_column_mut: {} is not {rows} rows of whole chunks",
+        out.len() == rows * width && chunk > 0 && run > 0,
+        "for_each_column_mut: {} is not {rows} rows, or a chunk or run is empty",
         out.len()
     );
+    let cols = width.div_ceil(chunk);
     let runs = rows.div_ceil(run);
     let base = SharedMut(out.as_mut_ptr());
     for_bands(cols * runs, &|b| {
@@ -89,7 +97,7 @@ pub fn for_each_column_mut<T: Send>(out: &mut [T], chunk: usize, rows: usize, ru
         let mut column = ColumnMut {
             base: SharedMut(base.ptr()),
             chunk,
-            cols,
+            width,
             col,
             rows: rows.clone(),
             _out: std::marker::PhantomData,
