@@ -232,6 +232,12 @@ impl<'s> Runner<'s> {
         if plan.is_empty() {
             return Ok(());
         }
+        // Each planned slot's own logits buffer, lent to the step and given back below, so
+        // that a step allocates no vocabulary-sized buffers once every slot has one.
+        let mut outs: Vec<Vec<f32>> = plan
+            .iter()
+            .map(|(i, _)| std::mem::take(&mut self.slots[*i].active.as_mut().expect("a planned slot is active").logits))
+            .collect();
         let mut seqs: Vec<Option<(&mut Sequence, &Active)>> =
             self.slots.iter_mut().map(|s| s.active.as_ref().map(|a| (&mut s.seq, a))).collect();
         let mut segments: Vec<Segment> = plan
@@ -241,7 +247,6 @@ impl<'s> Runner<'s> {
                 Segment { seq, tokens: &a.history[r.clone()], pos: r.start, logits: r.end == a.history.len() }
             })
             .collect();
-        let mut outs: Vec<Vec<f32>> = vec![Vec::new(); plan.len()];
         self.batch.step(model, &mut segments, &mut |s, logits| {
             outs[s].clear();
             outs[s].extend_from_slice(logits);
@@ -251,10 +256,10 @@ impl<'s> Runner<'s> {
             let slot = &mut self.slots[i];
             let a = slot.active.as_mut().expect("a planned slot is active");
             a.done = r.end;
+            a.logits = logits;
             if a.done < a.history.len() {
                 continue; // The prompt goes on in the next step.
             }
-            a.logits = logits;
             if let Some(finish) = self.advance(i) {
                 let a = self.slots[i].active.take().expect("the slot just stepped");
                 let prompt_tokens = a.job.prompt.len();
