@@ -97,6 +97,45 @@ fn extremes_do_not_overflow() {
         let x = vec![vec![-128i8; cols], vec![127i8; cols], vec![0i8; cols], vec![-128i8; cols], vec![-128i8; cols]];
         check_all(&w, &x, cols);
     }
+    // Every tile shape of the AVX-512 GEMM (8 × 2, 4 × 4, 4 × 3, their 4- and 1-row
+    // remainders) at the extremes: 13 rows, 1 to 9 tokens.
+    for cols in [4096, 16384] {
+        let w: Vec<Vec<i8>> = (0..13).map(|r| vec![[1i8, -1, 1, -1, 0][r % 5]; cols]).collect();
+        for n in 1..=9 {
+            let x: Vec<Vec<i8>> = (0..n).map(|t| vec![[-128i8, 127, -128, 0][t % 4]; cols]).collect();
+            check_all(&w, &x, cols);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Each kernel set's band against the portable kernel, over token counts that take every
+    /// group and tile shape (groups of four, then three, two or one token) and row counts
+    /// that leave every remainder of the tiles.
+    #[test]
+    fn bands_match_the_portable_kernel(
+        (cols, rows, toks, seed) in (prop_oneof![1usize..300, Just(1536), Just(2048), 1500usize..1600], 1usize..40, 1usize..=18, any::<u64>())
+    ) {
+        let mut s = seed | 1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let w: Vec<Vec<i8>> = (0..rows).map(|_| (0..cols).map(|_| (next() % 3) as i8 - 1).collect()).collect();
+        let x: Vec<Vec<i8>> = (0..toks).map(|_| (0..cols).map(|_| next() as i8).collect()).collect();
+        let (packed, (xq, sums)) = (pack(&w, cols), pad(&x, cols));
+        let mut want = vec![0i32; rows * toks];
+        tern::kernels::portable::ternary_gemm(&packed, row_bytes(cols), &xq, &sums, &mut want);
+        for k in Kernels::available() {
+            let mut got = vec![0i32; rows * toks];
+            k.ternary_band(&packed, row_bytes(cols), &xq, &sums, &mut got);
+            prop_assert_eq!(&got, &want, "kernel {} (cols {}, rows {}, tokens {})", k.name(), cols, rows, toks);
+        }
+    }
 }
 
 proptest! {

@@ -79,53 +79,100 @@ pub unsafe fn ternary_gemm_gfni(rows: &[u8], row_bytes: usize, xq: &[i8], act_su
     gemm::<true>(rows, row_bytes, xq, act_sums, out)
 }
 
-/// [`ternary_gemm`], its tiles decoding with GFNI or with shifts. Always inlined, so that
-/// it is compiled with the target features of the entry point that calls it.
+/// [`ternary_gemm`]; `GFNI` picks the decode of the one-token kernels. Always inlined, so
+/// that it is compiled with the target features of the entry point that calls it.
+///
+/// Tokens go in groups of up to four; each group passes over every row of the band in
+/// register tiles of rows × tokens ([`tiles`]), one token alone through the one-token
+/// kernels ([`gemv4`], [`row_token`]). The first group's tiles ask for the band's lines
+/// ahead, as the one-token kernels do: in a decoding step of a few rows the band comes from
+/// memory, and later groups find it in cache.
 #[inline(always)]
 unsafe fn gemm<const GFNI: bool>(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
     // Every pointer below stays inside the slices (checked by `band_shape`).
     let (n_tok, padded, n_rows, blocks) = super::band_shape(rows, row_bytes, xq, act_sums, out);
-    let (wp, xp) = (rows.as_ptr(), xq.as_ptr());
+    let band = Band { w: rows.as_ptr(), row_bytes, padded, n_rows, blocks, act_sums, out: out.as_mut_ptr() };
     let mut t = 0;
-    while t + 4 <= n_tok {
-        let x = xp.add(t * padded);
-        let sums = _mm512_broadcast_i32x4(_mm_loadu_si128(act_sums.as_ptr().add(t) as *const __m128i));
-        let mut r = 0;
-        while r + 4 <= n_rows {
-            let s = _mm512_sub_epi32(tile4x4::<GFNI>(wp.add(r * row_bytes), row_bytes, x, padded, blocks), sums);
-            let s: [i32; 16] = core::mem::transmute(s);
-            for i in 0..4 {
-                for j in 0..4 {
-                    out[(t + j) * n_rows + r + i] = s[4 * i + j];
-                }
-            }
-            r += 4;
-        }
-        while r < n_rows {
-            let s = tile1x4::<GFNI>(wp.add(r * row_bytes), x, padded, blocks);
-            for j in 0..4 {
-                out[(t + j) * n_rows + r] = s[j] - act_sums[t + j];
-            }
-            r += 1;
-        }
-        t += 4;
-    }
     while t < n_tok {
-        let x = xp.add(t * padded);
-        let mut r = 0;
-        while r + 4 <= n_rows {
-            let s: [i32; 16] = core::mem::transmute(gemv4::<GFNI>(wp.add(r * row_bytes), row_bytes, x, blocks));
-            for i in 0..4 {
-                out[t * n_rows + r + i] = s[4 * i] + s[4 * i + 1] + s[4 * i + 2] + s[4 * i + 3] - act_sums[t];
-            }
-            r += 4;
+        let x = xq.as_ptr().add(t * padded);
+        let n = (n_tok - t).min(4);
+        match (n, t == 0) {
+            (4, true) => tiles::<4, 4, 1, true>(&band, x, t),
+            (4, false) => tiles::<4, 4, 1, false>(&band, x, t),
+            (3, _) => tiles::<4, 3, 1, true>(&band, x, t),
+            (2, _) => tiles::<8, 2, 4, true>(&band, x, t),
+            _ => one_token::<GFNI>(&band, x, t),
         }
-        while r < n_rows {
-            out[t * n_rows + r] = row_token::<GFNI>(wp.add(r * row_bytes), x, blocks) - act_sums[t];
-            r += 1;
-        }
-        t += 1;
+        t += n;
     }
+}
+
+/// One band of [`gemm`]: its packed rows and outputs (pointers checked by `band_shape`).
+struct Band<'a> {
+    w: *const u8,
+    row_bytes: usize,
+    padded: usize,
+    n_rows: usize,
+    blocks: usize,
+    act_sums: &'a [i32],
+    out: *mut i32,
+}
+
+/// Token `t` (activations at `x`) over every row of the band: four rows at a time, then one.
+#[inline(always)]
+unsafe fn one_token<const GFNI: bool>(band: &Band, x: *const i8, t: usize) {
+    let (n_rows, out) = (band.n_rows, band.out.add(t * band.n_rows));
+    let mut r = 0;
+    while r + 4 <= n_rows {
+        let s: [i32; 16] =
+            core::mem::transmute(gemv4::<GFNI>(band.w.add(r * band.row_bytes), band.row_bytes, x, band.blocks));
+        for i in 0..4 {
+            *out.add(r + i) = s[4 * i] + s[4 * i + 1] + s[4 * i + 2] + s[4 * i + 3] - band.act_sums[t];
+        }
+        r += 4;
+    }
+    while r < n_rows {
+        *out.add(r) = row_token::<GFNI>(band.w.add(r * band.row_bytes), x, band.blocks) - band.act_sums[t];
+        r += 1;
+    }
+}
+
+/// Tokens `t..t + T` (activations at `x`) over every row of the band, `R` rows at a time in
+/// [`tile`]s, the rows left over `R1` at a time, then one at a time. `PF`: ask for the band's
+/// lines ahead ([`tile`]).
+#[inline(always)]
+unsafe fn tiles<const R: usize, const T: usize, const R1: usize, const PF: bool>(band: &Band, x: *const i8, t: usize) {
+    let mut r = tile_rows::<R, T, PF>(band, x, t, 0);
+    if R1 > 1 {
+        r = tile_rows::<R1, T, PF>(band, x, t, r);
+    }
+    tile_rows::<1, T, PF>(band, x, t, r);
+}
+
+/// [`tile`]s of `R` rows from row `r` while `R` rows remain; returns the first row not done.
+#[inline(always)]
+unsafe fn tile_rows<const R: usize, const T: usize, const PF: bool>(
+    band: &Band,
+    x: *const i8,
+    t: usize,
+    mut r: usize,
+) -> usize {
+    while r + R <= band.n_rows {
+        let s: [i32; 16] = core::mem::transmute(tile::<R, T, PF>(
+            band.w.add(r * band.row_bytes),
+            band.row_bytes,
+            x,
+            band.padded,
+            band.blocks,
+        ));
+        for i in 0..R {
+            for j in 0..T {
+                *band.out.add((t + j) * band.n_rows + r + i) = s[i * T + j] - band.act_sums[t + j];
+            }
+        }
+        r += R;
+    }
+    r
 }
 
 /// Horizontal sums of 16 vectors: lane k of the result is the sum of the lanes of `a[k]`.
@@ -167,55 +214,54 @@ const FIELD: [i64; 4] = {
     m
 };
 
-/// `sum((w+1)·x)` of four rows × four tokens; lane `4i + j` is row `i`, token `j`. With
-/// `GFNI`, codes come from [`field`]'s affine transforms.
+/// `sum((w+1)·x)` of `R` consecutive rows (`row_bytes` apart) × `T` tokens (`padded`
+/// apart), `R · T ≤ 16`: lane `T·i + j` is row `i`, token `j`. Each decoded code vector feeds
+/// `T` tokens and each activation vector `R` rows, from `R · T` accumulators in registers.
+///
+/// Codes come out with a shift and a mask ([`field`] without GFNI): on Zen 4 the shifts and
+/// masks run beside `vpdpbusd`, while `vgf2p8affineqb` takes its pipes (BENCHMARKS.md,
+/// "Multi-token ternary GEMM"). With `PF`, each block step asks for the next `R` lines, in
+/// address order, [`PREFETCH`] bytes ahead of the group's rows, as [`gemv4`] does.
 #[inline(always)]
-unsafe fn tile4x4<const GFNI: bool>(
+unsafe fn tile<const R: usize, const T: usize, const PF: bool>(
     w: *const u8,
     row_bytes: usize,
     x: *const i8,
     padded: usize,
     blocks: usize,
 ) -> __m512i {
-    let mut acc = [_mm512_setzero_si512(); 16];
+    let mut acc = [[_mm512_setzero_si512(); T]; R];
     for b in 0..blocks {
-        let mut raw = [_mm512_setzero_si512(); 4];
+        if PF {
+            for i in 0..R {
+                // A prefetch is a hint that never faults, so the address may lie past the band.
+                _mm_prefetch::<_MM_HINT_NTA>(w.wrapping_add(PREFETCH + (R * b + i) * 64) as *const i8);
+            }
+        }
+        let mut raw = [_mm512_setzero_si512(); R];
         for (i, r) in raw.iter_mut().enumerate() {
             *r = _mm512_loadu_si512(w.add(i * row_bytes + b * 64) as *const _);
         }
         for g in 0..4 {
-            let mut codes = [_mm512_setzero_si512(); 4];
+            let mut codes = [_mm512_setzero_si512(); R];
             for (c, &r) in codes.iter_mut().zip(&raw) {
-                *c = field::<GFNI>(r, g);
+                *c = field::<false>(r, g);
             }
-            for j in 0..4 {
+            for j in 0..T {
                 let xv = load_x(x.add(j * padded + b * BLOCK + g * 64));
-                for i in 0..4 {
-                    acc[4 * i + j] = _mm512_dpbusd_epi32(acc[4 * i + j], codes[i], xv);
+                for i in 0..R {
+                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], codes[i], xv);
                 }
             }
         }
     }
-    reduce16(acc)
-}
-
-/// `sum((w+1)·x)` of one row × four tokens.
-#[inline(always)]
-unsafe fn tile1x4<const GFNI: bool>(row: *const u8, x: *const i8, padded: usize, blocks: usize) -> [i32; 4] {
-    let mut acc = [_mm512_setzero_si512(); 4];
-    for b in 0..blocks {
-        let codes = decode::<GFNI>(row.add(b * 64));
-        for (j, a) in acc.iter_mut().enumerate() {
-            for (i, c) in codes.iter().enumerate() {
-                *a = _mm512_dpbusd_epi32(*a, *c, load_x(x.add(j * padded + b * BLOCK + i * 64)));
-            }
+    let mut all = [_mm512_setzero_si512(); 16];
+    for i in 0..R {
+        for j in 0..T {
+            all[T * i + j] = acc[i][j];
         }
     }
-    let mut s = [0i32; 4];
-    for (s, &a) in s.iter_mut().zip(&acc) {
-        *s = _mm512_reduce_add_epi32(a);
-    }
-    s
+    reduce16(all)
 }
 
 /// `sum((w+1)·x)` of four rows × one token as 16 partial sums: lanes `4i..4i+4` belong to row `i`.
