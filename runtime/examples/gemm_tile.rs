@@ -54,7 +54,7 @@ fn main() {
     println!(
         "{} rows × {cols} ({} MB), {}, {threads} thread(s), median of {reps}",
         rows,
-        rows * rb >> 20,
+        (rows * rb) >> 20,
         if stream { "streamed" } else { "L2-resident" }
     );
     print!("| tokens |");

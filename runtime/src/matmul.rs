@@ -152,6 +152,14 @@ pub fn bitlinear<const N: usize>(
         let xq = &x.xq[..padded_cols(cols)];
         return ternary_gemv(kernels, packed, row_bytes, xq, x.act_sum[0], dsts, how, f);
     }
+    if n <= STREAM_TOKENS && ws.iter().all(|w| w.bias.is_none()) {
+        let xq = &x.xq[..n * padded_cols(cols)];
+        for ((w, dst), how) in ws.into_iter().zip(dsts).zip(how) {
+            let f = row_factors(w, &x.s_x[..n]);
+            ternary_rows_rescaled(kernels, [w.packed(file)], row_bytes, xq, &x.act_sum[..n], dst, [how], [&f[..n]]);
+        }
+        return;
+    }
     let accs = products(&mut x.acc, ws.map(|w| w.rows * n));
     ternary_gemms(kernels, packed, row_bytes, &x.xq[..n * padded_cols(cols)], &x.act_sum[..n], accs);
     let mut at = 0;
@@ -181,6 +189,21 @@ pub fn bitlinear_gated(
         let f = [gate.scale / x.s_x[0], up.scale / x.s_x[0]];
         let xq = &x.xq[..padded_cols(cols)];
         return ternary_gemv_gated(kernels, pg, pu, row_bytes, xq, x.act_sum[0], dst, act, f);
+    }
+    if n <= STREAM_TOKENS && gate.bias.is_none() && up.bias.is_none() {
+        let f = [gate, up].map(|w| row_factors(w, &x.s_x[..n]));
+        let xq = &x.xq[..n * padded_cols(cols)];
+        let how = [Combine::Store, act];
+        return ternary_rows_rescaled(
+            kernels,
+            [pg, pu],
+            row_bytes,
+            xq,
+            &x.act_sum[..n],
+            dst,
+            how,
+            [&f[0][..n], &f[1][..n]],
+        );
     }
     let accs = products(&mut x.acc, [gate.rows * n, up.rows * n]);
     ternary_gemms(kernels, [pg, pu], row_bytes, &x.xq[..n * padded_cols(cols)], &x.act_sum[..n], accs);
@@ -234,14 +257,20 @@ fn rescale_biased(how: Combine, dst: &mut [f32], acc: &[i32], f: f32, bias: &[u8
     }
 }
 
-/// Rows per parallel band of a matrix of `rows` rows. Prompt chunks:
+/// Up to this many rows, a product's bands are cut as for one token: their weights stream
+/// from memory once (the kernels' prefetch running ahead), the kernel's second group of
+/// four rows finding them in L2.
+const STREAM_TOKENS: usize = 8;
+
+/// Rows per parallel band of a matrix of `rows` rows. Prompt chunks (more than
+/// [`STREAM_TOKENS`] rows):
 /// about 32 KB of packed weights, which stay in L1/L2 while every token of the chunk
-/// passes over them. One token: up to 128 KB, so a band's stream is long next to its
+/// passes over them. Fewer rows (one token, a decoding step of a few sequences): up to 128 KB, so a band's stream is long next to its
 /// prefetch distance, but at least 16 bands per matrix, so that the last band to finish
 /// keeps the other threads waiting only briefly. Bands this size still balance when
 /// another process takes a core.
 fn band_rows(row_bytes: usize, n_tok: usize, rows: usize) -> usize {
-    let bytes = if n_tok >= 4 { 32 * 1024 } else { (rows * row_bytes / 16).clamp(32 * 1024, 128 * 1024) };
+    let bytes = if n_tok > STREAM_TOKENS { 32 * 1024 } else { (rows * row_bytes / 16).clamp(32 * 1024, 128 * 1024) };
     (bytes / row_bytes.max(1)).max(1)
 }
 
@@ -317,6 +346,56 @@ pub fn ternary_gemv<const N: usize>(
                 acc,
             );
             kernels.rescale(how[i], out, acc, f[i]);
+        }
+    });
+}
+
+/// Each row's rescale factor `scale / s_x` for matrix `w` (up to [`STREAM_TOKENS`] rows).
+fn row_factors(w: &Ternary, s_x: &[f32]) -> [f32; STREAM_TOKENS] {
+    let mut f = [0.0; STREAM_TOKENS];
+    for (f, s) in f.iter_mut().zip(s_x) {
+        *f = w.scale / s;
+    }
+    f
+}
+
+/// Products of up to this many values (rows × tokens) a band of
+/// [`ternary_rows_rescaled`] holds on its stack at a time.
+const BAND_ACC: usize = 4096;
+
+/// A few rows (at most [`STREAM_TOKENS`], each `cols` wide at `xq`) through the matrices
+/// `packed` (equal shapes; one, or a gated pair) in parallel bands, each band rescaling
+/// what it computed into `dst` (row `t` at `t · rows`), matrix by matrix: `dst ⊕= acc ·
+/// f[i][t]` as `how[i]` says. One parallel region, with no rescale pass afterwards: the
+/// same operations, in the same order per value, as [`ternary_gemms`] followed by
+/// [`rescale`].
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+fn ternary_rows_rescaled<const N: usize>(
+    kernels: &Kernels,
+    packed: [&[u8]; N],
+    row_bytes: usize,
+    xq: &[i8],
+    act_sums: &[i32],
+    dst: &mut [f32],
+    how: [Combine; N],
+    f: [&[f32]; N],
+) {
+    let (n, rows) = (act_sums.len(), packed[0].len() / row_bytes);
+    let band = band_rows(row_bytes, n, rows);
+    let chunk = (BAND_ACC / n).min(band);
+    crate::pool::for_each_column_mut(&mut dst[..n * rows], band, n, n, &|b, _, outs| {
+        let mut acc = [0i32; BAND_ACC];
+        let (r0, r1) = (b * band, ((b + 1) * band).min(rows));
+        for c0 in (r0..r1).step_by(chunk) {
+            let c1 = (c0 + chunk).min(r1);
+            let acc = &mut acc[..(c1 - c0) * n];
+            for i in 0..N {
+                kernels.ternary_band(&packed[i][c0 * row_bytes..c1 * row_bytes], row_bytes, xq, act_sums, acc);
+                for (t, acc) in acc.chunks_exact(c1 - c0).enumerate() {
+                    kernels.rescale(how[i], &mut outs.row(t)[c0 - r0..c1 - r0], acc, f[i][t]);
+                }
+            }
         }
     });
 }

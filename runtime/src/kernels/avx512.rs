@@ -92,6 +92,13 @@ unsafe fn gemm<const GFNI: bool>(rows: &[u8], row_bytes: usize, xq: &[i8], act_s
     // Every pointer below stays inside the slices (checked by `band_shape`).
     let (n_tok, padded, n_rows, blocks) = super::band_shape(rows, row_bytes, xq, act_sums, out);
     let band = Band { w: rows.as_ptr(), row_bytes, padded, n_rows, blocks, act_sums, out: out.as_mut_ptr() };
+    if n_tok > 1 {
+        // The tiles' prefetch runs `PREFETCH` bytes ahead of their reads: ask for the band's
+        // first lines now. A prefetch is a hint that never faults.
+        for line in (0..rows.len().min(PREFETCH)).step_by(64) {
+            _mm_prefetch::<_MM_HINT_NTA>(rows.as_ptr().wrapping_add(line) as *const i8);
+        }
+    }
     let mut t = 0;
     while t < n_tok {
         let x = xq.as_ptr().add(t * padded);
@@ -249,8 +256,8 @@ unsafe fn tile<const R: usize, const T: usize, const PF: bool>(
             }
             for j in 0..T {
                 let xv = load_x(x.add(j * padded + b * BLOCK + g * 64));
-                for i in 0..R {
-                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], codes[i], xv);
+                for (a, &c) in acc.iter_mut().zip(&codes) {
+                    a[j] = _mm512_dpbusd_epi32(a[j], c, xv);
                 }
             }
         }
