@@ -250,14 +250,17 @@ unsafe fn tile<const R: usize, const T: usize, const PF: bool>(
             *r = _mm512_loadu_si512(w.add(i * row_bytes + b * 64) as *const _);
         }
         for g in 0..4 {
-            let mut codes = [_mm512_setzero_si512(); R];
-            for (c, &r) in codes.iter_mut().zip(&raw) {
-                *c = field::<false>(r, g);
+            // The tokens' activations first, then each row's codes as they are used: live
+            // registers R·T + R + T + 1 (an 8 × 2 tile holding all eight code vectors
+            // as well would need 34 of the 32).
+            let mut xv = [_mm512_setzero_si512(); T];
+            for (j, v) in xv.iter_mut().enumerate() {
+                *v = load_x(x.add(j * padded + b * BLOCK + g * 64));
             }
-            for j in 0..T {
-                let xv = load_x(x.add(j * padded + b * BLOCK + g * 64));
-                for (a, &c) in acc.iter_mut().zip(&codes) {
-                    a[j] = _mm512_dpbusd_epi32(a[j], c, xv);
+            for (a, &r) in acc.iter_mut().zip(&raw) {
+                let c = field::<false>(r, g);
+                for (a, &v) in a.iter_mut().zip(&xv) {
+                    *a = _mm512_dpbusd_epi32(*a, c, v);
                 }
             }
         }
