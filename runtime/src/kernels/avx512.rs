@@ -53,12 +53,8 @@ pub fn gfni_available() -> bool {
     available() && is_x86_feature_detected!("gfni")
 }
 
-/// Same contract as [`super::portable::ternary_gemm`].
-///
-/// Tokens go in groups of four (outer loop) so their activations stay in L1 while the
-/// band's packed rows stream past, four rows at a time: a 4 × 4 tile keeps 16 independent
-/// accumulator chains in registers, each decoded code vector feeds four tokens and each
-/// activation vector four rows. Leftover tokens take the 4-row GEMV path.
+/// Same contract as [`super::portable::ternary_gemm`]: register tiles of rows × tokens over
+/// the band (`gemm`), one token at a time through `gemv4` and `row_token`.
 ///
 /// # Safety
 /// The CPU must support avx512f, avx512bw and avx512vnni ([`available`]).
@@ -67,10 +63,10 @@ pub unsafe fn ternary_gemm(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &
     gemm::<false>(rows, row_bytes, xq, act_sums, out)
 }
 
-/// [`ternary_gemm`] taking the codes out of the packed bytes with GFNI's `vgf2p8affineqb`
-/// (one instruction per code vector instead of a shift and a mask), in the prompt's
-/// 4 × 4 tiles and in the one-token kernels alike. With shifts, taking the codes out is a
-/// noticeable part of a prompt's time (figures in BENCHMARKS.md).
+/// [`ternary_gemm`] whose one-token kernels take the codes out of the packed bytes with
+/// GFNI's `vgf2p8affineqb` (one instruction per code vector instead of a shift and a mask).
+/// The multi-token tiles decode with shifts in both sets: on Zen 4 the affine transform
+/// takes `vpdpbusd`'s pipes, the shifts do not (BENCHMARKS.md, "Multi-token ternary GEMM").
 ///
 /// # Safety
 /// The CPU must support avx512f, avx512bw, avx512vnni and gfni ([`gfni_available`]).
@@ -89,7 +85,11 @@ pub unsafe fn ternary_gemm_gfni(rows: &[u8], row_bytes: usize, xq: &[i8], act_su
 /// memory, and later groups find it in cache.
 #[inline(always)]
 unsafe fn gemm<const GFNI: bool>(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]) {
-    // Every pointer below stays inside the slices (checked by `band_shape`).
+    // SAFETY (for every kernel below): `band_shape` checked that `rows` holds `n_rows`
+    // rows of `blocks` 64-byte blocks, `xq` `n_tok` activation rows of `padded` bytes and
+    // `out` `n_rows · n_tok` values; the tiles read rows `r..r + R < n_rows` and tokens
+    // `t..t + T ≤ n_tok`, and write `out[(t + j) · n_rows + r + i]` inside those bounds,
+    // through `out`'s pointer while `out` stays mutably borrowed by this call.
     let (n_tok, padded, n_rows, blocks) = super::band_shape(rows, row_bytes, xq, act_sums, out);
     let band = Band { w: rows.as_ptr(), row_bytes, padded, n_rows, blocks, act_sums, out: out.as_mut_ptr() };
     if n_tok > 1 {
