@@ -15,7 +15,7 @@
 //! same call (what is per sequence, the KV cache and positions, lives in
 //! `crate::attention`). One row takes the one-token path ([`ternary_gemv`]: each band
 //! rescales what it computed, prefetching far ahead); a few rows (a decoding step of several
-//! sequences, up to [`STREAM_TOKENS`]) the blocked GEMM in the same bands, each band
+//! sequences, up to `STREAM_TOKENS`) the blocked GEMM in the same bands, each band
 //! rescaling its own products; more rows (a prompt chunk) the blocked GEMM
 //! ([`ternary_gemms`]: rows in groups of four over each band of weights), then one rescale
 //! task per row. All give the same bits for a row, whichever path it took.
