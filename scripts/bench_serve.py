@@ -6,7 +6,11 @@
 For each number of streams N, starts `tern serve MODEL --parallel N`, warms it up, then
 sends N streaming completions at once (temperature 0, distinct prompts) and measures per
 stream the time to first token and the decode rate after it, and overall the aggregate
-rate (all tokens over the wall time of the round). Rounds are repeated and medians
+rate (all tokens over the wall time of the round, prompts and first tokens included) and
+the steady decode rate: the tokens all streams received while every one of them was
+decoding (from the last stream's first token to the first stream's last token) over that
+window's length, i.e. what N streams decoding together deliver once every prompt is in.
+With one stream the two decode rates are the same measure. Rounds are repeated and medians
 reported. Prints a markdown table, with the server's RSS (VmRSS, and the peak VmHWM)
 after the rounds, read from /proc.
 """
@@ -42,6 +46,7 @@ def stream_one(base, prompt, tokens, out):
     resp = conn.getresponse()
     first = last = None
     usage = None
+    stamps = []
     for raw in resp:
         line = raw.decode().strip()
         if not line.startswith("data: ") or line == "data: [DONE]":
@@ -55,9 +60,21 @@ def stream_one(base, prompt, tokens, out):
             now = time.perf_counter()
             first = first or now
             last = now
+            stamps.append(now)
     conn.close()
     n = usage["completion_tokens"]
-    out.append({"ttft": first - t0, "tokens": n, "decode_tps": (n - 1) / max(last - first, 1e-9), "end": last})
+    out.append({"ttft": first - t0, "tokens": n, "decode_tps": (n - 1) / max(last - first, 1e-9), "end": last,
+                "stamps": stamps})
+
+
+def steady(results):
+    """Tokens per second over all streams while every stream was decoding, or None when
+    no such window exists (a stream ended before another had its first token)."""
+    start = max(r["stamps"][0] for r in results)
+    end = min(r["stamps"][-1] for r in results)
+    if end <= start:
+        return None
+    return sum(sum(1 for t in r["stamps"] if start < t <= end) for r in results) / (end - start)
 
 
 def rss(pid):
@@ -90,6 +107,7 @@ def bench(args, n):
             wall = max(r["end"] for r in results) - t0
             rounds.append({
                 "aggregate": sum(r["tokens"] for r in results) / wall,
+                "steady": steady(results),
                 "per_stream": statistics.median(r["decode_tps"] for r in results),
                 "ttft": statistics.median(r["ttft"] for r in results),
                 "tokens": sum(r["tokens"] for r in results),
@@ -98,6 +116,8 @@ def bench(args, n):
             "streams": n,
             "aggregate": statistics.median(r["aggregate"] for r in rounds),
             "per_stream": statistics.median(r["per_stream"] for r in rounds),
+            "steady": statistics.median(r["steady"] for r in rounds if r["steady"] is not None)
+            if any(r["steady"] is not None for r in rounds) else None,
             "ttft": statistics.median(r["ttft"] for r in rounds),
             "tokens": rounds[0]["tokens"],
             "rss": rss(server.pid),
@@ -118,12 +138,15 @@ def main():
     ap.add_argument("--streams", default="1,2,4,8")
     args = ap.parse_args()
     rows = [bench(args, int(n)) for n in args.streams.split(",")]
-    one = rows[0]["aggregate"]
-    print(f"| streams (= --parallel) | aggregate tok/s | × 1 stream | per-stream decode tok/s | time to first token | RSS (peak) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    one, one_steady = rows[0]["aggregate"], rows[0]["steady"]
+    print("| streams (= --parallel) | aggregate tok/s | × 1 stream | steady decode tok/s | × 1 stream | "
+          "per-stream decode tok/s | time to first token | RSS (peak) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['streams']} | {r['aggregate']:.1f} | {r['aggregate'] / one:.2f} | {r['per_stream']:.1f} | "
-              f"{r['ttft'] * 1e3:.0f} ms | {r['rss'][0]} ({r['rss'][1]}) |")
+        st = "–" if r["steady"] is None else f"{r['steady']:.1f}"
+        st_x = "–" if r["steady"] is None or not one_steady else f"{r['steady'] / one_steady:.2f}"
+        print(f"| {r['streams']} | {r['aggregate']:.1f} | {r['aggregate'] / one:.2f} | {st} | {st_x} | "
+              f"{r['per_stream']:.1f} | {r['ttft'] * 1e3:.0f} ms | {r['rss'][0]} ({r['rss'][1]}) |")
 
 
 if __name__ == "__main__":
