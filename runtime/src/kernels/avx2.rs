@@ -425,7 +425,7 @@ pub unsafe fn read_sum(bytes: &[u8]) -> u64 {
 /// The CPU must support avx2, fma and f16c ([`available`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
-    f16_1([x], row)[0]
+    tile::<super::F16Row, 1, 1>([row], [x])[0][0]
 }
 
 /// The length every input of a multi-input dot shares (panics unless they do, and unless
@@ -437,31 +437,89 @@ fn inputs_len<const N: usize>(xs: &[&[f32]; N], row: &[u8], width: usize) -> usi
     n
 }
 
-/// [`dot_f16`] of one row with `N` inputs at once: each 8 halves are converted once, then each input
-/// takes them into its own two accumulators, reduced as [`dot_f16`] reduces its own.
+/// How one float encoding's row values widen to f32 for [`tile`]: 8 values at a time, and
+/// one at a time for the tail.
+trait Widen: super::FloatRow {
+    /// Values `i .. i + 8` of the row at `p`.
+    ///
+    /// # Safety
+    /// `p` must have `(i + 8) · WIDTH` readable bytes; the CPU must support avx2, fma, f16c.
+    unsafe fn widen(p: *const u8, i: usize) -> __m256;
+}
+
+/// Little-endian f16 values, converted by `vcvtph2ps`.
+impl Widen for super::F16Row {
+    #[inline(always)]
+    unsafe fn widen(p: *const u8, i: usize) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i))
+    }
+}
+
+/// Little-endian f32 values.
+impl Widen for super::F32Row {
+    #[inline(always)]
+    unsafe fn widen(p: *const u8, i: usize) -> __m256 {
+        _mm256_loadu_ps(p.add(4 * i) as *const f32)
+    }
+}
+
+/// The dots of `R` rows × `N` inputs (all of one length, the rows as long): every pair
+/// `(r, t)` sums `W(r)[i] · x_t[i]` in two chains of 8 lanes (values `16s .. 16s + 8` into
+/// the first, the next 8 into the second), adds the chains, reduces them with `hsum` and
+/// adds the tail values one by one: [`dot_f16`]'s and [`dot_f32`]'s order, which is
+/// `tile::<_, 1, 1>`. A row's 8 values are widened once for the `N` inputs, an input's 8
+/// loaded once for the `R` rows. With `R > 1` the tile asks for one sequential stretch of
+/// lines [`PREFETCH`] bytes ahead of its (consecutive) rows, as the AVX-512 tile does.
 #[inline(always)]
-unsafe fn f16_1<const N: usize>(xs: [&[f32]; N], row: &[u8]) -> [f32; N] {
-    let n = inputs_len(&xs, row, 2);
-    let rp = row.as_ptr();
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+unsafe fn tile<W: Widen, const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+    let n = super::tile_len(&rows, &xs, W::WIDTH);
+    let mut acc = [[[_mm256_setzero_ps(); 2]; N]; R];
+    let step_bytes = R * 16 * W::WIDTH;
     let mut i = 0;
     while i + 16 <= n {
+        if R > 1 {
+            // A prefetch is a hint that never faults: any address is fine.
+            let ahead = rows[0].as_ptr().wrapping_add(PREFETCH + i / 16 * step_bytes);
+            let mut b = 0;
+            while b < step_bytes {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(b) as *const i8);
+                b += 64;
+            }
+        }
         for k in 0..2 {
-            let w = _mm256_cvtph_ps(_mm_loadu_si128(rp.add(2 * (i + 8 * k)) as *const __m128i));
-            for (a, x) in acc.iter_mut().zip(&xs) {
-                a[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)), a[k]);
+            // In bounds: values `i + 8k .. i + 8k + 8` < n of each row and input (checked above).
+            let mut w = [_mm256_setzero_ps(); R];
+            for (w, row) in w.iter_mut().zip(&rows) {
+                *w = W::widen(row.as_ptr(), i + 8 * k);
+            }
+            for (t, x) in xs.iter().enumerate() {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(i + 8 * k));
+                for (a, &w) in acc.iter_mut().zip(&w) {
+                    a[t][k] = _mm256_fmadd_ps(w, xv, a[t][k]);
+                }
             }
         }
         i += 16;
     }
-    let mut s = [0f32; N];
-    for ((s, a), x) in s.iter_mut().zip(&acc).zip(&xs) {
-        *s = hsum(_mm256_add_ps(a[0], a[1]));
-        for j in i..n {
-            *s += half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
+    let mut s = [[0f32; N]; R];
+    for (s, a) in s.iter_mut().zip(&acc) {
+        for (s, a) in s.iter_mut().zip(a) {
+            *s = hsum(_mm256_add_ps(a[0], a[1]));
         }
     }
-    s
+    super::add_tails::<W, R, N>(s, &rows, &xs, i)
+}
+
+/// [`tile`] of f16 rows, for `many_dots!`.
+#[inline(always)]
+unsafe fn f16_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+    tile::<super::F16Row, R, N>(rows, xs)
+}
+
+/// [`tile`] of f32 rows, for `many_dots!`.
+#[inline(always)]
+unsafe fn f32_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+    tile::<super::F32Row, R, N>(rows, xs)
 }
 
 /// `sum(row[i] * x[i])` for a little-endian f32 row.
@@ -470,33 +528,7 @@ unsafe fn f16_1<const N: usize>(xs: [&[f32]; N], row: &[u8]) -> [f32; N] {
 /// The CPU must support avx2 and fma ([`available`]).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
-    f32_1([x], row)[0]
-}
-
-/// [`dot_f32`] of one row with `N` inputs at once, each in [`dot_f32`]'s lanes and order.
-#[inline(always)]
-unsafe fn f32_1<const N: usize>(xs: [&[f32]; N], row: &[u8]) -> [f32; N] {
-    let n = inputs_len(&xs, row, 4);
-    let rp = row.as_ptr();
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
-    let mut i = 0;
-    while i + 16 <= n {
-        for k in 0..2 {
-            let w = _mm256_loadu_ps(rp.add(4 * (i + 8 * k)) as *const f32);
-            for (a, x) in acc.iter_mut().zip(&xs) {
-                a[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)), a[k]);
-            }
-        }
-        i += 16;
-    }
-    let mut s = [0f32; N];
-    for ((s, a), x) in s.iter_mut().zip(&acc).zip(&xs) {
-        *s = hsum(_mm256_add_ps(a[0], a[1]));
-        for j in i..n {
-            *s += f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]]) * x[j];
-        }
-    }
-    s
+    tile::<super::F32Row, 1, 1>([row], [x])[0][0]
 }
 
 /// `sum(row[i] as i8 * x[i])`.
@@ -564,10 +596,10 @@ macro_rules! row_by_row {
         }
     )+};
 }
-row_by_row!(f16_n = f16_1, f32_n = f32_1, i8_n = i8_1);
+row_by_row!(i8_n = i8_1);
 
 block_dots!("avx2,fma,f16c");
-many_dots!("avx2,fma,f16c"; dots_f16 = f16_n / 1 x 4, dots_f32 = f32_n / 1 x 4, dots_i8 = i8_n / 1 x 2, dots_q6 = q6_n / 1 x 4, dots_q4 = q4_n / 1 x 4);
+many_dots!("avx2,fma,f16c"; dots_f16 = f16_n / 2 x 2, dots_f32 = f32_n / 2 x 2, dots_i8 = i8_n / 1 x 2, dots_q6 = q6_n / 1 x 4, dots_q4 = q4_n / 1 x 4);
 
 /// One q6 (`Q6`) or q4 block row, the portable order's 16 lanes as two vectors of 8: half
 /// `h` takes nibble bytes `8h .. 8h + 8` (values `8h ..` masked, `16 + 8h ..` shifted by 4)

@@ -288,21 +288,17 @@ pub unsafe fn read_sum(bytes: &[u8]) -> u64 {
 /// The CPU must support avx512f ([`available`]).
 #[target_feature(enable = "avx512f")]
 pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
-    tile::<F16, 1, 1>([row], [x])[0][0]
+    tile::<super::F16Row, 1, 1>([row], [x])[0][0]
 }
 
 /// How one float encoding's row values widen to f32 for [`tile`]: 16 values at a time,
 /// and one at a time for the tail; and what one row alone asks for ahead of its reads.
-trait Widen {
-    /// Bytes per value.
-    const WIDTH: usize;
+trait Widen: super::FloatRow {
     /// Values `i .. i + 16` of the row at `p`.
     ///
     /// # Safety
     /// `p` must have `(i + 16) · WIDTH` readable bytes; the CPU must support avx512f.
     unsafe fn widen(p: *const u8, i: usize) -> __m512;
-    /// Value `j` of `row`.
-    fn value(row: &[u8], j: usize) -> f32;
     /// Asks for lines ahead of values `i .. i + 32` of the row at `p` (a hint: any address).
     ///
     /// # Safety
@@ -313,30 +309,18 @@ trait Widen {
 
 /// Little-endian f16 values, converted by `vcvtph2ps`; one row alone asks for no lines
 /// ahead (see [`dot_f16`]).
-struct F16;
-impl Widen for F16 {
-    const WIDTH: usize = 2;
+impl Widen for super::F16Row {
     #[inline(always)]
     unsafe fn widen(p: *const u8, i: usize) -> __m512 {
         _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * i) as *const __m256i))
     }
-    #[inline(always)]
-    fn value(row: &[u8], j: usize) -> f32 {
-        half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32()
-    }
 }
 
 /// Little-endian f32 values, two lines asked for [`PREFETCH`] ahead per 32 values.
-struct F32;
-impl Widen for F32 {
-    const WIDTH: usize = 4;
+impl Widen for super::F32Row {
     #[inline(always)]
     unsafe fn widen(p: *const u8, i: usize) -> __m512 {
         _mm512_loadu_ps(p.add(4 * i) as *const f32)
-    }
-    #[inline(always)]
-    fn value(row: &[u8], j: usize) -> f32 {
-        f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]])
     }
     #[inline(always)]
     unsafe fn prefetch(p: *const u8, i: usize) {
@@ -346,16 +330,10 @@ impl Widen for F32 {
 }
 
 /// Int8 values (q8 without its row scale), one line asked for [`PREFETCH`] ahead per 64 values.
-struct I8;
-impl Widen for I8 {
-    const WIDTH: usize = 1;
+impl Widen for super::I8Row {
     #[inline(always)]
     unsafe fn widen(p: *const u8, i: usize) -> __m512 {
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(i) as *const __m128i)))
-    }
-    #[inline(always)]
-    fn value(row: &[u8], j: usize) -> f32 {
-        f32::from(row[j] as i8)
     }
     #[inline(always)]
     unsafe fn prefetch(p: *const u8, i: usize) {
@@ -369,15 +347,11 @@ impl Widen for I8 {
 /// `(r, t)` sums `W(r)[i] · x_t[i]` in two chains of 16 lanes (values `32s .. 32s + 16`
 /// into the first, the next 16 into the second, one FMA each), adds the chains and
 /// reduces the lanes with `_mm512_reduce_add_ps`, then adds the tail
-/// values one by one: [`dot_f16`]'s order, which is `tile::<F16, 1, 1>`. A row's 16 values
+/// values one by one: [`dot_f16`]'s order, which is `tile::<super::F16Row, 1, 1>`. A row's 16 values
 /// are widened once for the `N` inputs, an input's 16 loaded once for the `R` rows.
 #[inline(always)]
 unsafe fn tile<W: Widen, const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
-    let n = xs.first().map_or(0, |x| x.len());
-    assert!(
-        xs.iter().all(|x| x.len() == n) && rows.iter().all(|r| r.len() >= W::WIDTH * n),
-        "inputs of one length, rows as long"
-    );
+    let n = super::tile_len(&rows, &xs, W::WIDTH);
     let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
     let mut i = 0;
     // The tile's own bytes per 32-value step, R rows' worth (a multiple of 32).
@@ -413,21 +387,18 @@ unsafe fn tile<W: Widen, const R: usize, const N: usize>(rows: [&[u8]; R], xs: [
         i += 32;
     }
     let mut s = [[0f32; N]; R];
-    for ((s, a), row) in s.iter_mut().zip(&acc).zip(&rows) {
-        for ((s, a), x) in s.iter_mut().zip(a).zip(&xs) {
+    for (s, a) in s.iter_mut().zip(&acc) {
+        for (s, a) in s.iter_mut().zip(a) {
             *s = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
-            for j in i..n {
-                *s += W::value(row, j) * x[j];
-            }
         }
     }
-    s
+    super::add_tails::<W, R, N>(s, &rows, &xs, i)
 }
 
 /// [`tile`] of f16 rows, for `many_dots!`.
 #[inline(always)]
 unsafe fn f16_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
-    tile::<F16, R, N>(rows, xs)
+    tile::<super::F16Row, R, N>(rows, xs)
 }
 
 /// `sum(row[i] * x[i])` for a little-endian f32 row.
@@ -436,13 +407,13 @@ unsafe fn f16_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N
 /// The CPU must support avx512f ([`available`]).
 #[target_feature(enable = "avx512f")]
 pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
-    tile::<F32, 1, 1>([row], [x])[0][0]
+    tile::<super::F32Row, 1, 1>([row], [x])[0][0]
 }
 
 /// [`tile`] of f32 rows, for `many_dots!`.
 #[inline(always)]
 unsafe fn f32_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
-    tile::<F32, R, N>(rows, xs)
+    tile::<super::F32Row, R, N>(rows, xs)
 }
 
 /// `sum(row[i] as i8 * x[i])`.
@@ -451,13 +422,13 @@ unsafe fn f32_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N
 /// The CPU must support avx512f ([`available`]).
 #[target_feature(enable = "avx512f")]
 pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
-    tile::<I8, 1, 1>([row], [x])[0][0]
+    tile::<super::I8Row, 1, 1>([row], [x])[0][0]
 }
 
 /// [`tile`] of int8 rows, for `many_dots!`.
 #[inline(always)]
 unsafe fn i8_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
-    tile::<I8, R, N>(rows, xs)
+    tile::<super::I8Row, R, N>(rows, xs)
 }
 
 block_dots!("avx512f");

@@ -215,6 +215,84 @@ macro_rules! many_dots {
     }};
 }
 
+/// A float encoding of the output / embedding matrix as the dot kernels' tiles read it: its
+/// bytes per value, and one value (for a tile's scalar tail). Each x86 module widens 16 or 8
+/// of them at once in its own `Widen` trait over these types.
+#[cfg(target_arch = "x86_64")]
+trait FloatRow {
+    const WIDTH: usize;
+    fn value(row: &[u8], j: usize) -> f32;
+}
+
+/// Little-endian f16 values.
+#[cfg(target_arch = "x86_64")]
+struct F16Row;
+#[cfg(target_arch = "x86_64")]
+impl FloatRow for F16Row {
+    const WIDTH: usize = 2;
+    #[inline(always)]
+    fn value(row: &[u8], j: usize) -> f32 {
+        half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32()
+    }
+}
+
+/// Little-endian f32 values.
+#[cfg(target_arch = "x86_64")]
+struct F32Row;
+#[cfg(target_arch = "x86_64")]
+impl FloatRow for F32Row {
+    const WIDTH: usize = 4;
+    #[inline(always)]
+    fn value(row: &[u8], j: usize) -> f32 {
+        f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]])
+    }
+}
+
+/// Int8 values (q8 without its row scale).
+#[cfg(target_arch = "x86_64")]
+struct I8Row;
+#[cfg(target_arch = "x86_64")]
+impl FloatRow for I8Row {
+    const WIDTH: usize = 1;
+    #[inline(always)]
+    fn value(row: &[u8], j: usize) -> f32 {
+        f32::from(row[j] as i8)
+    }
+}
+
+/// The length every input of a tile shares; panics unless they all have it and every row
+/// holds as many values of `width` bytes, so a kernel's pointers stay inside the slices.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tile_len<const R: usize, const N: usize>(rows: &[&[u8]; R], xs: &[&[f32]; N], width: usize) -> usize {
+    let n = xs.first().map_or(0, |x| x.len());
+    assert!(
+        xs.iter().all(|x| x.len() == n) && rows.iter().all(|r| r.len() >= width * n),
+        "inputs of one length, rows as long"
+    );
+    n
+}
+
+/// A tile's results: each (row, input) pair's reduced vector sum `s[r][t]`, plus the scalar
+/// tail `row[j] · x[j]` for `j` in `from..n`, added one by one in order.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn add_tails<W: FloatRow, const R: usize, const N: usize>(
+    mut s: [[f32; N]; R],
+    rows: &[&[u8]; R],
+    xs: &[&[f32]; N],
+    from: usize,
+) -> [[f32; N]; R] {
+    for (s, row) in s.iter_mut().zip(rows) {
+        for (s, x) in s.iter_mut().zip(xs) {
+            for (j, &x) in x.iter().enumerate().skip(from) {
+                *s += W::value(row, j) * x;
+            }
+        }
+    }
+    s
+}
+
 /// A q6 (`q6`) or q4 row's block size and block count; panics unless `row` is whole blocks
 /// and each input of `xs` holds 32 values per block, so a kernel's pointers into them stay inside.
 #[cfg(target_arch = "x86_64")]
