@@ -472,6 +472,10 @@ pub struct FloatMatrix {
 /// Rows per parallel band of [`FloatMatrix::matmul`].
 const FLOAT_BAND: usize = 64;
 
+/// Input rows [`FloatMatrix::matmul`] hands one multi-input dot kernel call at once (the
+/// kernel takes them in groups of its own); any count gives the same bits.
+const DOTS_AT_ONCE: usize = 8;
+
 impl FloatMatrix {
     /// The matrix a tensor-table entry describes (which the loader checked is a matrix
     /// inside the file).
@@ -535,9 +539,11 @@ impl FloatMatrix {
     /// `out[t · rows + r] = dot(M[r], xs[t])` for the `n` rows of `xs` (each `cols` wide)
     /// and every row `r` of the matrix, in parallel bands of the matrix's rows. A band
     /// takes each of its rows once and dots it with every input row while it is in cache,
-    /// so the matrix is read from memory once for all `n`. Each dot is one kernel call in
-    /// a fixed order, the same whatever `n` and the thread count: a row's outputs are the
-    /// same bits alone or beside others. q6/q4 rows give the same bits on every kernel set.
+    /// so the matrix is read from memory once for all `n`. The dots go through the kernel
+    /// set's multi-input kernels (`Kernels::dots_f16` etc.: each matrix row converted once
+    /// for several inputs), whose every result is the bits of the one-input kernel call
+    /// (`dot_f16` etc.), whatever `n` and the thread count: a row's outputs are the same
+    /// bits alone or beside others. q6/q4 rows give the same bits on every kernel set.
     #[track_caller]
     pub fn matmul(&self, kernels: &Kernels, file: &[u8], xs: &[f32], n: usize, out: &mut [f32]) {
         let (rb, base) = (self.row_bytes(), self.values_offset());
@@ -556,19 +562,40 @@ impl FloatMatrix {
             }
             _ => (&xs[..n * self.cols], self.cols),
         };
+        type Dots = fn(&Kernels, &[u8], usize, &[f32], &mut [f32]);
+        type Dot = fn(&Kernels, &[u8], &[f32]) -> f32;
+        let (dots, dot): (Dots, Dot) = match self.encoding {
+            Encoding::F16 => (Kernels::dots_f16, Kernels::dot_f16),
+            Encoding::Q8 => (Kernels::dots_i8, Kernels::dot_i8),
+            Encoding::Q6 => (Kernels::dots_q6, Kernels::dot_q6),
+            Encoding::Q4 => (Kernels::dots_q4, Kernels::dot_q4),
+            _ => (Kernels::dots_f32, Kernels::dot_f32),
+        };
         crate::pool::for_each_column_mut(&mut out[..n * self.rows], FLOAT_BAND, n, n, &|band, _, outs| {
             let r0 = band * FLOAT_BAND;
             let r1 = (r0 + FLOAT_BAND).min(self.rows);
-            for (i, row) in data[r0 * rb..r1 * rb].chunks_exact(rb).enumerate() {
-                let q8_scale = if self.encoding == Encoding::Q8 { self.q8_scale(file, r0 + i) } else { 0.0 };
-                for (t, x) in xs.chunks_exact(stride).enumerate() {
-                    outs.row(t)[i] = match self.encoding {
-                        Encoding::F16 => kernels.dot_f16(row, x),
-                        Encoding::Q8 => kernels.dot_i8(row, x) * q8_scale,
-                        Encoding::Q6 => kernels.dot_q6(row, x),
-                        Encoding::Q4 => kernels.dot_q4(row, x),
-                        _ => kernels.dot_f32(row, x),
-                    };
+            let mut y = [0f32; FLOAT_BAND * DOTS_AT_ONCE];
+            for (g, group) in xs.chunks(DOTS_AT_ONCE * stride).enumerate() {
+                let inputs = group.len() / stride;
+                let (band_rows, y) = (&data[r0 * rb..r1 * rb], &mut y[..inputs * (r1 - r0)]);
+                if inputs == 1 {
+                    // One input (a matvec): one row at a time, a single stream through memory.
+                    for (y, row) in y.iter_mut().zip(band_rows.chunks_exact(rb)) {
+                        *y = dot(kernels, row, group);
+                    }
+                } else {
+                    dots(kernels, band_rows, rb, group, y);
+                }
+                for (k, y) in y.chunks_exact(r1 - r0).enumerate() {
+                    let out = &mut outs.row(g * DOTS_AT_ONCE + k)[..r1 - r0];
+                    if self.encoding == Encoding::Q8 {
+                        // The row's scale after its dot, as `dot_i8(row, x) * scale`.
+                        for (i, (o, &y)) in out.iter_mut().zip(y).enumerate() {
+                            *o = y * self.q8_scale(file, r0 + i);
+                        }
+                    } else {
+                        out.copy_from_slice(y);
+                    }
                 }
             }
         });

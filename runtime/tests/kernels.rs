@@ -438,3 +438,78 @@ fn kernel_calls(
         })
         .collect()
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    /// The multi-input dot kernels (`dots_*`: several weight rows × several inputs at
+    /// once) give every (row, input) pair the bits of its own one-input call (`dot_*`) on
+    /// every kernel set and encoding, for any number of rows and inputs (tiles of 2 or 1
+    /// rows and of 4, 2 and 1 inputs inside) and any length: odd lengths leave every
+    /// vector loop's tail, q6/q4 rows any number of blocks.
+    #[test]
+    fn multi_input_dots_are_their_one_input_dots(
+        len in 0usize..300,
+        blocks in 1usize..10,
+        rows in 1usize..6,
+        inputs in 0usize..12,
+        seed in any::<u32>(),
+    ) {
+        use tern_format::block_quant::{block_bytes, pack_block, q_range, BLOCK};
+        use tern_format::Encoding;
+        let mut s = seed;
+        let mut rnd = move || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        // `rows` rows of one encoding, one after the other, and their length in values.
+        let matrix = |enc: Encoding, rnd: &mut dyn FnMut() -> f32| -> (Vec<u8>, usize) {
+            let values = rows * len;
+            match enc {
+                Encoding::F32 => ((0..values).flat_map(|_| (rnd() * 4.0).to_le_bytes()).collect(), len),
+                Encoding::F16 => ((0..values).flat_map(|_| half::f16::from_f32(rnd() * 4.0).to_le_bytes()).collect(), len),
+                Encoding::Q8 => ((0..values).map(|_| (rnd() * 255.0) as i8 as u8).collect(), len),
+                _ => {
+                    let (lo, hi) = q_range(enc);
+                    let mut m = vec![0u8; rows * blocks * block_bytes(enc)];
+                    for blk in m.chunks_mut(block_bytes(enc)) {
+                        let q: Vec<i8> = (0..BLOCK).map(|_| ((rnd() + 0.5) * f32::from(hi - lo)).round() as i8 + lo).collect();
+                        pack_block(enc, half::f16::from_f32(rnd() * 0.2), &q, blk);
+                    }
+                    (m, blocks * BLOCK)
+                }
+            }
+        };
+        for enc in [Encoding::F16, Encoding::F32, Encoding::Q8, Encoding::Q6, Encoding::Q4] {
+            let (w, n) = matrix(enc, &mut rnd);
+            let rb = w.len() / rows;
+            if rb == 0 {
+                continue; // rows of no values: nothing to dot
+            }
+            let xs: Vec<f32> = (0..inputs * n).map(|_| rnd() * 8.0).collect();
+            type One = fn(&Kernels, &[u8], &[f32]) -> f32;
+            type Many = fn(&Kernels, &[u8], usize, &[f32], &mut [f32]);
+            let (one, many): (One, Many) = match enc {
+                Encoding::F16 => (Kernels::dot_f16, Kernels::dots_f16),
+                Encoding::F32 => (Kernels::dot_f32, Kernels::dots_f32),
+                Encoding::Q8 => (Kernels::dot_i8, Kernels::dots_i8),
+                Encoding::Q6 => (Kernels::dot_q6, Kernels::dots_q6),
+                _ => (Kernels::dot_q4, Kernels::dots_q4),
+            };
+            for k in Kernels::available() {
+                let mut got = vec![f32::NAN; inputs * rows];
+                many(&k, &w, rb, &xs, &mut got);
+                for t in 0..inputs {
+                    for (r, row) in w.chunks(rb).enumerate() {
+                        let want = one(&k, row, &xs[t * n..(t + 1) * n]);
+                        let got = got[t * rows + r];
+                        prop_assert_eq!(
+                            got.to_bits(), want.to_bits(),
+                            "{} {} len {} row {} of {}, input {} of {}: {} vs {}", k.name(), enc.name(), n, r, rows, t, inputs, got, want
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -425,23 +425,101 @@ pub unsafe fn read_sum(bytes: &[u8]) -> u64 {
 /// The CPU must support avx2, fma and f16c ([`available`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
-    let n = x.len();
-    assert!(row.len() >= 2 * n);
-    let (rp, xp) = (row.as_ptr(), x.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 2];
+    tile::<super::F16Row, 1, 1>([row], [x])[0][0]
+}
+
+/// The length every input of a multi-input dot shares (panics unless they do, and unless
+/// `row` holds `width` bytes per value), so a kernel's pointers stay inside the slices.
+#[inline(always)]
+fn inputs_len<const N: usize>(xs: &[&[f32]; N], row: &[u8], width: usize) -> usize {
+    let n = xs.first().map_or(0, |x| x.len());
+    assert!(xs.iter().all(|x| x.len() == n) && row.len() >= width * n, "inputs of one length, a row as long");
+    n
+}
+
+/// How one float encoding's row values widen to f32 for [`tile`]: 8 values at a time, and
+/// one at a time for the tail.
+trait Widen: super::FloatRow {
+    /// Values `i .. i + 8` of the row at `p`.
+    ///
+    /// # Safety
+    /// `p` must have `(i + 8) · WIDTH` readable bytes; the CPU must support avx2, fma, f16c.
+    unsafe fn widen(p: *const u8, i: usize) -> __m256;
+}
+
+/// Little-endian f16 values, converted by `vcvtph2ps`.
+impl Widen for super::F16Row {
+    #[inline(always)]
+    unsafe fn widen(p: *const u8, i: usize) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i))
+    }
+}
+
+/// Little-endian f32 values.
+impl Widen for super::F32Row {
+    #[inline(always)]
+    unsafe fn widen(p: *const u8, i: usize) -> __m256 {
+        _mm256_loadu_ps(p.add(4 * i) as *const f32)
+    }
+}
+
+/// The dots of `R` rows × `N` inputs (all of one length, the rows as long): every pair
+/// `(r, t)` sums `W(r)[i] · x_t[i]` in two chains of 8 lanes (values `16s .. 16s + 8` into
+/// the first, the next 8 into the second), adds the chains, reduces them with `hsum` and
+/// adds the tail values one by one: [`dot_f16`]'s and [`dot_f32`]'s order, which is
+/// `tile::<_, 1, 1>`. A row's 8 values are widened once for the `N` inputs, an input's 8
+/// loaded once for the `R` rows. With `R > 1` the tile asks for one sequential stretch of
+/// lines [`PREFETCH`] bytes ahead of its (consecutive) rows, as the AVX-512 tile does.
+#[inline(always)]
+unsafe fn tile<W: Widen, const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+    let n = super::tile_len(&rows, &xs, W::WIDTH);
+    let mut acc = [[[_mm256_setzero_ps(); 2]; N]; R];
+    let step_bytes = R * 16 * W::WIDTH;
     let mut i = 0;
     while i + 16 <= n {
-        for (k, a) in acc.iter_mut().enumerate() {
-            let h = _mm_loadu_si128(rp.add(2 * (i + 8 * k)) as *const __m128i);
-            *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(i + 8 * k)), *a);
+        if R > 1 {
+            // A prefetch is a hint that never faults: any address is fine.
+            let ahead = rows[0].as_ptr().wrapping_add(PREFETCH + i / 16 * step_bytes);
+            let mut b = 0;
+            while b < step_bytes {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(b) as *const i8);
+                b += 64;
+            }
+        }
+        for k in 0..2 {
+            // In bounds: values `i + 8k .. i + 8k + 8` < n of each row and input (checked above).
+            let mut w = [_mm256_setzero_ps(); R];
+            for (w, row) in w.iter_mut().zip(&rows) {
+                *w = W::widen(row.as_ptr(), i + 8 * k);
+            }
+            for (t, x) in xs.iter().enumerate() {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(i + 8 * k));
+                for (a, &w) in acc.iter_mut().zip(&w) {
+                    a[t][k] = _mm256_fmadd_ps(w, xv, a[t][k]);
+                }
+            }
         }
         i += 16;
     }
-    let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
-    for j in i..n {
-        s += half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
+    let mut s = [[0f32; N]; R];
+    for (s, a) in s.iter_mut().zip(&acc) {
+        for (s, a) in s.iter_mut().zip(a) {
+            *s = hsum(_mm256_add_ps(a[0], a[1]));
+        }
     }
-    s
+    super::add_tails::<W, R, N>(s, &rows, &xs, i)
+}
+
+/// [`tile`] of f16 rows, for `many_dots!`.
+#[inline(always)]
+unsafe fn f16_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+    tile::<super::F16Row, R, N>(rows, xs)
+}
+
+/// [`tile`] of f32 rows, for `many_dots!`.
+#[inline(always)]
+unsafe fn f32_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+    tile::<super::F32Row, R, N>(rows, xs)
 }
 
 /// `sum(row[i] * x[i])` for a little-endian f32 row.
@@ -450,23 +528,7 @@ pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
 /// The CPU must support avx2 and fma ([`available`]).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
-    let n = x.len();
-    assert!(row.len() >= 4 * n);
-    let (rp, xp) = (row.as_ptr(), x.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut i = 0;
-    while i + 16 <= n {
-        for (k, a) in acc.iter_mut().enumerate() {
-            let w = _mm256_loadu_ps(rp.add(4 * (i + 8 * k)) as *const f32);
-            *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(i + 8 * k)), *a);
-        }
-        i += 16;
-    }
-    let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
-    for j in i..n {
-        s += f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]]) * x[j];
-    }
-    s
+    tile::<super::F32Row, 1, 1>([row], [x])[0][0]
 }
 
 /// `sum(row[i] as i8 * x[i])`.
@@ -481,44 +543,76 @@ pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
 /// The CPU must support avx2 and fma ([`available`]).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
-    let n = x.len();
-    assert!(row.len() >= n);
-    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+    i8_1([x], row)[0]
+}
+
+/// [`dot_i8`] of one row with `N` inputs at once: each 8 bytes widened once, each input in
+/// [`dot_i8`]'s four chains and order.
+#[inline(always)]
+unsafe fn i8_1<const N: usize>(xs: [&[f32]; N], row: &[u8]) -> [f32; N] {
+    let n = inputs_len(&xs, row, 1);
+    let rp = row.as_ptr();
     let widen = |i: usize| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(rp.add(i) as *const __m128i)));
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut acc = [[_mm256_setzero_ps(); 4]; N];
     let mut i = 0;
     while i + 64 <= n {
         // A prefetch is a hint that never faults, so the address may lie past the row.
         _mm_prefetch::<_MM_HINT_T0>(rp.wrapping_add(i + PREFETCH) as *const i8);
         for k in 0..8 {
-            acc[k % 4] = _mm256_fmadd_ps(widen(i + 8 * k), _mm256_loadu_ps(xp.add(i + 8 * k)), acc[k % 4]);
+            let w = widen(i + 8 * k);
+            for (a, x) in acc.iter_mut().zip(&xs) {
+                a[k % 4] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)), a[k % 4]);
+            }
         }
         i += 64;
     }
     while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(widen(i), _mm256_loadu_ps(xp.add(i)), acc[0]);
+        let w = widen(i);
+        for (a, x) in acc.iter_mut().zip(&xs) {
+            a[0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i)), a[0]);
+        }
         i += 8;
     }
-    let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-    for j in i..n {
-        s += f32::from(row[j] as i8) * x[j];
+    let mut s = [0f32; N];
+    for ((s, a), x) in s.iter_mut().zip(&acc).zip(&xs) {
+        *s = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+        for j in i..n {
+            *s += f32::from(row[j] as i8) * x[j];
+        }
     }
     s
 }
 
+/// [`many_dots!`]'s tiles of `R` rows (one after the other) × `N` inputs.
+macro_rules! row_by_row {
+    ($($name:ident = $one:ident),+) => {$(
+        #[inline(always)]
+        unsafe fn $name<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+            let mut y = [[0f32; N]; R];
+            for (y, row) in y.iter_mut().zip(rows) {
+                *y = $one(xs, row);
+            }
+            y
+        }
+    )+};
+}
+row_by_row!(i8_n = i8_1);
+
 block_dots!("avx2,fma,f16c");
+many_dots!("avx2,fma,f16c"; dots_f16 = f16_n / 2 x 2, dots_f32 = f32_n / 2 x 2, dots_i8 = i8_n / 1 x 2, dots_q6 = q6_n / 1 x 4, dots_q4 = q4_n / 1 x 4);
 
 /// One q6 (`Q6`) or q4 block row, the portable order's 16 lanes as two vectors of 8: half
 /// `h` takes nibble bytes `8h .. 8h + 8` (values `8h ..` masked, `16 + 8h ..` shifted by 4)
-/// and, for q6, the 8 top-bit bytes shifted by `2h` and `4 + 2h`.
+/// and, for q6, the 8 top-bit bytes shifted by `2h` and `4 + 2h`. Each of the `N` inputs
+/// `xs` takes a block's values, decoded once, into its own two accumulators.
 #[inline(always)]
-unsafe fn dot_blocks<const Q6: bool>(row: &[u8], x: &[f32]) -> f32 {
-    let (bb, blocks) = super::q_blocks(row, x, Q6);
-    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+unsafe fn dot_blocks<const Q6: bool, const N: usize>(xs: [&[f32]; N], row: &[u8]) -> [f32; N] {
+    let (bb, blocks) = super::q_blocks(row, &xs, Q6);
+    let rp = row.as_ptr();
     let zero = _mm256_set1_epi32(if Q6 { 32 } else { 8 });
     let (nibble, three) = (_mm256_set1_epi32(0x0F), _mm256_set1_epi32(3));
     let top_bits = |t: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(t, three));
-    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for b in 0..blocks {
         // In bounds: block `b` is bytes `b·bb .. (b+1)·bb` of `row`, and its values
         // `32b .. 32b + 32` of `x` (`q_blocks` checked both). Two blocks are under 64 bytes,
@@ -529,7 +623,7 @@ unsafe fn dot_blocks<const Q6: bool>(row: &[u8], x: &[f32]) -> f32 {
         }
         let d = _mm256_cvtph_ps(_mm_set1_epi16((blk as *const i16).read_unaligned()));
         let top = if Q6 { _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(18) as *const __m128i)) } else { zero };
-        for (h, acc) in acc.iter_mut().enumerate() {
+        for h in 0..2 {
             let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(2 + 8 * h) as *const __m128i));
             let (mut lo, mut hi) = (_mm256_and_si256(v, nibble), _mm256_srli_epi32::<4>(v));
             if Q6 {
@@ -543,16 +637,23 @@ unsafe fn dot_blocks<const Q6: bool>(row: &[u8], x: &[f32]) -> f32 {
             }
             let qa = _mm256_cvtepi32_ps(_mm256_sub_epi32(lo, zero));
             let qb = _mm256_cvtepi32_ps(_mm256_sub_epi32(hi, zero));
-            let xa = _mm256_loadu_ps(xp.add(32 * b + 8 * h));
-            let xb = _mm256_loadu_ps(xp.add(32 * b + 16 + 8 * h));
-            let p = _mm256_fmadd_ps(qb, xb, _mm256_mul_ps(qa, xa));
-            *acc = _mm256_fmadd_ps(d, p, *acc);
+            for (acc, x) in acc.iter_mut().zip(&xs) {
+                let xa = _mm256_loadu_ps(x.as_ptr().add(32 * b + 8 * h));
+                let xb = _mm256_loadu_ps(x.as_ptr().add(32 * b + 16 + 8 * h));
+                let p = _mm256_fmadd_ps(qb, xb, _mm256_mul_ps(qa, xa));
+                acc[h] = _mm256_fmadd_ps(d, p, acc[h]);
+            }
         }
     }
-    let mut lanes = [0f32; 16];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
-    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
-    super::portable::sum16(lanes)
+    acc.map(|acc| {
+        let mut lanes = [0f32; 16];
+        // SAFETY: `lanes` has room for the 16 values stored.
+        unsafe {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+        }
+        super::portable::sum16(lanes)
+    })
 }
 
 /// f16 keys and values widened by `vcvtph2ps`: only for this module's `attend` and

@@ -344,23 +344,117 @@ pub unsafe fn read_sum(bytes: &[u8]) -> u64 {
 /// The CPU must support avx512f ([`available`]).
 #[target_feature(enable = "avx512f")]
 pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
-    let n = x.len();
-    assert!(row.len() >= 2 * n);
-    let (rp, xp) = (row.as_ptr(), x.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); 2];
+    tile::<super::F16Row, 1, 1>([row], [x])[0][0]
+}
+
+/// How one float encoding's row values widen to f32 for [`tile`]: 16 values at a time,
+/// and one at a time for the tail; and what one row alone asks for ahead of its reads.
+trait Widen: super::FloatRow {
+    /// Values `i .. i + 16` of the row at `p`.
+    ///
+    /// # Safety
+    /// `p` must have `(i + 16) · WIDTH` readable bytes; the CPU must support avx512f.
+    unsafe fn widen(p: *const u8, i: usize) -> __m512;
+    /// Asks for lines ahead of values `i .. i + 32` of the row at `p` (a hint: any address).
+    ///
+    /// # Safety
+    /// The CPU must support avx512f.
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const u8, _i: usize) {}
+}
+
+/// Little-endian f16 values, converted by `vcvtph2ps`; one row alone asks for no lines
+/// ahead (see [`dot_f16`]).
+impl Widen for super::F16Row {
+    #[inline(always)]
+    unsafe fn widen(p: *const u8, i: usize) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * i) as *const __m256i))
+    }
+}
+
+/// Little-endian f32 values, two lines asked for [`PREFETCH`] ahead per 32 values.
+impl Widen for super::F32Row {
+    #[inline(always)]
+    unsafe fn widen(p: *const u8, i: usize) -> __m512 {
+        _mm512_loadu_ps(p.add(4 * i) as *const f32)
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8, i: usize) {
+        _mm_prefetch::<_MM_HINT_NTA>(p.wrapping_add(4 * i + PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_NTA>(p.wrapping_add(4 * i + 64 + PREFETCH) as *const i8);
+    }
+}
+
+/// Int8 values (q8 without its row scale), one line asked for [`PREFETCH`] ahead per 64 values.
+impl Widen for super::I8Row {
+    #[inline(always)]
+    unsafe fn widen(p: *const u8, i: usize) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(i) as *const __m128i)))
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8, i: usize) {
+        if i.is_multiple_of(64) {
+            _mm_prefetch::<_MM_HINT_NTA>(p.wrapping_add(i + PREFETCH) as *const i8);
+        }
+    }
+}
+
+/// The dots of `R` rows × `N` inputs (all of one length, the rows as long): every pair
+/// `(r, t)` sums `W(r)[i] · x_t[i]` in two chains of 16 lanes (values `32s .. 32s + 16`
+/// into the first, the next 16 into the second, one FMA each), adds the chains and
+/// reduces the lanes with `_mm512_reduce_add_ps`, then adds the tail
+/// values one by one: [`dot_f16`]'s order, which is `tile::<super::F16Row, 1, 1>`. A row's 16 values
+/// are widened once for the `N` inputs, an input's 16 loaded once for the `R` rows.
+#[inline(always)]
+unsafe fn tile<W: Widen, const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+    let n = super::tile_len(&rows, &xs, W::WIDTH);
+    let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
     let mut i = 0;
+    // The tile's own bytes per 32-value step, R rows' worth (a multiple of 32).
+    let step_bytes = R * 32 * W::WIDTH;
     while i + 32 <= n {
-        for (k, a) in acc.iter_mut().enumerate() {
-            let h = _mm256_loadu_si256(rp.add(2 * (i + 16 * k)) as *const __m256i);
-            *a = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_loadu_ps(xp.add(i + 16 * k)), *a);
+        if R == 1 {
+            W::prefetch(rows[0].as_ptr(), i);
+        } else {
+            // Several rows (consecutive in the matrix) stream at once: ask for the lines of
+            // one sequential stretch [`PREFETCH`] bytes past the tile's start, a step's worth
+            // of lines per step, so that over the tile they cover as many lines in address
+            // order (as `gemv4` does). A prefetch is a hint: any address is fine.
+            let ahead = rows[0].as_ptr().wrapping_add(PREFETCH + i / 32 * step_bytes);
+            let mut b = 0;
+            while b < step_bytes {
+                _mm_prefetch::<_MM_HINT_NTA>(ahead.wrapping_add(b) as *const i8);
+                b += 64;
+            }
+        }
+        for k in 0..2 {
+            // In bounds: values `i + 16k .. i + 16k + 16` < n of each row and input (checked above).
+            let mut w = [_mm512_setzero_ps(); R];
+            for (w, row) in w.iter_mut().zip(&rows) {
+                *w = W::widen(row.as_ptr(), i + 16 * k);
+            }
+            for (t, x) in xs.iter().enumerate() {
+                let xv = _mm512_loadu_ps(x.as_ptr().add(i + 16 * k));
+                for (a, &w) in acc.iter_mut().zip(&w) {
+                    a[t][k] = _mm512_fmadd_ps(w, xv, a[t][k]);
+                }
+            }
         }
         i += 32;
     }
-    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-    for j in i..n {
-        s += half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
+    let mut s = [[0f32; N]; R];
+    for (s, a) in s.iter_mut().zip(&acc) {
+        for (s, a) in s.iter_mut().zip(a) {
+            *s = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+        }
     }
-    s
+    super::add_tails::<W, R, N>(s, &rows, &xs, i)
+}
+
+/// [`tile`] of f16 rows, for `many_dots!`.
+#[inline(always)]
+unsafe fn f16_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+    tile::<super::F16Row, R, N>(rows, xs)
 }
 
 /// `sum(row[i] * x[i])` for a little-endian f32 row.
@@ -369,25 +463,13 @@ pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
 /// The CPU must support avx512f ([`available`]).
 #[target_feature(enable = "avx512f")]
 pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
-    let n = x.len();
-    assert!(row.len() >= 4 * n);
-    let (rp, xp) = (row.as_ptr(), x.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); 2];
-    let mut i = 0;
-    while i + 32 <= n {
-        _mm_prefetch::<_MM_HINT_NTA>(rp.wrapping_add(4 * i + PREFETCH) as *const i8);
-        _mm_prefetch::<_MM_HINT_NTA>(rp.wrapping_add(4 * i + 64 + PREFETCH) as *const i8);
-        for (k, a) in acc.iter_mut().enumerate() {
-            let w = _mm512_loadu_ps(rp.add(4 * (i + 16 * k)) as *const f32);
-            *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.add(i + 16 * k)), *a);
-        }
-        i += 32;
-    }
-    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-    for j in i..n {
-        s += f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]]) * x[j];
-    }
-    s
+    tile::<super::F32Row, 1, 1>([row], [x])[0][0]
+}
+
+/// [`tile`] of f32 rows, for `many_dots!`.
+#[inline(always)]
+unsafe fn f32_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+    tile::<super::F32Row, R, N>(rows, xs)
 }
 
 /// `sum(row[i] as i8 * x[i])`.
@@ -396,30 +478,17 @@ pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
 /// The CPU must support avx512f ([`available`]).
 #[target_feature(enable = "avx512f")]
 pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
-    let n = x.len();
-    assert!(row.len() >= n);
-    let (rp, xp) = (row.as_ptr(), x.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); 2];
-    let mut i = 0;
-    while i + 32 <= n {
-        if i % 64 == 0 {
-            _mm_prefetch::<_MM_HINT_NTA>(rp.wrapping_add(i + PREFETCH) as *const i8);
-        }
-        for (k, a) in acc.iter_mut().enumerate() {
-            let q = _mm_loadu_si128(rp.add(i + 16 * k) as *const __m128i);
-            let w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
-            *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.add(i + 16 * k)), *a);
-        }
-        i += 32;
-    }
-    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-    for j in i..n {
-        s += f32::from(row[j] as i8) * x[j];
-    }
-    s
+    tile::<super::I8Row, 1, 1>([row], [x])[0][0]
+}
+
+/// [`tile`] of int8 rows, for `many_dots!`.
+#[inline(always)]
+unsafe fn i8_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+    tile::<super::I8Row, R, N>(rows, xs)
 }
 
 block_dots!("avx512f");
+many_dots!("avx512f"; dots_f16 = f16_n / 4 x 2, dots_f32 = f32_n / 4 x 2, dots_i8 = i8_n / 4 x 2, dots_q6 = q6_n / 1 x 4, dots_q4 = q4_n / 1 x 4);
 
 /// One q6 (`Q6`) or q4 block row: a block's 16 nibble bytes, widened to 16 int32 lanes,
 /// give the low bits of values 0..15 (the low nibble) and 16..31 (shifted by 4). `vpermps`
@@ -427,11 +496,12 @@ block_dots!("avx512f");
 /// a nibble into a float with no mask: q4's value `c - 8`, or q6's `lo - 32`. q6's 8 bytes of
 /// top bits, loaded twice into 16 lanes and shifted per lane (0/2 for values 0..15, 4/6 for
 /// 16..31), index a table of `16 · (i & 3)`, which is added. Lane `l` then holds values `l`
-/// and `l + 16`, as the portable order wants.
+/// and `l + 16`, as the portable order wants. Each of the `N` inputs `xs` takes a block's
+/// values, decoded once, into its own accumulator.
 #[inline(always)]
-unsafe fn dot_blocks<const Q6: bool>(row: &[u8], x: &[f32]) -> f32 {
-    let (bb, blocks) = super::q_blocks(row, x, Q6);
-    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+unsafe fn dot_blocks<const Q6: bool, const N: usize>(xs: [&[f32]; N], row: &[u8]) -> [f32; N] {
+    let (bb, blocks) = super::q_blocks(row, &xs, Q6);
+    let rp = row.as_ptr();
     // Every table entry and every sum below is a small integer: exact in f32.
     let q6_low =
         _mm512_setr_ps(-32., -31., -30., -29., -28., -27., -26., -25., -24., -23., -22., -21., -20., -19., -18., -17.);
@@ -439,7 +509,7 @@ unsafe fn dot_blocks<const Q6: bool>(row: &[u8], x: &[f32]) -> f32 {
     let lo_shift = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
     let hi_shift = _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6);
     let q4_values = _mm512_setr_ps(-8., -7., -6., -5., -4., -3., -2., -1., 0., 1., 2., 3., 4., 5., 6., 7.);
-    let mut acc = _mm512_setzero_ps();
+    let mut acc = [_mm512_setzero_ps(); N];
     for b in 0..blocks {
         // In bounds: block `b` is bytes `b·bb .. (b+1)·bb` of `row`, and its values
         // `32b .. 32b + 32` of `x` (`q_blocks` checked both). Two blocks are under 64 bytes,
@@ -459,14 +529,19 @@ unsafe fn dot_blocks<const Q6: bool>(row: &[u8], x: &[f32]) -> f32 {
         } else {
             (_mm512_permutexvar_ps(v, q4_values), _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), q4_values))
         };
-        let xa = _mm512_loadu_ps(xp.add(32 * b));
-        let xb = _mm512_loadu_ps(xp.add(32 * b + 16));
-        let p = _mm512_fmadd_ps(qb, xb, _mm512_mul_ps(qa, xa));
-        acc = _mm512_fmadd_ps(d, p, acc);
+        for (acc, x) in acc.iter_mut().zip(&xs) {
+            let xa = _mm512_loadu_ps(x.as_ptr().add(32 * b));
+            let xb = _mm512_loadu_ps(x.as_ptr().add(32 * b + 16));
+            let p = _mm512_fmadd_ps(qb, xb, _mm512_mul_ps(qa, xa));
+            *acc = _mm512_fmadd_ps(d, p, *acc);
+        }
     }
-    let mut lanes = [0f32; 16];
-    _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
-    super::portable::sum16(lanes)
+    acc.map(|acc| {
+        let mut lanes = [0f32; 16];
+        // SAFETY: `lanes` has room for the 16 values stored.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+        super::portable::sum16(lanes)
+    })
 }
 
 /// f16 keys and values widened by `vcvtph2ps`: only for this module's `attend` and

@@ -85,8 +85,9 @@ macro_rules! float_ops {
     };
 }
 
-/// `dot_q6` and `dot_q4` of an x86 kernel set: its `dot_blocks::<Q6>` (the portable order
-/// of [`portable::dot_q6`] at that set's width) compiled with `$feature`.
+/// `dot_q6` and `dot_q4` of an x86 kernel set: its `dot_blocks::<Q6, 1>` (the portable order
+/// of [`portable::dot_q6`] at that set's width) compiled with `$feature`; and `q6_n` /
+/// `q4_n`, its `dot_blocks` of `N` inputs, for [`many_dots!`].
 #[cfg(target_arch = "x86_64")]
 macro_rules! block_dots {
     ($feature:literal) => {
@@ -96,7 +97,7 @@ macro_rules! block_dots {
         /// The CPU must support this module's features ([`available`]).
         #[target_feature(enable = $feature)]
         pub unsafe fn dot_q6(row: &[u8], x: &[f32]) -> f32 {
-            dot_blocks::<true>(row, x)
+            dot_blocks::<true, 1>([x], row)[0]
         }
 
         /// [`super::portable::dot_q4`] at this module's width, in the same operations and order.
@@ -105,19 +106,201 @@ macro_rules! block_dots {
         /// The CPU must support this module's features ([`available`]).
         #[target_feature(enable = $feature)]
         pub unsafe fn dot_q4(row: &[u8], x: &[f32]) -> f32 {
-            dot_blocks::<false>(row, x)
+            dot_blocks::<false, 1>([x], row)[0]
+        }
+
+        /// [`dot_q6`] of `R` rows (one after the other) × `N` inputs, each its own [`dot_q6`]'s bits.
+        #[inline(always)]
+        unsafe fn q6_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+            let mut y = [[0f32; N]; R];
+            for (y, row) in y.iter_mut().zip(rows) {
+                *y = dot_blocks::<true, N>(xs, row);
+            }
+            y
+        }
+
+        /// [`dot_q4`] of `R` rows (one after the other) × `N` inputs, each its own [`dot_q4`]'s bits.
+        #[inline(always)]
+        unsafe fn q4_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+            let mut y = [[0f32; N]; R];
+            for (y, row) in y.iter_mut().zip(rows) {
+                *y = dot_blocks::<false, N>(xs, row);
+            }
+            y
         }
     };
 }
 
-/// A q6 (`q6`) or q4 row's block size and block count; panics unless `row` is whole blocks
-/// and `x` holds 32 values per block, so a kernel's pointers into them stay inside.
+/// The multi-input dot products of a kernel set: `dots_f16`, `dots_f32`, `dots_i8`,
+/// `dots_q6` and `dots_q4`, each `(rows, row_bytes, xs, out)`: for the `n_rows` weight rows
+/// of `rows` (`row_bytes` each) and the `n_in` inputs of equal length that `xs` holds one
+/// after the other (`n_in` = `out.len() / n_rows`), `out[t · n_rows + r]` = the set's
+/// `dot_*(row_r, x_t)`. Each calls the module's generic `$gen::<R, N>(rows, xs)` (a tile
+/// of `R` weight rows × `N` inputs: each row's values converted once for all `N` inputs,
+/// each input's values loaded once for all `R` rows, and every (row, input) pair in the
+/// lanes, accumulation order and final reduction of the one-input kernel, which is
+/// `$gen::<1, 1>`) on tiles of at most `$rows` rows and `$most` inputs (then 2, then 1),
+/// so a result's bits depend on neither the tiling nor how many rows and inputs share the call.
+macro_rules! many_dots {
+    ($feature:literal; $($name:ident = $gen:ident / $rows:literal x $most:literal),+ $(,)?) => {
+        $(many_dots!(@one #[target_feature(enable = $feature)] $name $gen $rows $most);)+
+    };
+    ($($name:ident = $gen:ident / $rows:literal x $most:literal),+ $(,)?) => {
+        $(many_dots!(@one $name $gen $rows $most);)+
+    };
+    (@one $(#[$attr:meta])* $name:ident $gen:ident $rows:literal $most:literal) => {
+        #[doc = concat!("`out[t · n_rows + r]` = this set's one-input dot (`", stringify!($gen), "::<1, 1>`) of row `r` of `rows` with input `t` of `xs`, bit for bit: see `many_dots!`.")]
+        ///
+        /// # Safety
+        /// The CPU must support this module's features (`available` where the module has one).
+        $(#[$attr])*
+        #[allow(unused_unsafe, clippy::int_plus_one)]
+        pub unsafe fn $name(rows: &[u8], row_bytes: usize, xs: &[f32], out: &mut [f32]) {
+            let n_rows = if row_bytes == 0 { 0 } else { rows.len() / row_bytes };
+            assert!(n_rows * row_bytes == rows.len() && n_rows > 0, "{} bytes are not whole rows of {row_bytes}", rows.len());
+            let n_in = out.len() / n_rows;
+            assert!(n_in * n_rows == out.len(), "{} outputs are not {n_rows} rows' worth", out.len());
+            if n_in == 0 {
+                return;
+            }
+            let len = xs.len() / n_in;
+            assert!(xs.len() == n_in * len, "{} values are not {n_in} inputs of one length", xs.len());
+            let x = |t: usize| &xs[t * len..(t + 1) * len];
+            let w = |r: usize| &rows[r * row_bytes..(r + 1) * row_bytes];
+            let mut r = 0;
+            while r < n_rows {
+                // A tile of `$rows` rows while they last, then one row at a time.
+                if r + $rows <= n_rows {
+                    let ws: [&[u8]; $rows] = core::array::from_fn(|k| w(r + k));
+                    many_dots!(@inputs $gen, $rows, $most, ws, x, n_in, n_rows, r, out);
+                    r += $rows;
+                } else {
+                    many_dots!(@inputs $gen, 1, $most, [w(r)], x, n_in, n_rows, r, out);
+                    r += 1;
+                }
+            }
+        }
+    };
+    // Inputs of one tile of rows `ws` (from row `r0`): groups of `$most`, then 2, then 1.
+    (@inputs $gen:ident, $r:literal, $most:literal, $ws:expr, $x:ident, $n_in:ident, $n_rows:ident, $r0:ident, $out:ident) => {{
+        let ws = $ws;
+        let mut t = 0;
+        while t + $most <= $n_in {
+            let xs: [&[f32]; $most] = core::array::from_fn(|k| $x(t + k));
+            // SAFETY: the caller guarantees this module's features.
+            let y = unsafe { $gen::<$r, $most>(ws, xs) };
+            for (i, y) in y.iter().enumerate() {
+                for (k, &y) in y.iter().enumerate() {
+                    $out[(t + k) * $n_rows + $r0 + i] = y;
+                }
+            }
+            t += $most;
+        }
+        while t + 2 <= $n_in {
+            // SAFETY: as above.
+            let y = unsafe { $gen::<$r, 2>(ws, [$x(t), $x(t + 1)]) };
+            for (i, y) in y.iter().enumerate() {
+                $out[t * $n_rows + $r0 + i] = y[0];
+                $out[(t + 1) * $n_rows + $r0 + i] = y[1];
+            }
+            t += 2;
+        }
+        if t < $n_in {
+            // SAFETY: as above.
+            let y = unsafe { $gen::<$r, 1>(ws, [$x(t)]) };
+            for (i, y) in y.iter().enumerate() {
+                $out[t * $n_rows + $r0 + i] = y[0];
+            }
+        }
+    }};
+}
+
+/// A float encoding of the output / embedding matrix as the dot kernels' tiles read it: its
+/// bytes per value, and one value (for a tile's scalar tail). Each x86 module widens 16 or 8
+/// of them at once in its own `Widen` trait over these types.
 #[cfg(target_arch = "x86_64")]
-fn q_blocks(row: &[u8], x: &[f32], q6: bool) -> (usize, usize) {
+trait FloatRow {
+    const WIDTH: usize;
+    fn value(row: &[u8], j: usize) -> f32;
+}
+
+/// Little-endian f16 values.
+#[cfg(target_arch = "x86_64")]
+struct F16Row;
+#[cfg(target_arch = "x86_64")]
+impl FloatRow for F16Row {
+    const WIDTH: usize = 2;
+    #[inline(always)]
+    fn value(row: &[u8], j: usize) -> f32 {
+        half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32()
+    }
+}
+
+/// Little-endian f32 values.
+#[cfg(target_arch = "x86_64")]
+struct F32Row;
+#[cfg(target_arch = "x86_64")]
+impl FloatRow for F32Row {
+    const WIDTH: usize = 4;
+    #[inline(always)]
+    fn value(row: &[u8], j: usize) -> f32 {
+        f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]])
+    }
+}
+
+/// Int8 values (q8 without its row scale).
+#[cfg(target_arch = "x86_64")]
+struct I8Row;
+#[cfg(target_arch = "x86_64")]
+impl FloatRow for I8Row {
+    const WIDTH: usize = 1;
+    #[inline(always)]
+    fn value(row: &[u8], j: usize) -> f32 {
+        f32::from(row[j] as i8)
+    }
+}
+
+/// The length every input of a tile shares; panics unless they all have it and every row
+/// holds as many values of `width` bytes, so a kernel's pointers stay inside the slices.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tile_len<const R: usize, const N: usize>(rows: &[&[u8]; R], xs: &[&[f32]; N], width: usize) -> usize {
+    let n = xs.first().map_or(0, |x| x.len());
+    assert!(
+        xs.iter().all(|x| x.len() == n) && rows.iter().all(|r| r.len() >= width * n),
+        "inputs of one length, rows as long"
+    );
+    n
+}
+
+/// A tile's results: each (row, input) pair's reduced vector sum `s[r][t]`, plus the scalar
+/// tail `row[j] · x[j]` for `j` in `from..n`, added one by one in order.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn add_tails<W: FloatRow, const R: usize, const N: usize>(
+    mut s: [[f32; N]; R],
+    rows: &[&[u8]; R],
+    xs: &[&[f32]; N],
+    from: usize,
+) -> [[f32; N]; R] {
+    for (s, row) in s.iter_mut().zip(rows) {
+        for (s, x) in s.iter_mut().zip(xs) {
+            for (j, &x) in x.iter().enumerate().skip(from) {
+                *s += W::value(row, j) * x;
+            }
+        }
+    }
+    s
+}
+
+/// A q6 (`q6`) or q4 row's block size and block count; panics unless `row` is whole blocks
+/// and each input of `xs` holds 32 values per block, so a kernel's pointers into them stay inside.
+#[cfg(target_arch = "x86_64")]
+fn q_blocks(row: &[u8], xs: &[&[f32]], q6: bool) -> (usize, usize) {
     use tern_format::block_quant::{block_bytes, BLOCK};
     let bb = block_bytes(if q6 { tern_format::Encoding::Q6 } else { tern_format::Encoding::Q4 });
     let blocks = row.len() / bb;
-    assert!(row.len() == blocks * bb && x.len() == blocks * BLOCK, "whole blocks");
+    assert!(row.len() == blocks * bb && xs.iter().all(|x| x.len() == blocks * BLOCK), "whole blocks");
     (bb, blocks)
 }
 
@@ -262,6 +445,8 @@ unsafe fn gemm_by_rows<K: RowTokens>(rows: &[u8], row_bytes: usize, xq: &[i8], a
 
 type TernaryGemmFn = unsafe fn(rows: &[u8], row_bytes: usize, xq: &[i8], act_sums: &[i32], out: &mut [i32]);
 type DotFn = unsafe fn(row: &[u8], x: &[f32]) -> f32;
+/// `(rows, row_bytes, xs, out)`: the dots of several rows with several inputs at once (see `many_dots!`).
+type DotsFn = unsafe fn(rows: &[u8], row_bytes: usize, xs: &[f32], out: &mut [f32]);
 /// `(q, at, keys, values, scratch, start, end, parts)`: see [`attend::attend_heads`].
 type AttendFn<E> = unsafe fn(&[f32], HeadsAt, &[E], &[E], &mut [f32], usize, usize, &mut [f32]);
 /// `(q, at, keys, values, scratch, n0, tokens, out)`: see [`attend::attend_tokens`].
@@ -314,6 +499,11 @@ macro_rules! kernel_set {
             dot_i8: $m::dot_i8,
             dot_q6: $m::dot_q6,
             dot_q4: $m::dot_q4,
+            dots_f16: $m::dots_f16,
+            dots_f32: $m::dots_f32,
+            dots_i8: $m::dots_i8,
+            dots_q6: $m::dots_q6,
+            dots_q4: $m::dots_q4,
             attend: $m::attend::<F32Kv>,
             attend_f16: $m::attend::<$f16>,
             attend_tokens: $m::attend_tokens::<F32Kv>,
@@ -336,6 +526,11 @@ pub struct Kernels {
     dot_i8: DotFn,
     dot_q6: DotFn,
     dot_q4: DotFn,
+    dots_f16: DotsFn,
+    dots_f32: DotsFn,
+    dots_i8: DotsFn,
+    dots_q6: DotsFn,
+    dots_q4: DotsFn,
     attend: AttendFn<f32>,
     attend_f16: AttendFn<u16>,
     attend_tokens: AttendTokensFn<f32>,
@@ -485,5 +680,39 @@ impl Kernels {
     pub fn dot_q4(&self, row: &[u8], x: &[f32]) -> f32 {
         // SAFETY: as in `ternary_band`.
         unsafe { (self.dot_q4)(row, x) }
+    }
+
+    /// `out[t · n_rows + r]` = [`Kernels::dot_f16`]`(row_r, x_t)`, bit for bit, for the
+    /// `n_rows` rows of `rows` (`row_bytes` each) and the `out.len() / n_rows` inputs `x_t` of
+    /// equal length that `xs` holds one after the other: each row's halves are converted
+    /// once for several inputs, each input's values loaded once for several rows. Panics
+    /// unless `rows` and `xs` split evenly.
+    pub fn dots_f16(&self, rows: &[u8], row_bytes: usize, xs: &[f32], out: &mut [f32]) {
+        // SAFETY: as in `ternary_band`.
+        unsafe { (self.dots_f16)(rows, row_bytes, xs, out) }
+    }
+
+    /// [`Kernels::dots_f16`] for [`Kernels::dot_f32`].
+    pub fn dots_f32(&self, rows: &[u8], row_bytes: usize, xs: &[f32], out: &mut [f32]) {
+        // SAFETY: as in `ternary_band`.
+        unsafe { (self.dots_f32)(rows, row_bytes, xs, out) }
+    }
+
+    /// [`Kernels::dots_f16`] for [`Kernels::dot_i8`].
+    pub fn dots_i8(&self, rows: &[u8], row_bytes: usize, xs: &[f32], out: &mut [f32]) {
+        // SAFETY: as in `ternary_band`.
+        unsafe { (self.dots_i8)(rows, row_bytes, xs, out) }
+    }
+
+    /// [`Kernels::dots_f16`] for [`Kernels::dot_q6`].
+    pub fn dots_q6(&self, rows: &[u8], row_bytes: usize, xs: &[f32], out: &mut [f32]) {
+        // SAFETY: as in `ternary_band`.
+        unsafe { (self.dots_q6)(rows, row_bytes, xs, out) }
+    }
+
+    /// [`Kernels::dots_f16`] for [`Kernels::dot_q4`].
+    pub fn dots_q4(&self, rows: &[u8], row_bytes: usize, xs: &[f32], out: &mut [f32]) {
+        // SAFETY: as in `ternary_band`.
+        unsafe { (self.dots_q4)(rows, row_bytes, xs, out) }
     }
 }
