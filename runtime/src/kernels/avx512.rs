@@ -344,10 +344,10 @@ pub unsafe fn read_sum(bytes: &[u8]) -> u64 {
 /// The CPU must support avx512f ([`available`]).
 #[target_feature(enable = "avx512f")]
 pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
-    tile::<super::F16Row, 1, 1>([row], [x])[0][0]
+    dot_tile::<super::F16Row, 1, 1>([row], [x])[0][0]
 }
 
-/// How one float encoding's row values widen to f32 for [`tile`]: 16 values at a time,
+/// How one float encoding's row values widen to f32 for [`dot_tile`]: 16 values at a time,
 /// and one at a time for the tail; and what one row alone asks for ahead of its reads.
 trait Widen: super::FloatRow {
     /// Values `i .. i + 16` of the row at `p`.
@@ -403,10 +403,10 @@ impl Widen for super::I8Row {
 /// `(r, t)` sums `W(r)[i] · x_t[i]` in two chains of 16 lanes (values `32s .. 32s + 16`
 /// into the first, the next 16 into the second, one FMA each), adds the chains and
 /// reduces the lanes with `_mm512_reduce_add_ps`, then adds the tail
-/// values one by one: [`dot_f16`]'s order, which is `tile::<super::F16Row, 1, 1>`. A row's 16 values
+/// values one by one: [`dot_f16`]'s order, which is `dot_tile::<super::F16Row, 1, 1>`. A row's 16 values
 /// are widened once for the `N` inputs, an input's 16 loaded once for the `R` rows.
 #[inline(always)]
-unsafe fn tile<W: Widen, const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
+unsafe fn dot_tile<W: Widen, const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
     let n = super::tile_len(&rows, &xs, W::WIDTH);
     let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
     let mut i = 0;
@@ -451,10 +451,10 @@ unsafe fn tile<W: Widen, const R: usize, const N: usize>(rows: [&[u8]; R], xs: [
     super::add_tails::<W, R, N>(s, &rows, &xs, i)
 }
 
-/// [`tile`] of f16 rows, for `many_dots!`.
+/// [`dot_tile`] of f16 rows, for `many_dots!`.
 #[inline(always)]
 unsafe fn f16_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
-    tile::<super::F16Row, R, N>(rows, xs)
+    dot_tile::<super::F16Row, R, N>(rows, xs)
 }
 
 /// `sum(row[i] * x[i])` for a little-endian f32 row.
@@ -463,13 +463,13 @@ unsafe fn f16_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N
 /// The CPU must support avx512f ([`available`]).
 #[target_feature(enable = "avx512f")]
 pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
-    tile::<super::F32Row, 1, 1>([row], [x])[0][0]
+    dot_tile::<super::F32Row, 1, 1>([row], [x])[0][0]
 }
 
-/// [`tile`] of f32 rows, for `many_dots!`.
+/// [`dot_tile`] of f32 rows, for `many_dots!`.
 #[inline(always)]
 unsafe fn f32_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
-    tile::<super::F32Row, R, N>(rows, xs)
+    dot_tile::<super::F32Row, R, N>(rows, xs)
 }
 
 /// `sum(row[i] as i8 * x[i])`.
@@ -478,13 +478,13 @@ unsafe fn f32_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N
 /// The CPU must support avx512f ([`available`]).
 #[target_feature(enable = "avx512f")]
 pub unsafe fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
-    tile::<super::I8Row, 1, 1>([row], [x])[0][0]
+    dot_tile::<super::I8Row, 1, 1>([row], [x])[0][0]
 }
 
-/// [`tile`] of int8 rows, for `many_dots!`.
+/// [`dot_tile`] of int8 rows, for `many_dots!`.
 #[inline(always)]
 unsafe fn i8_n<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[f32]; N]) -> [[f32; N]; R] {
-    tile::<super::I8Row, R, N>(rows, xs)
+    dot_tile::<super::I8Row, R, N>(rows, xs)
 }
 
 block_dots!("avx512f");
