@@ -65,7 +65,7 @@ case "$SHAPE" in
   2b4t)
     work=${1:-/tmp/tern-peers-2b4t} P=${P:-128} DEPTH=${DEPTH:-0} TERN_TYPES=${TERN_TYPES:-f16 q8 q4}
     IK_TYPES=${IK_TYPES:-iq2_bn} GGUF_TYPE=f16 KEEP=${KEEP:-0} marker="bench_vs_peers 2b4t"
-    title="2B-4T shape against llama.cpp and ik_llama.cpp (\`SHAPE=2b4t scripts/bench_vs_peers.sh\`)" ;;
+    title="2B-4T shape against llama.cpp and ik_llama.cpp (issue 24)" ;;
   *) echo "bench_vs_peers: SHAPE must be large or 2b4t, not $SHAPE" >&2; exit 1 ;;
 esac
 N=${N:-64} T=${T:-1,2} R=${R:-3} PASSES=${PASSES:-2} IK_FA=${IK_FA:-0,1}
