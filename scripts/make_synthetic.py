@@ -9,6 +9,7 @@ names and numerics are what the fixtures test.
   make_synthetic.py --preset fixtures           # the committed fixtures under fixtures/
   make_synthetic.py --preset large -o DIR       # bitnet_b1_58-large shape, 2.9 GB F32 (do not commit)
   make_synthetic.py --preset 2b4t -o DIR        # bitnet-b1.58-2B-4T shape, pre-packed, 1.2 GB (do not commit)
+  make_synthetic.py --preset 2b4t-masters -o DIR  # the same shape as 1bitLLM F16 masters, 4.8 GB (do not commit)
 
 The 2b4t preset is microsoft/bitnet-b1.58-2B-4T's published layout (BitNetForCausalLM,
 autobitlinear, offline): every BitLinear weight U8 [out/4, in] in transformers' packing
@@ -18,6 +19,16 @@ BF16 [1] weight_scale, sub-norms, ReLU², a tied BF16 embedding; hidden 2560, in
 in every bit pair, never 3), which is exactly the set of packings transformers' pack_weights
 produces; the tokenizer and its config come from fixtures/bitnet-2b-tiny (its ids are all below
 the vocabulary). Tensors are written in row chunks, so memory stays near 200 MB.
+
+The 2b4t-masters preset has the same dimensions (30 layers, hidden 2560, intermediate 6912,
+20/5 heads, vocab 128256, tied) in the 1bitLLM master-weight layout above (BitnetForCausalLM,
+F16, SiLU, sub-norms named inner_attn_ln / ffn_layernorm, rope_theta 500000 as 2B-4T): the
+only BitNet layout llama.cpp's convert_hf_to_gguf.py reads, so that llama.cpp and tern can run
+one checkpoint of 2B-4T's shape (scripts/bench_vs_peers.sh SHAPE=2b4t). A token costs the same
+arithmetic as in 2B-4T up to the FFN activation (SiLU here, ReLU^2 there). Its tokenizer.json is
+--tokenizer's (ids all below the vocabulary); llama.cpp's converter needs a SentencePiece
+tokenizer.model instead, which scripts/spm_tokenizer.py makes. Memory peaks near 3 GB (the
+embedding is drawn at once).
 """
 import argparse
 import json
@@ -43,10 +54,11 @@ FIXTURE_SHAPES = {
 }
 SHAPE_2B4T = dict(hidden=2560, inter=6912, layers=30, heads=20, kv=5, vocab=128256)
 TINY_2B = os.path.join(FIXTURES, "bitnet-2b-tiny")
+MASTERS_2B4T = dict(SHAPE_2B4T, dtype="F16", tied=True, shards=1)
 LARGE = dict(hidden=1536, inter=4096, layers=24, heads=16, kv=16, vocab=32002, dtype="F32", tied=True, shards=1)
 
 
-def config_json(s, max_pos):
+def config_json(s, max_pos, rope_theta=10000.0):
     c = {
         "architectures": ["BitnetForCausalLM"],
         "model_type": "llama",
@@ -57,7 +69,7 @@ def config_json(s, max_pos):
         "num_key_value_heads": s["kv"],
         "max_position_embeddings": max_pos,
         "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
+        "rope_theta": rope_theta,
         "hidden_act": "silu",
         "vocab_size": s["vocab"],
         "bos_token_id": 1,
@@ -72,7 +84,7 @@ def config_json(s, max_pos):
     return c
 
 
-def tensor_entries(s, rng):
+def tensor_entries(s, rng, rope_theta=10000.0):
     """(name, dtype, shape, producer) in 1bitLLM naming; weights drawn lazily."""
     h, i, dt = s["hidden"], s["inter"], s["dtype"]
     head_dim = h // s["heads"]
@@ -84,7 +96,7 @@ def tensor_entries(s, rng):
     def norm(n):
         return lambda: (1.0 + 0.1 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
 
-    inv_freq = (1.0 / (10000.0 ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))).astype(np.float32)
+    inv_freq = (1.0 / (rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))).astype(np.float32)
     # Small embeddings (as in trained models) so that the layers, not the input token, decide the logits.
     out = [("model.embed_tokens.weight", dt, (s["vocab"], h), normal((s["vocab"], h), 0.1))]
     for l in range(s["layers"]):
@@ -109,16 +121,17 @@ def tensor_entries(s, rng):
     return out
 
 
-def make(folder, s, seed, tokenizer, max_pos=128, generation=None):
+def make(folder, s, seed, tokenizer, max_pos=128, generation=None, rope_theta=10000.0):
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(config_json(s, max_pos), f, indent=2)
-    shutil.copyfile(tokenizer, os.path.join(folder, "tokenizer.json"))
+        json.dump(config_json(s, max_pos, rope_theta), f, indent=2)
+    if tokenizer:
+        shutil.copyfile(tokenizer, os.path.join(folder, "tokenizer.json"))
     if generation:
         with open(os.path.join(folder, "generation_config.json"), "w") as f:
             json.dump(generation, f, indent=2)
-    entries = tensor_entries(s, rng)
+    entries = tensor_entries(s, rng, rope_theta)
     if s["shards"] == 1:
         st.write(os.path.join(folder, "model.safetensors"), entries)
         return
@@ -208,8 +221,8 @@ def make_2b4t(folder, seed=24):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=["fixtures", "large", "2b4t"], required=True)
-    ap.add_argument("-o", "--output", help="output folder (large and 2b4t presets)")
+    ap.add_argument("--preset", choices=["fixtures", "large", "2b4t", "2b4t-masters"], required=True)
+    ap.add_argument("-o", "--output", help="output folder (large and 2b4t* presets)")
     ap.add_argument("--tokenizer", default=TOKENIZER_512, help="tokenizer.json to copy in")
     args = ap.parse_args()
     if args.preset == "fixtures":
@@ -222,6 +235,8 @@ def main():
             ap.error(f"--preset {args.preset} needs -o")
         if args.preset == "2b4t":
             make_2b4t(args.output)
+        elif args.preset == "2b4t-masters":
+            make(args.output, MASTERS_2B4T, seed=25, tokenizer=args.tokenizer, max_pos=4096, rope_theta=500000.0)
         else:
             make(args.output, LARGE, seed=7, tokenizer=args.tokenizer, max_pos=2048)
         print("wrote", args.output)
