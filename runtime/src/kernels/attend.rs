@@ -187,10 +187,6 @@ pub fn attend_scratch_len(heads: usize, _head_dim: usize, n: usize) -> usize {
     heads * n.next_multiple_of(KEY_BLOCK)
 }
 
-/// How many positions ahead of its reads a decoded token's attention asks for values: the
-/// same head's values in the next block (four positions ahead measured slower: BENCHMARKS.md).
-const VALUE_AHEAD: usize = KEY_BLOCK;
-
 /// Which query heads an [`attend_heads`] call computes, and where their keys and values are.
 #[derive(Clone, Copy, Debug)]
 pub struct HeadsAt {
@@ -212,15 +208,15 @@ pub struct HeadsAt {
 /// `softmax(scale · q·k) · v`). Query head `h` reads kv head `h / group`.
 ///
 /// The layer's cache is laid out so that positions `0..n` of all kv heads are two
-/// contiguous stretches, which a call for every head reads front to back:
+/// contiguous stretches (the keys a call reads front to back, the values head by head):
 /// - `keys`: blocks of [`KEY_BLOCK`] positions, `KEY_BLOCK · kv_dim` floats each; in a
 ///   block, per kv head, per dimension, one row of 16 lanes (one per position), so a score
 ///   needs no horizontal sum. The last block runs past `end` into unused cache; those
 ///   scores are ignored.
 /// - `values`: blocks of [`KEY_BLOCK`] positions like the keys (the last one whole),
 ///   `KEY_BLOCK · kv_dim` floats each; in a block, per kv head, its positions' `head_dim`
-///   values one after another ([`value_at`]). So a call's run of heads reads one stretch
-///   per block. (Stored per position, all kv heads side by side, the same run was a few
+///   values one after another ([`value_at`]). So a head's values are one stretch per
+///   block. (Stored per position, all kv heads side by side, a head's values were a few
 ///   hundred bytes every `kv_dim` floats, and read well below the keys' rate: BENCHMARKS.md.)
 ///
 /// `scratch` holds [`attend_scratch_len`] floats. Every lane sums in a fixed order with
@@ -269,19 +265,13 @@ pub fn attend_heads<K: KvRead>(
         part[2..].fill(0.0);
     }
 
-    // Weighted values, into each head's partial result: position by position, all heads,
-    // so the values are read front to back; the sums stay in L1.
-    for s in 0..n {
-        let p = start + s;
-        for (h, part) in parts.chunks_exact_mut(pl).enumerate() {
-            let (a, v0) = (scores[h * padded + s], key_rows.kv_at(h));
-            let ahead = values.as_ptr().wrapping_add(value_at(p + VALUE_AHEAD, v0, kv_dim, hd));
-            for l in (0..hd).step_by(K::PER_LINE) {
-                prefetch(ahead.wrapping_add(l));
-            }
-            let row = value_at(p, v0, kv_dim, hd);
-            axpy::<K>(&mut part[2..], a, &values[row..row + hd]);
-        }
+    // Weighted values, into each head's partial result: head by head, the sums of 32
+    // dimensions in registers over the span's positions.
+    let mut w = [0f32; SPAN];
+    for (h, part) in parts.chunks_exact_mut(pl).enumerate() {
+        w[..n].copy_from_slice(&scores[h * padded..h * padded + n]);
+        let rows = ValueRows::<K> { values, kv0: key_rows.kv_at(h), kv_dim, hd, start };
+        rows.tiles::<1, 32>(std::slice::from_ref(&w), start..end, &mut part[2..]);
     }
 }
 
@@ -578,23 +568,6 @@ impl<K: KvRead> ValueRows<'_, K> {
         for (k, r) in r.iter().enumerate() {
             acc[k * hd + d0..k * hd + d0 + W].copy_from_slice(r);
         }
-    }
-}
-
-/// `acc += a · v`, 16 lanes at a time (so a width like 96 takes whole vectors), with
-/// [`mul_add`].
-#[inline(always)]
-fn axpy<K: KvRead>(acc: &mut [f32], a: f32, v: &[K::Elem]) {
-    let mut acc16 = acc.chunks_exact_mut(KEY_BLOCK);
-    let mut v16 = v.chunks_exact(KEY_BLOCK);
-    for (x, v) in (&mut acc16).zip(&mut v16) {
-        let v = K::lanes(v);
-        for i in 0..KEY_BLOCK {
-            x[i] = mul_add(a, v[i], x[i]);
-        }
-    }
-    for (x, &v) in acc16.into_remainder().iter_mut().zip(v16.remainder()) {
-        *x = mul_add(a, v.to_f32(), *x);
     }
 }
 
