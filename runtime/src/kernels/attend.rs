@@ -5,8 +5,30 @@
 //! ([`combine_spans`]). No threads here: `crate::attention` decides which heads, spans and
 //! tokens each task takes.
 
-use super::float::{exp, LANES};
+use super::float::{exp, mul_add, LANES};
 use super::prefetch;
+
+/// `body` for `$k` = 0, 1, …, `$n - 1`, written out one after another for a constant `$n`
+/// up to 8 (a loop beyond): the tiles' loops over their tokens, which the compiler would
+/// otherwise vectorise across tokens (gathers and scatters of sums kept in memory) instead
+/// of across lanes.
+macro_rules! unrolled {
+    ($n:expr, $k:ident => $body:block) => {
+        match $n {
+            1 => { { let $k = 0; $body } }
+            2 => { { let $k = 0; $body } { let $k = 1; $body } }
+            3 => { { let $k = 0; $body } { let $k = 1; $body } { let $k = 2; $body } }
+            4 => { { let $k = 0; $body } { let $k = 1; $body } { let $k = 2; $body } { let $k = 3; $body } }
+            5 => { { let $k = 0; $body } { let $k = 1; $body } { let $k = 2; $body } { let $k = 3; $body } { let $k = 4; $body } }
+            6 => { { let $k = 0; $body } { let $k = 1; $body } { let $k = 2; $body } { let $k = 3; $body } { let $k = 4; $body } { let $k = 5; $body } }
+            7 => { { let $k = 0; $body } { let $k = 1; $body } { let $k = 2; $body } { let $k = 3; $body } { let $k = 4; $body } { let $k = 5; $body } { let $k = 6; $body } }
+            8 => { { let $k = 0; $body } { let $k = 1; $body } { let $k = 2; $body } { let $k = 3; $body } { let $k = 4; $body } { let $k = 5; $body } { let $k = 6; $body } { let $k = 7; $body } }
+            _ => {
+                for $k in 0..$n $body
+            }
+        }
+    };
+}
 
 /// Softmax weights of one span of scores, unnormalised: replaces each score `x` by
 /// `e^(x - m)` and returns `(m, l)`, `m` the span's maximum and `l` the sum of the
@@ -160,14 +182,10 @@ pub fn f16_to_f32(h: u16) -> f32 {
 }
 
 /// Floats of attention scratch for `heads` query heads over `n` positions (see
-/// [`attend_heads`]): their scores, then four accumulators per head.
-pub fn attend_scratch_len(heads: usize, head_dim: usize, n: usize) -> usize {
-    heads * (n.next_multiple_of(KEY_BLOCK) + 4 * head_dim)
+/// [`attend_heads`]): their scores.
+pub fn attend_scratch_len(heads: usize, _head_dim: usize, n: usize) -> usize {
+    heads * n.next_multiple_of(KEY_BLOCK)
 }
-
-/// How many positions ahead of its reads a decoded token's attention asks for values: the
-/// same head's values in the next block (four positions ahead measured slower: BENCHMARKS.md).
-const VALUE_AHEAD: usize = KEY_BLOCK;
 
 /// Which query heads an [`attend_heads`] call computes, and where their keys and values are.
 #[derive(Clone, Copy, Debug)]
@@ -190,22 +208,23 @@ pub struct HeadsAt {
 /// `softmax(scale · q·k) · v`). Query head `h` reads kv head `h / group`.
 ///
 /// The layer's cache is laid out so that positions `0..n` of all kv heads are two
-/// contiguous stretches, which a call for every head reads front to back:
+/// contiguous stretches (the keys a call reads front to back, the values head by head):
 /// - `keys`: blocks of [`KEY_BLOCK`] positions, `KEY_BLOCK · kv_dim` floats each; in a
 ///   block, per kv head, per dimension, one row of 16 lanes (one per position), so a score
 ///   needs no horizontal sum. The last block runs past `end` into unused cache; those
 ///   scores are ignored.
 /// - `values`: blocks of [`KEY_BLOCK`] positions like the keys (the last one whole),
 ///   `KEY_BLOCK · kv_dim` floats each; in a block, per kv head, its positions' `head_dim`
-///   values one after another ([`value_at`]). So a call's run of heads reads one stretch
-///   per block. (Stored per position, all kv heads side by side, the same run was a few
+///   values one after another ([`value_at`]). So a head's values are one stretch per
+///   block. (Stored per position, all kv heads side by side, a head's values were a few
 ///   hundred bytes every `kv_dim` floats, and read well below the keys' rate: BENCHMARKS.md.)
 ///
-/// `scratch` holds [`attend_scratch_len`] floats. Every lane sums in a fixed order (a score
-/// over the dimensions in order; a span's weighted value in four accumulators that take its
-/// positions in turn, then `(a0 + a1) + (a2 + a3)`), so the result depends neither on how
-/// heads are grouped into calls nor on the vector width: every kernel set inlines this
-/// and computes the same bits, and [`attend_tokens`] the same again.
+/// `scratch` holds [`attend_scratch_len`] floats. Every lane sums in a fixed order with
+/// fused multiply-adds ([`mul_add`]): a score over the dimensions in order, from 0, then
+/// times the scale; a span's weighted value over its positions in order, from 0. So the
+/// result depends neither on how heads are grouped into calls nor on the vector width:
+/// every kernel set inlines this and computes the same bits, and [`attend_tokens`] the
+/// same again.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn attend_heads<K: KvRead>(
@@ -224,7 +243,7 @@ pub fn attend_heads<K: KvRead>(
     let (n, pl) = (end - start, partial_len(hd));
     let parts = &mut parts[..heads * pl];
     let padded = n.next_multiple_of(KEY_BLOCK);
-    let (scores, acc) = scratch[..attend_scratch_len(heads, hd, n)].split_at_mut(heads * padded);
+    let scores = &mut scratch[..attend_scratch_len(heads, hd, n)];
     let key_rows = KeyRows::<K> { q, hd, heads, first_head, group, keys, kv_dim, first_block: start / KEY_BLOCK };
 
     // Scores block by block, each block's heads in turn (the keys front to back), four
@@ -243,62 +262,31 @@ pub fn attend_heads<K: KvRead>(
         let (m, l) = span_weights(&mut sc[..n]);
         part[0] = m;
         part[1] = l;
+        part[2..].fill(0.0);
     }
 
-    // Weighted values: accumulator `u` of a head takes the span's positions 4i + u; a tail
-    // of fewer than four positions goes to accumulator 0.
-    // Position by position, all heads, so the values are read front to back; the
-    // accumulators stay in L1.
-    acc.fill(0.0);
-    let mut s = 0;
-    while s < n {
-        let step = if s + 4 <= n { 4 } else { 1 };
-        for u in 0..step {
-            let p = start + s + u;
-            for h in 0..heads {
-                let (a, v0) = (scores[h * padded + s + u], key_rows.kv_at(h));
-                let ahead = values.as_ptr().wrapping_add(value_at(p + VALUE_AHEAD, v0, kv_dim, hd));
-                for l in (0..hd).step_by(K::PER_LINE) {
-                    prefetch(ahead.wrapping_add(l));
-                }
-                let row = value_at(p, v0, kv_dim, hd);
-                axpy::<K>(&mut acc[(4 * h + u) * hd..(4 * h + u + 1) * hd], a, &values[row..row + hd]);
-            }
-        }
-        s += step;
-    }
-    for (part, a) in parts.chunks_exact_mut(pl).zip(acc.chunks_exact(4 * hd)) {
-        finish(a, &mut part[2..]);
+    // Weighted values, into each head's partial result: head by head, the sums of 32
+    // dimensions in registers over the span's positions.
+    let mut w = [0f32; SPAN];
+    for (h, part) in parts.chunks_exact_mut(pl).enumerate() {
+        w[..n].copy_from_slice(&scores[h * padded..h * padded + n]);
+        let rows = ValueRows::<K> { values, kv0: key_rows.kv_at(h), kv_dim, hd, start };
+        rows.tiles::<1, 32>(std::slice::from_ref(&w), start..end, &mut part[2..]);
     }
 }
 
-/// `o = (a0 + a1) + (a2 + a3)` of four accumulators `a` of `o.len()` values each.
-#[inline(always)]
-fn finish(a: &[f32], o: &mut [f32]) {
-    let hd = o.len();
-    let (a01, a23) = a[..4 * hd].split_at(2 * hd);
-    let (a0, a1) = a01.split_at(hd);
-    let (a2, a3) = a23.split_at(hd);
-    for i in 0..hd {
-        o[i] = (a0[i] + a1[i]) + (a2[i] + a3[i]);
-    }
-}
-
-/// Positions per block of values in [`attend_tokens`] (a divisor of [`SPAN`], a multiple of 4).
+/// Positions per block of values in [`attend_tokens`] (a divisor of [`SPAN`]): the
+/// weighted values' tiles keep their sums in registers over this many positions.
 pub const VALUE_BLOCK: usize = 32;
-
-/// Dimensions per chunk of a block's widened values in [`attend_tokens`]: two rows of
-/// [`KEY_BLOCK`] lanes, which [`KvRead::lanes`] widens at once.
-const DIM_CHUNK: usize = 32;
 
 /// Query tokens per [`attend_tokens`] call (a multiple of 8).
 pub const ATTEND_TOKENS: usize = 32;
 
-/// Floats of scratch for [`attend_tokens`] over causal lengths up to `n`: the scores of
-/// [`ATTEND_TOKENS`] tokens over one span, four accumulators per token, a block of [`VALUE_BLOCK`]
-/// positions' values, and every token's partial results.
+/// Floats of scratch for [`attend_tokens`] over causal lengths up to `n`: the queries
+/// transposed, the scores of [`ATTEND_TOKENS`] tokens over one span, their weighted values
+/// over one span, and every token's partial results.
 pub fn attend_tokens_scratch_len(head_dim: usize, n: usize) -> usize {
-    ATTEND_TOKENS * (SPAN + 4 * head_dim + n.div_ceil(SPAN) * partial_len(head_dim)) + VALUE_BLOCK * head_dim
+    ATTEND_TOKENS * (2 * head_dim + SPAN + n.div_ceil(SPAN) * partial_len(head_dim))
 }
 
 /// Causal attention of one query head (`at.first_head`) for `tokens` ≤ [`ATTEND_TOKENS`]
@@ -308,17 +296,23 @@ pub fn attend_tokens_scratch_len(head_dim: usize, n: usize) -> usize {
 ///
 /// Per span, the same arithmetic in the same order as [`attend_heads`] for each token
 /// alone, and the same [`combine_spans`], so the same bits (a prompt equals its tokens
-/// decoded one at a time), but each key row and each value is read once for all the
-/// tokens instead of once per token: a prompt after a long context reads its cache
-/// [`ATTEND_TOKENS`] times less.
+/// decoded one at a time), but each key row and each value is read once for many tokens:
+/// a prompt after a long context reads its cache [`ATTEND_TOKENS`] times less, and the
+/// sums of a tile of tokens stay in registers.
 ///
-/// `TOKENS_AT_ONCE` (a divisor of [`ATTEND_TOKENS`]) is how many tokens' scores are summed at once in
-/// registers, and `VALUE_TOKENS` × `VALUE_DIMS` (a divisor of [`DIM_CHUNK`]) the tile of
-/// accumulators of the weighted values ([`value_tile`]): the kernel set chooses them for its
-/// registers; they change no result.
+/// The kernel set chooses its tiles for its registers; they change no result:
+/// `SCORE_TOKENS` × `SCORE_BLOCKS` (a divisor of [`ATTEND_TOKENS`] × any) is the tile of
+/// scores, tokens × key blocks of [`KEY_BLOCK`] positions; `VALUE_TOKENS` × `VALUE_DIMS`
+/// the tile of weighted values, tokens × dimensions ([`value_tile`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn attend_tokens<K: KvRead, const TOKENS_AT_ONCE: usize, const VALUE_TOKENS: usize, const VALUE_DIMS: usize>(
+pub fn attend_tokens<
+    K: KvRead,
+    const SCORE_TOKENS: usize,
+    const SCORE_BLOCKS: usize,
+    const VALUE_TOKENS: usize,
+    const VALUE_DIMS: usize,
+>(
     q: &[f32],
     at: HeadsAt,
     keys: &[K::Elem],
@@ -330,56 +324,59 @@ pub fn attend_tokens<K: KvRead, const TOKENS_AT_ONCE: usize, const VALUE_TOKENS:
 ) {
     const {
         assert!(
-            TOKENS_AT_ONCE > 0 && ATTEND_TOKENS.is_multiple_of(TOKENS_AT_ONCE),
-            "TOKENS_AT_ONCE must divide ATTEND_TOKENS"
+            SCORE_TOKENS > 0 && ATTEND_TOKENS.is_multiple_of(SCORE_TOKENS) && SCORE_BLOCKS > 0,
+            "SCORE_TOKENS must divide ATTEND_TOKENS"
         );
-        assert!(VALUE_TOKENS > 0 && VALUE_DIMS > 0 && DIM_CHUNK.is_multiple_of(VALUE_DIMS), "value tile")
+        assert!(VALUE_TOKENS > 0 && VALUE_DIMS > 0, "value tile")
     };
     let HeadsAt { head_dim: hd, first_head, group, kv_dim, scale } = at;
     assert!((1..=ATTEND_TOKENS).contains(&tokens) && n0 >= 1, "attend_tokens: {tokens} tokens from length {n0}");
     let n_max = n0 + tokens - 1;
     let (spans, pl) = (n_max.div_ceil(SPAN), partial_len(hd));
-    let (scores, rest) = scratch[..attend_tokens_scratch_len(hd, n_max)].split_at_mut(ATTEND_TOKENS * SPAN);
-    let (acc, rest) = rest.split_at_mut(ATTEND_TOKENS * 4 * hd);
-    let (block, parts) = rest.split_at_mut(VALUE_BLOCK * hd);
+    let (qt, rest) = scratch[..attend_tokens_scratch_len(hd, n_max)].split_at_mut(ATTEND_TOKENS * hd);
+    let (scores, rest) = rest.split_at_mut(ATTEND_TOKENS * SPAN);
+    let (acc, parts) = rest.split_at_mut(ATTEND_TOKENS * hd);
     let kv0 = first_head / group * hd;
-    let q: &[f32] = &q[..ATTEND_TOKENS * hd];
+    // The queries transposed: row `d` holds dimension `d` of every token, so a tile's
+    // tokens are one load address apart.
+    let (qt, _) = qt.as_chunks_mut::<ATTEND_TOKENS>();
+    for (t, q) in q[..ATTEND_TOKENS * hd].chunks_exact(hd).enumerate() {
+        for (row, &x) in qt.iter_mut().zip(q) {
+            row[t] = x;
+        }
+    }
+    let qt: &[[f32; ATTEND_TOKENS]] = qt;
     // Token `t`'s positions in a span that ends at `end`: up to `n0 + t`.
     let length = |t: usize, end: usize| (n0 + t).min(end);
 
     for j in 0..spans {
         let (start, end) = (j * SPAN, ((j + 1) * SPAN).min(n_max));
-        // Scores, block by block (each block's key rows come from memory once, then from
-        // L1), `TOKENS_AT_ONCE` tokens at a time in registers; lane `i` of a token sums `q[d] · key`
+        // Scores: tiles of `SCORE_BLOCKS` blocks (whose key rows come from memory once,
+        // then from L1) by `SCORE_TOKENS` tokens; lane `i` of a token sums `q[d] · key`
         // over `d` in order, as `attend_heads`.
-        for b in 0..(end - start).div_ceil(KEY_BLOCK) {
-            let first = (start / KEY_BLOCK + b) * KEY_BLOCK * kv_dim + kv0 * KEY_BLOCK;
-            let rows = &keys[first..first + hd * KEY_BLOCK];
-            // This head's rows of the next block: a few kilobytes further on than the
-            // prefetchers look.
-            let next = keys.as_ptr().wrapping_add(first + KEY_BLOCK * kv_dim);
-            for l in (0..hd * KEY_BLOCK).step_by(K::PER_LINE) {
-                prefetch(next.wrapping_add(l));
-            }
-            for t0 in (0..tokens).step_by(TOKENS_AT_ONCE) {
-                let qs: [&[f32]; TOKENS_AT_ONCE] = std::array::from_fn(|t| &q[(t0 + t) * hd..(t0 + t + 1) * hd]);
-                let mut sum = [[0f32; KEY_BLOCK]; TOKENS_AT_ONCE];
-                for d in 0..hd {
-                    let key = K::lanes(&rows[d * KEY_BLOCK..(d + 1) * KEY_BLOCK]);
-                    for (sum, q) in sum.iter_mut().zip(qs) {
-                        let qd = q[d];
-                        for i in 0..KEY_BLOCK {
-                            sum[i] += qd * key[i];
-                        }
-                    }
+        let blocks = (end - start).div_ceil(KEY_BLOCK);
+        let mut b = 0;
+        while b < blocks {
+            b += match blocks - b {
+                1 => score_tile::<K, SCORE_TOKENS, 1>(qt, keys, kv_dim, kv0, start / KEY_BLOCK + b, b, scale, tokens, scores),
+                2 if SCORE_BLOCKS >= 2 => {
+                    score_tile::<K, SCORE_TOKENS, 2>(qt, keys, kv_dim, kv0, start / KEY_BLOCK + b, b, scale, tokens, scores)
                 }
-                for (t, sum) in sum.iter().enumerate().take(tokens - t0) {
-                    let at = (t0 + t) * SPAN + b * KEY_BLOCK;
-                    for (sc, a) in scores[at..at + KEY_BLOCK].iter_mut().zip(sum) {
-                        *sc = a * scale;
-                    }
+                r if r < SCORE_BLOCKS => {
+                    score_tile::<K, SCORE_TOKENS, 1>(qt, keys, kv_dim, kv0, start / KEY_BLOCK + b, b, scale, tokens, scores)
                 }
-            }
+                _ => score_tile::<K, SCORE_TOKENS, SCORE_BLOCKS>(
+                    qt,
+                    keys,
+                    kv_dim,
+                    kv0,
+                    start / KEY_BLOCK + b,
+                    b,
+                    scale,
+                    tokens,
+                    scores,
+                ),
+            };
         }
         for t in 0..tokens {
             let n = length(t, end);
@@ -390,102 +387,46 @@ pub fn attend_tokens<K: KvRead, const TOKENS_AT_ONCE: usize, const VALUE_TOKENS:
             }
         }
 
-        // Weighted values: as in `attend_heads`, accumulator `u` of a token whose span
-        // holds `start..n` takes positions `start + 4i + u` below `4 · (n / 4)`,
-        // accumulator 0 the rest, each in position order.
-        let acc = &mut acc[..tokens * 4 * hd];
+        // Weighted values, as in `attend_heads`: each token's sum over its positions in
+        // order. Blocks of `VALUE_BLOCK` positions (a block's values stay in L1 for all the
+        // tokens); in a block, tiles of `VALUE_TOKENS` tokens over the positions all of
+        // them take, then each token alone over the rest of its positions.
+        let acc = &mut acc[..tokens * hd];
         acc.fill(0.0);
-        if hd % DIM_CHUNK == 0 {
-            // Blocks of `VALUE_BLOCK` positions: their values widened once into `block` (per
-            // 32 dimensions, the block's rows in turn), then per pair of tokens 8
-            // dimensions at a time, or per token 32, with the four accumulators in
-            // registers.
-            let block = &mut block[..VALUE_BLOCK * hd];
-            for s0 in (start..end).step_by(VALUE_BLOCK) {
-                let m = (s0 + VALUE_BLOCK).min(end) - s0;
-                for j in 0..m {
-                    let row = value_at(s0 + j, kv0, kv_dim, hd);
-                    let row = &values[row..row + hd];
-                    for (c, v) in row.chunks_exact(DIM_CHUNK).enumerate() {
-                        let dst = &mut block[(c * VALUE_BLOCK + j) * DIM_CHUNK..(c * VALUE_BLOCK + j + 1) * DIM_CHUNK];
-                        dst[..KEY_BLOCK].copy_from_slice(&K::lanes(&v[..KEY_BLOCK]));
-                        dst[KEY_BLOCK..].copy_from_slice(&K::lanes(&v[KEY_BLOCK..]));
-                    }
-                }
-                // The next block's values.
-                for s in s0 + VALUE_BLOCK..(s0 + 2 * VALUE_BLOCK).min(n_max) {
-                    let at = values.as_ptr().wrapping_add(value_at(s, kv0, kv_dim, hd));
-                    for l in (0..hd).step_by(K::PER_LINE) {
-                        prefetch(at.wrapping_add(l));
-                    }
-                }
-                // Tokens whose groups of four cover the whole block (a suffix of them: a
-                // token's length grows with `t`) go `VALUE_TOKENS` at a time; the others, and
-                // those left over, one at a time.
-                let full = |t: usize| length(t, end) / 4 * 4 >= s0 + VALUE_BLOCK;
-                let first_full = (0..tokens).find(|&t| full(t)).unwrap_or(tokens);
-                let tiles_end = first_full + (tokens - first_full) / VALUE_TOKENS * VALUE_TOKENS;
-                for t in (first_full..tiles_end).step_by(VALUE_TOKENS) {
-                    let weights = &scores[t * SPAN + s0 - start..];
-                    value_tile::<VALUE_TOKENS, VALUE_DIMS>(
-                        weights,
-                        block,
-                        &mut acc[4 * t * hd..4 * (t + VALUE_TOKENS) * hd],
-                    );
-                }
-                for t in (0..first_full).chain(tiles_end..tokens) {
-                    let n = length(t, end);
-                    if s0 >= n {
-                        continue;
-                    }
-                    // Positions s0 + i: i < main in groups of four, then main..stop one at a time.
-                    let stop = (s0 + VALUE_BLOCK).min(n) - s0;
-                    let main = (n / 4 * 4).clamp(s0, s0 + stop) - s0;
-                    let p = &scores[t * SPAN + s0 - start..t * SPAN + s0 - start + VALUE_BLOCK];
-                    let acc = &mut acc[4 * t * hd..4 * (t + 1) * hd];
-                    for (c, vc) in block.chunks_exact(VALUE_BLOCK * DIM_CHUNK).enumerate() {
-                        let mut r = [[0f32; DIM_CHUNK]; 4];
-                        for (u, r) in r.iter_mut().enumerate() {
-                            r.copy_from_slice(&acc[u * hd + c * DIM_CHUNK..u * hd + (c + 1) * DIM_CHUNK]);
-                        }
-                        for (a4, v4) in p[..main].chunks_exact(4).zip(vc.chunks_exact(4 * DIM_CHUNK)) {
-                            for (u, r) in r.iter_mut().enumerate() {
-                                let (a, v) = (a4[u], &v4[u * DIM_CHUNK..(u + 1) * DIM_CHUNK]);
-                                for i in 0..DIM_CHUNK {
-                                    r[i] += a * v[i];
-                                }
-                            }
-                        }
-                        for (&a, v) in p[main..stop].iter().zip(vc[main * DIM_CHUNK..].chunks_exact(DIM_CHUNK)) {
-                            for i in 0..DIM_CHUNK {
-                                r[0][i] += a * v[i];
-                            }
-                        }
-                        for (u, r) in r.iter().enumerate() {
-                            acc[u * hd + c * DIM_CHUNK..u * hd + (c + 1) * DIM_CHUNK].copy_from_slice(r);
-                        }
-                    }
+        let (weights, _) = scores.as_chunks::<SPAN>();
+        let first = (0..tokens).find(|&t| length(t, end) > start).unwrap_or(tokens);
+        for s0 in (start..end).step_by(VALUE_BLOCK) {
+            let s1 = (s0 + VALUE_BLOCK).min(end);
+            // The next block's values.
+            for s in s1..(s1 + VALUE_BLOCK).min(n_max) {
+                let at = values.as_ptr().wrapping_add(value_at(s, kv0, kv_dim, hd));
+                for l in (0..hd).step_by(K::PER_LINE) {
+                    prefetch(at.wrapping_add(l));
                 }
             }
-        } else {
-            for s in start..end {
-                let row = value_at(s, kv0, kv_dim, hd);
-                let row = &values[row..row + hd];
-                for t in 0..tokens {
-                    let n = length(t, end);
-                    if s < n {
-                        let u = if s < n / 4 * 4 { s % 4 } else { 0 };
-                        let a = scores[t * SPAN + s - start];
-                        axpy::<K>(&mut acc[(4 * t + u) * hd..(4 * t + u + 1) * hd], a, row);
+            let values = ValueRows::<K> { values, kv0, kv_dim, hd, start };
+            let mut t = first;
+            while t < tokens {
+                let count = VALUE_TOKENS.min(tokens - t);
+                // Tokens t.. take positions up to length(t) at least (lengths grow with t).
+                let common = length(t, end).clamp(s0, s1);
+                if count == VALUE_TOKENS {
+                    values.tiles::<VALUE_TOKENS, VALUE_DIMS>(&weights[t..t + VALUE_TOKENS], s0..common, &mut acc[t * hd..]);
+                } else {
+                    for u in t..t + count {
+                        values.tiles::<1, VALUE_DIMS>(&weights[u..u + 1], s0..common, &mut acc[u * hd..]);
                     }
                 }
+                for u in t..t + count {
+                    let own = length(u, end).clamp(common, s1);
+                    values.tiles::<1, VALUE_DIMS>(&weights[u..u + 1], common..own, &mut acc[u * hd..]);
+                }
+                t += count;
             }
         }
-        for t in 0..tokens {
-            if start < length(t, end) {
-                let at = (t * spans + j) * pl + 2;
-                finish(&acc[4 * t * hd..4 * (t + 1) * hd], &mut parts[at..at + hd]);
-            }
+        for t in first..tokens {
+            let at = (t * spans + j) * pl + 2;
+            parts[at..at + hd].copy_from_slice(&acc[t * hd..(t + 1) * hd]);
         }
     }
     for t in 0..tokens {
@@ -494,59 +435,139 @@ pub fn attend_tokens<K: KvRead, const TOKENS_AT_ONCE: usize, const VALUE_TOKENS:
     }
 }
 
-/// The weighted values of one block of [`VALUE_BLOCK`] positions for `T` consecutive tokens
-/// whose groups of four cover the whole block: token `k`'s weights are
-/// `weights[k · SPAN..][..VALUE_BLOCK]`, its four accumulators of `head_dim` values
-/// `acc[4k · head_dim..]`, and accumulator `u` takes the block's positions `4i + u` in order
-/// (as in [`attend_heads`]). `block` holds the values widened, per chunk of [`DIM_CHUNK`]
-/// dimensions, position by position. `W` dimensions of all `4T` accumulators stay in
-/// registers over the whole block, and each value loaded serves all `T` tokens.
+/// The scores of `T` tokens from `qt[..][t0..]` (the queries transposed: see
+/// [`attend_tokens`]) for tokens `0..tokens` in steps of `T`, over `B` key blocks from the
+/// cache's block `block` (the span's block `b`), into `scores[t · SPAN + 16b..]`. Lane `i`
+/// sums `q[d] · key` over `d` in order with [`mul_add`], from 0, then times `scale`, as
+/// [`KeyRows::scores`]. Returns `B`.
 #[inline(always)]
-fn value_tile<const T: usize, const W: usize>(weights: &[f32], block: &[f32], acc: &mut [f32]) {
-    let hd = acc.len() / (4 * T);
-    for d0 in (0..hd).step_by(W) {
-        let (c, w) = (d0 / DIM_CHUNK, d0 % DIM_CHUNK);
-        let chunk = &block[c * VALUE_BLOCK * DIM_CHUNK..(c + 1) * VALUE_BLOCK * DIM_CHUNK];
-        let mut r = [[[0f32; W]; 4]; T];
-        for (k, r) in r.iter_mut().enumerate() {
-            for (u, r) in r.iter_mut().enumerate() {
-                r.copy_from_slice(&acc[(4 * k + u) * hd + d0..(4 * k + u) * hd + d0 + W]);
-            }
-        }
-        let a: [&[f32; VALUE_BLOCK]; T] =
-            std::array::from_fn(|k| weights[k * SPAN..k * SPAN + VALUE_BLOCK].try_into().expect("a block of weights"));
-        for s in (0..VALUE_BLOCK).step_by(4) {
-            for u in 0..4 {
-                let v: &[f32; W] = chunk[(s + u) * DIM_CHUNK + w..(s + u) * DIM_CHUNK + w + W].try_into().expect("W");
-                for k in 0..T {
-                    let a = a[k][s + u];
-                    for i in 0..W {
-                        r[k][u][i] += a * v[i];
+#[allow(clippy::too_many_arguments)]
+fn score_tile<K: KvRead, const T: usize, const B: usize>(
+    qt: &[[f32; ATTEND_TOKENS]],
+    keys: &[K::Elem],
+    kv_dim: usize,
+    kv0: usize,
+    block: usize,
+    b: usize,
+    scale: f32,
+    tokens: usize,
+    scores: &mut [f32],
+) -> usize {
+    let hd = qt.len();
+    let rows: [&[K::Elem]; B] = std::array::from_fn(|u| {
+        let first = (block + u) * KEY_BLOCK * kv_dim + kv0 * KEY_BLOCK;
+        &keys[first..first + hd * KEY_BLOCK]
+    });
+    // This head's rows of the block after the tile: a few kilobytes further on than the
+    // prefetchers look.
+    let next = keys.as_ptr().wrapping_add((block + B) * KEY_BLOCK * kv_dim + kv0 * KEY_BLOCK);
+    for l in (0..hd * KEY_BLOCK).step_by(K::PER_LINE) {
+        prefetch(next.wrapping_add(l));
+    }
+    for t0 in (0..tokens).step_by(T) {
+        let mut sum = [[[0f32; KEY_BLOCK]; B]; T];
+        for (d, q) in qt.iter().enumerate() {
+            let q: &[f32; T] = q[t0..t0 + T].try_into().expect("T tokens");
+            let key: [[f32; KEY_BLOCK]; B] =
+                std::array::from_fn(|u| K::lanes(&rows[u][d * KEY_BLOCK..(d + 1) * KEY_BLOCK]));
+            unrolled!(T, t => {
+                let qd = q[t];
+                for (sum, key) in sum[t].iter_mut().zip(&key) {
+                    for i in 0..KEY_BLOCK {
+                        sum[i] = mul_add(qd, key[i], sum[i]);
                     }
+                }
+            });
+        }
+        for (t, sum) in sum.iter().enumerate().take(tokens - t0) {
+            for (u, sum) in sum.iter().enumerate() {
+                let at = (t0 + t) * SPAN + (b + u) * KEY_BLOCK;
+                for (sc, a) in scores[at..at + KEY_BLOCK].iter_mut().zip(sum) {
+                    *sc = a * scale;
                 }
             }
         }
-        for (k, r) in r.iter().enumerate() {
-            for (u, r) in r.iter().enumerate() {
-                acc[(4 * k + u) * hd + d0..(4 * k + u) * hd + d0 + W].copy_from_slice(r);
-            }
-        }
     }
+    B
 }
 
-/// `acc += a · v`, 16 lanes at a time (so a width like 96 takes whole vectors).
-#[inline(always)]
-fn axpy<K: KvRead>(acc: &mut [f32], a: f32, v: &[K::Elem]) {
-    let mut acc16 = acc.chunks_exact_mut(KEY_BLOCK);
-    let mut v16 = v.chunks_exact(KEY_BLOCK);
-    for (x, v) in (&mut acc16).zip(&mut v16) {
-        let v = K::lanes(v);
-        for i in 0..KEY_BLOCK {
-            x[i] += a * v[i];
+/// One head's values in the cache, for [`attend_tokens`]' span from `start`.
+struct ValueRows<'a, K: KvRead> {
+    values: &'a [K::Elem],
+    kv0: usize,
+    kv_dim: usize,
+    hd: usize,
+    start: usize,
+}
+
+impl<K: KvRead> ValueRows<'_, K> {
+    /// For `T` tokens whose softmax weights are `weights[k][p - start]` and whose sums
+    /// are `acc[k · hd..][..hd]`: `acc += a_p · v_p` over the positions `p` in `positions`,
+    /// in order, with [`mul_add`]. `W` dimensions of all `T` tokens' sums stay in
+    /// registers over the positions, and each value loaded serves all `T` tokens; the
+    /// dimensions past a multiple of `W` go 16 at a time, then one at a time.
+    #[inline(always)]
+    fn tiles<const T: usize, const W: usize>(
+        &self,
+        weights: &[[f32; SPAN]],
+        positions: std::ops::Range<usize>,
+        acc: &mut [f32],
+    ) {
+        if positions.is_empty() {
+            return;
+        }
+        let hd = self.hd;
+        let weights: &[[f32; SPAN]; T] = weights.try_into().expect("T tokens");
+        let wide = hd / W * W;
+        for d0 in (0..wide).step_by(W) {
+            self.tile::<T, W>(weights, positions.clone(), acc, d0);
+        }
+        let lanes = wide + (hd - wide) / KEY_BLOCK * KEY_BLOCK;
+        for d0 in (wide..lanes).step_by(KEY_BLOCK) {
+            self.tile::<T, KEY_BLOCK>(weights, positions.clone(), acc, d0);
+        }
+        for d0 in lanes..hd {
+            self.tile::<T, 1>(weights, positions.clone(), acc, d0);
         }
     }
-    for (x, &v) in acc16.into_remainder().iter_mut().zip(v16.remainder()) {
-        *x += a * v.to_f32();
+
+    /// [`ValueRows::tiles`] for dimensions `d0..d0 + W`.
+    #[inline(always)]
+    fn tile<const T: usize, const W: usize>(
+        &self,
+        weights: &[[f32; SPAN]; T],
+        positions: std::ops::Range<usize>,
+        acc: &mut [f32],
+        d0: usize,
+    ) {
+        let hd = self.hd;
+        let mut r = [[0f32; W]; T];
+        for (k, r) in r.iter_mut().enumerate() {
+            r.copy_from_slice(&acc[k * hd + d0..k * hd + d0 + W]);
+        }
+        for p in positions {
+            let row = value_at(p, self.kv0, self.kv_dim, hd) + d0;
+            let v = &self.values[row..row + W];
+            let v: [f32; W] = if W.is_multiple_of(KEY_BLOCK) {
+                let mut x = [0f32; W];
+                for (x, v) in x.chunks_exact_mut(KEY_BLOCK).zip(v.chunks_exact(KEY_BLOCK)) {
+                    x.copy_from_slice(&K::lanes(v));
+                }
+                x
+            } else {
+                std::array::from_fn(|i| v[i].to_f32())
+            };
+            let s = p - self.start;
+            unrolled!(T, k => {
+                let a = weights[k][s];
+                for i in 0..W {
+                    r[k][i] = mul_add(a, v[i], r[k][i]);
+                }
+            });
+        }
+        for (k, r) in r.iter().enumerate() {
+            acc[k * hd + d0..k * hd + d0 + W].copy_from_slice(r);
+        }
     }
 }
 
@@ -605,7 +626,7 @@ impl<K: KvRead> KeyRows<'_, K> {
             for u in 0..ROWS_AT_ONCE {
                 let (qd, key) = (qs[u][d], K::lanes(&rows[u][d * KEY_BLOCK..(d + 1) * KEY_BLOCK]));
                 for i in 0..KEY_BLOCK {
-                    acc[u][i] += qd * key[i];
+                    acc[u][i] = mul_add(qd, key[i], acc[u][i]);
                 }
             }
         }
@@ -699,7 +720,8 @@ mod tests {
     /// A prompt's tokens attended together give the bits of each token decoded alone.
     fn check_tokens_together<
         K: KvRead,
-        const TOKENS_AT_ONCE: usize,
+        const SCORE_TOKENS: usize,
+        const SCORE_BLOCKS: usize,
         const VALUE_TOKENS: usize,
         const VALUE_DIMS: usize,
     >(
@@ -735,7 +757,7 @@ mod tests {
                 // Whatever the scratch holds must not matter.
                 let mut scratch = vec![f32::NAN; attend_tokens_scratch_len(hd, n)];
                 let mut together = vec![f32::NAN; ATTEND_TOKENS * hd];
-                attend_tokens::<K, TOKENS_AT_ONCE, VALUE_TOKENS, VALUE_DIMS>(
+                attend_tokens::<K, SCORE_TOKENS, SCORE_BLOCKS, VALUE_TOKENS, VALUE_DIMS>(
                     q,
                     at,
                     &keys,
@@ -756,14 +778,15 @@ mod tests {
 
     #[test]
     fn prompt_tokens_attended_together_equal_each_alone() {
-        // Every kernel set's number of tokens in registers (see `float_ops!`).
-        check_tokens_together::<F32Kv, 4, 2, 8>(|x| x);
-        check_tokens_together::<F16Kv, 4, 2, 8>(|x| half::f16::from_f32(x).to_bits());
-        check_tokens_together::<F32Kv, 8, 4, 16>(|x| x);
-        check_tokens_together::<F16Kv, 8, 4, 16>(|x| half::f16::from_f32(x).to_bits());
-        // Other tiles: one token, an odd number, the widest dimensions.
-        check_tokens_together::<F32Kv, 8, 1, 32>(|x| x);
-        check_tokens_together::<F32Kv, 4, 3, 16>(|x| x);
+        // Every kernel set's tiles (see `float_ops!`).
+        check_tokens_together::<F32Kv, 4, 1, 4, 16>(|x| x);
+        check_tokens_together::<F16Kv, 4, 1, 4, 16>(|x| half::f16::from_f32(x).to_bits());
+        check_tokens_together::<F32Kv, 8, 2, 8, 32>(|x| x);
+        check_tokens_together::<F16Kv, 8, 2, 8, 32>(|x| half::f16::from_f32(x).to_bits());
+        // Other tiles: one token, odd numbers, three blocks, the widest dimensions.
+        check_tokens_together::<F32Kv, 1, 3, 1, 96>(|x| x);
+        check_tokens_together::<F32Kv, 16, 3, 3, 48>(|x| x);
+        check_tokens_together::<F16Kv, 2, 4, 5, 8>(|x| half::f16::from_f32(x).to_bits());
     }
 
     #[test]

@@ -677,4 +677,4 @@ impl super::attend::KvRead for F16Lanes {
     }
 }
 
-float_ops!("avx2,fma,f16c", tokens = 4, value_tile = (2, 8));
+float_ops!("avx2,fma,f16c", score_tile = (4, 1), value_tile = (4, 16));

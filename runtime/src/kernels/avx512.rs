@@ -561,4 +561,4 @@ impl super::attend::KvRead for F16Lanes {
     }
 }
 
-float_ops!("avx512f,avx512bw", tokens = 8, value_tile = (4, 16));
+float_ops!("avx512f,avx512bw", score_tile = (8, 2), value_tile = (8, 32));

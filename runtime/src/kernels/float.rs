@@ -103,6 +103,14 @@ pub fn rescale(how: Combine, dst: &mut [f32], acc: &[i32], f: f32) {
     }
 }
 
+/// `a · b + c` rounded once (a fused multiply-add), as attention's sums take their terms:
+/// correctly rounded on every target (one instruction where the kernel set has FMA, libm's
+/// `fmaf` otherwise), so every kernel set computes the same bits.
+#[inline(always)]
+pub fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+    a.mul_add(b, c)
+}
+
 /// `x · sigmoid(x)`, with the inline [`exp`] so that loops over it vectorise.
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {

@@ -20,13 +20,12 @@
 /// set's target features so the compiler vectorises them at its width. The order of
 /// operations does not depend on the width, so every kernel set computes the same bits.
 ///
-/// `$tokens`: how many prompt tokens' attention scores [`attend::attend_tokens`] sums
-/// at once in registers: 4 (AVX2 has 16 vector registers; the portable set), 8 with
-/// AVX-512's 32. `$value_tile`: its tile of weighted-value accumulators, (tokens,
-/// dimensions): two tokens of 8 (eight of AVX2's vectors; the portable set), four of 16
-/// (sixteen of AVX-512's).
+/// `$score_tile`: the tile of scores that [`attend::attend_tokens`] keeps in registers,
+/// (tokens, key blocks of 16 positions); `$value_tile`: its tile of weighted values,
+/// (tokens, dimensions). The kernel set chooses them for its registers; they change no
+/// result.
 macro_rules! float_ops {
-    ($($feature:literal,)? tokens = $tokens:literal, value_tile = ($vt:literal, $vd:literal)) => {
+    ($($feature:literal,)? score_tile = ($st:literal, $sb:literal), value_tile = ($vt:literal, $vd:literal)) => {
         /// [`crate::kernels::attend::attend_heads`] for this kernel set, over a KV cache read by `K`.
         ///
         /// # Safety
@@ -62,7 +61,7 @@ macro_rules! float_ops {
             tokens: usize,
             out: &mut [f32],
         ) {
-            crate::kernels::attend::attend_tokens::<K, $tokens, $vt, $vd>(q, at, keys, values, scratch, n0, tokens, out)
+            crate::kernels::attend::attend_tokens::<K, $st, $sb, $vt, $vd>(q, at, keys, values, scratch, n0, tokens, out)
         }
 
         /// [`crate::kernels::float::quantize_normed`] for this kernel set.

@@ -183,4 +183,4 @@ pub fn sum16(a: [f32; 16]) -> f32 {
     w[0]
 }
 
-float_ops!(tokens = 4, value_tile = (2, 8));
+float_ops!(score_tile = (4, 1), value_tile = (4, 16));
