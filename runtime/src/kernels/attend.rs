@@ -358,13 +358,39 @@ pub fn attend_tokens<
         let mut b = 0;
         while b < blocks {
             b += match blocks - b {
-                1 => score_tile::<K, SCORE_TOKENS, 1>(qt, keys, kv_dim, kv0, start / KEY_BLOCK + b, b, scale, tokens, scores),
-                2 if SCORE_BLOCKS >= 2 => {
-                    score_tile::<K, SCORE_TOKENS, 2>(qt, keys, kv_dim, kv0, start / KEY_BLOCK + b, b, scale, tokens, scores)
-                }
-                r if r < SCORE_BLOCKS => {
-                    score_tile::<K, SCORE_TOKENS, 1>(qt, keys, kv_dim, kv0, start / KEY_BLOCK + b, b, scale, tokens, scores)
-                }
+                1 => score_tile::<K, SCORE_TOKENS, 1>(
+                    qt,
+                    keys,
+                    kv_dim,
+                    kv0,
+                    start / KEY_BLOCK + b,
+                    b,
+                    scale,
+                    tokens,
+                    scores,
+                ),
+                2 if SCORE_BLOCKS >= 2 => score_tile::<K, SCORE_TOKENS, 2>(
+                    qt,
+                    keys,
+                    kv_dim,
+                    kv0,
+                    start / KEY_BLOCK + b,
+                    b,
+                    scale,
+                    tokens,
+                    scores,
+                ),
+                r if r < SCORE_BLOCKS => score_tile::<K, SCORE_TOKENS, 1>(
+                    qt,
+                    keys,
+                    kv_dim,
+                    kv0,
+                    start / KEY_BLOCK + b,
+                    b,
+                    scale,
+                    tokens,
+                    scores,
+                ),
                 _ => score_tile::<K, SCORE_TOKENS, SCORE_BLOCKS>(
                     qt,
                     keys,
@@ -411,7 +437,11 @@ pub fn attend_tokens<
                 // Tokens t.. take positions up to length(t) at least (lengths grow with t).
                 let common = length(t, end).clamp(s0, s1);
                 if count == VALUE_TOKENS {
-                    values.tiles::<VALUE_TOKENS, VALUE_DIMS>(&weights[t..t + VALUE_TOKENS], s0..common, &mut acc[t * hd..]);
+                    values.tiles::<VALUE_TOKENS, VALUE_DIMS>(
+                        &weights[t..t + VALUE_TOKENS],
+                        s0..common,
+                        &mut acc[t * hd..],
+                    );
                 } else {
                     for u in t..t + count {
                         values.tiles::<1, VALUE_DIMS>(&weights[u..u + 1], s0..common, &mut acc[u * hd..]);
