@@ -356,52 +356,28 @@ pub fn attend_tokens<
         // over `d` in order, as `attend_heads`.
         let blocks = (end - start).div_ceil(KEY_BLOCK);
         let mut b = 0;
+        // One tile of `$n` blocks at block `b` of the span; returns `$n`.
+        macro_rules! tile {
+            ($n:expr) => {
+                score_tile::<K, SCORE_TOKENS, { $n }>(
+                    qt,
+                    keys,
+                    kv_dim,
+                    kv0,
+                    start / KEY_BLOCK + b,
+                    b,
+                    scale,
+                    tokens,
+                    scores,
+                )
+            };
+        }
         while b < blocks {
             b += match blocks - b {
-                1 => score_tile::<K, SCORE_TOKENS, 1>(
-                    qt,
-                    keys,
-                    kv_dim,
-                    kv0,
-                    start / KEY_BLOCK + b,
-                    b,
-                    scale,
-                    tokens,
-                    scores,
-                ),
-                2 if SCORE_BLOCKS >= 2 => score_tile::<K, SCORE_TOKENS, 2>(
-                    qt,
-                    keys,
-                    kv_dim,
-                    kv0,
-                    start / KEY_BLOCK + b,
-                    b,
-                    scale,
-                    tokens,
-                    scores,
-                ),
-                r if r < SCORE_BLOCKS => score_tile::<K, SCORE_TOKENS, 1>(
-                    qt,
-                    keys,
-                    kv_dim,
-                    kv0,
-                    start / KEY_BLOCK + b,
-                    b,
-                    scale,
-                    tokens,
-                    scores,
-                ),
-                _ => score_tile::<K, SCORE_TOKENS, SCORE_BLOCKS>(
-                    qt,
-                    keys,
-                    kv_dim,
-                    kv0,
-                    start / KEY_BLOCK + b,
-                    b,
-                    scale,
-                    tokens,
-                    scores,
-                ),
+                1 => tile!(1),
+                2 if SCORE_BLOCKS >= 2 => tile!(2),
+                r if r < SCORE_BLOCKS => tile!(1),
+                _ => tile!(SCORE_BLOCKS),
             };
         }
         for t in 0..tokens {
