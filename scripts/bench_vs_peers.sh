@@ -226,7 +226,8 @@ for r in json.load(sys.stdin):
     print(json.dumps({'engine': 'tern', 'file': sys.argv[1], 'family': sys.argv[3], 'output': sys.argv[2],
                       'test': r['test'], 'threads': r['threads'], 'tps': r['tokens_per_s'],
                       'bytes': r['model_bytes']}))" "$f" "$(output_of "$f")" "$(family_of "$f")" >> results.jsonl
-      [ "$DEPTH" = 0 ] && break
+      # (an if, not `&&`: a false test as the loop's last status would end the script under set -e)
+      if [ "$DEPTH" = 0 ]; then break; fi
     done
   done
 }
