@@ -26,6 +26,16 @@ fn main() -> anyhow::Result<()> {
             (0..most).map(|_| Sequence::new(c, 256, 32, KvType::F32)).collect::<Result<_, _>>()?;
         let mut batch = Batch::new(c, most);
         let tokens: Vec<u32> = (0..most as u32).map(|i| 100 + i).collect();
+        // Touch every KV-cache page the timed steps will write first (a server's slots are
+        // reused, their pages long faulted in): one untimed step of all rows per position.
+        for pos in 0..reps + 2 {
+            let mut segs: Vec<Segment> = seqs
+                .iter_mut()
+                .zip(&tokens)
+                .map(|(seq, t)| Segment { seq, tokens: std::slice::from_ref(t), pos, logits })
+                .collect();
+            batch.step(&model, &mut segs, &mut |_, _| {})?;
+        }
         // Per row count, the step times in ms; each rep runs every row count once (interleaved).
         let mut times = vec![Vec::new(); rows.len()];
         for rep in 0..reps + 2 {

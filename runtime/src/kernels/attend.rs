@@ -266,14 +266,36 @@ pub fn attend_heads<K: KvRead>(
     }
 
     // Weighted values, into each head's partial result: head by head, the sums of 32
-    // dimensions in registers over the span's positions.
+    // dimensions in registers over [`VALUE_BLOCK`] positions at a time (the sums pass
+    // through `part` between blocks: the same operations in the same order). A head's
+    // values are a stretch per key block, `KEY_BLOCK · kv_dim` elements apart, which the
+    // hardware prefetchers do not follow: each block of positions asks for the one
+    // [`VALUES_AHEAD`] blocks later, and a head's first blocks are asked for first.
     let mut w = [0f32; SPAN];
     for (h, part) in parts.chunks_exact_mut(pl).enumerate() {
         w[..n].copy_from_slice(&scores[h * padded..h * padded + n]);
-        let rows = ValueRows::<K> { values, kv0: key_rows.kv_at(h), kv_dim, hd, start };
-        rows.tiles::<1, 32>(std::slice::from_ref(&w), start..end, &mut part[2..]);
+        let kv0 = key_rows.kv_at(h);
+        let ask = |from: usize| {
+            for s in from.min(end)..(from + VALUE_BLOCK).min(end) {
+                let at = values.as_ptr().wrapping_add(value_at(s, kv0, kv_dim, hd));
+                for l in (0..hd).step_by(K::PER_LINE) {
+                    prefetch(at.wrapping_add(l));
+                }
+            }
+        };
+        for b in 0..VALUES_AHEAD {
+            ask(start + b * VALUE_BLOCK);
+        }
+        let rows = ValueRows::<K> { values, kv0, kv_dim, hd, start };
+        for s0 in (start..end).step_by(VALUE_BLOCK) {
+            ask(s0 + VALUES_AHEAD * VALUE_BLOCK);
+            rows.tiles::<1, 32>(std::slice::from_ref(&w), s0..(s0 + VALUE_BLOCK).min(end), &mut part[2..]);
+        }
     }
 }
+
+/// How many blocks of [`VALUE_BLOCK`] positions ahead [`attend_heads`] asks for a head's values.
+const VALUES_AHEAD: usize = 1;
 
 /// Positions per block of values in [`attend_tokens`] (a divisor of [`SPAN`]): the
 /// weighted values' tiles keep their sums in registers over this many positions.
