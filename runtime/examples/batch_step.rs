@@ -29,22 +29,13 @@ fn main() -> anyhow::Result<()> {
         // Touch every KV-cache page the timed steps will write first (a server's slots are
         // reused, their pages long faulted in): one untimed step of all rows per position.
         for pos in 0..reps + 2 {
-            let mut segs: Vec<Segment> = seqs
-                .iter_mut()
-                .zip(&tokens)
-                .map(|(seq, t)| Segment { seq, tokens: std::slice::from_ref(t), pos, logits })
-                .collect();
-            batch.step(&model, &mut segs, &mut |_, _| {})?;
+            batch.step(&model, &mut segments(&mut seqs, &tokens, pos, logits), &mut |_, _| {})?;
         }
         // Per row count, the step times in ms; each rep runs every row count once (interleaved).
         let mut times = vec![Vec::new(); rows.len()];
         for rep in 0..reps + 2 {
             for (i, &n) in rows.iter().enumerate() {
-                let mut segs: Vec<Segment> = seqs[..n]
-                    .iter_mut()
-                    .zip(&tokens)
-                    .map(|(seq, t)| Segment { seq, tokens: std::slice::from_ref(t), pos: rep, logits })
-                    .collect();
+                let mut segs = segments(&mut seqs[..n], &tokens, rep, logits);
                 let t0 = Instant::now();
                 batch.step(&model, &mut segs, &mut |_, _| {})?;
                 if rep >= 2 {
@@ -65,4 +56,9 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(())
     })?
+}
+
+/// One decode row per sequence (sequence `i` feeds `tokens[i]`), all at position `pos`.
+fn segments<'a>(seqs: &'a mut [Sequence], tokens: &'a [u32], pos: usize, logits: bool) -> Vec<Segment<'a>> {
+    seqs.iter_mut().zip(tokens).map(|(seq, t)| Segment { seq, tokens: std::slice::from_ref(t), pos, logits }).collect()
 }

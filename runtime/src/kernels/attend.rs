@@ -267,38 +267,43 @@ pub fn attend_heads<K: KvRead>(
 
     // Weighted values, into each head's partial result: head by head, the sums of 32
     // dimensions in registers over [`VALUE_BLOCK`] positions at a time (the sums pass
-    // through `part` between blocks: the same operations in the same order). A head's
-    // values are a stretch per key block, `KEY_BLOCK · kv_dim` elements apart, which the
-    // hardware prefetchers do not follow: each block of positions asks for the one
-    // [`VALUES_AHEAD`] blocks later, and a head's first blocks are asked for first.
+    // through `part` between blocks: the same operations in the same order), each block
+    // asking for the next one's values first, as [`attend_tokens`] does.
     let mut w = [0f32; SPAN];
     for (h, part) in parts.chunks_exact_mut(pl).enumerate() {
         w[..n].copy_from_slice(&scores[h * padded..h * padded + n]);
         let kv0 = key_rows.kv_at(h);
-        let ask = |from: usize| {
-            for s in from.min(end)..(from + VALUE_BLOCK).min(end) {
-                let at = values.as_ptr().wrapping_add(value_at(s, kv0, kv_dim, hd));
-                for l in (0..hd).step_by(K::PER_LINE) {
-                    prefetch(at.wrapping_add(l));
-                }
-            }
-        };
-        for b in 0..VALUES_AHEAD {
-            ask(start + b * VALUE_BLOCK);
-        }
         let rows = ValueRows::<K> { values, kv0, kv_dim, hd, start };
+        prefetch_values::<K>(values, kv0, kv_dim, hd, start..(start + VALUE_BLOCK).min(end));
         for s0 in (start..end).step_by(VALUE_BLOCK) {
-            ask(s0 + VALUES_AHEAD * VALUE_BLOCK);
-            rows.tiles::<1, 32>(std::slice::from_ref(&w), s0..(s0 + VALUE_BLOCK).min(end), &mut part[2..]);
+            let s1 = (s0 + VALUE_BLOCK).min(end);
+            prefetch_values::<K>(values, kv0, kv_dim, hd, s1..(s1 + VALUE_BLOCK).min(end));
+            rows.tiles::<1, 32>(std::slice::from_ref(&w), s0..s1, &mut part[2..]);
         }
     }
 }
 
-/// How many blocks of [`VALUE_BLOCK`] positions ahead [`attend_heads`] asks for a head's values.
-const VALUES_AHEAD: usize = 1;
+/// Asks for the values of kv head `kv0` (at `kv0` in a position's values) at `positions`.
+/// A head's values are a stretch per key block, `KEY_BLOCK · kv_dim` elements apart,
+/// which the hardware prefetchers do not follow (BENCHMARKS.md).
+#[inline(always)]
+fn prefetch_values<K: KvRead>(
+    values: &[K::Elem],
+    kv0: usize,
+    kv_dim: usize,
+    hd: usize,
+    positions: std::ops::Range<usize>,
+) {
+    for s in positions {
+        let at = values.as_ptr().wrapping_add(value_at(s, kv0, kv_dim, hd));
+        for l in (0..hd).step_by(K::PER_LINE) {
+            prefetch(at.wrapping_add(l));
+        }
+    }
+}
 
-/// Positions per block of values in [`attend_tokens`] (a divisor of [`SPAN`]): the
-/// weighted values' tiles keep their sums in registers over this many positions.
+/// Positions per block of values in [`attend_heads`] and [`attend_tokens`] (a divisor of
+/// [`SPAN`]): the weighted values' tiles keep their sums in registers over this many positions.
 pub const VALUE_BLOCK: usize = 32;
 
 /// Query tokens per [`attend_tokens`] call (a multiple of 8).
@@ -422,12 +427,7 @@ pub fn attend_tokens<
         for s0 in (start..end).step_by(VALUE_BLOCK) {
             let s1 = (s0 + VALUE_BLOCK).min(end);
             // The next block's values.
-            for s in s1..(s1 + VALUE_BLOCK).min(n_max) {
-                let at = values.as_ptr().wrapping_add(value_at(s, kv0, kv_dim, hd));
-                for l in (0..hd).step_by(K::PER_LINE) {
-                    prefetch(at.wrapping_add(l));
-                }
-            }
+            prefetch_values::<K>(values, kv0, kv_dim, hd, s1..(s1 + VALUE_BLOCK).min(n_max));
             let values = ValueRows::<K> { values, kv0, kv_dim, hd, start };
             let mut t = first;
             while t < tokens {
